@@ -1,0 +1,84 @@
+"""The one small interface every engine implements.
+
+The service owns validation, text processing, audio decoding, saving and logging; an engine only
+turns (prepared voice, one text piece, style, seed) into audio chunks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+
+MODES = ("zero_shot", "cross_lingual", "instruct")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    modes: tuple[str, ...] = MODES
+    streaming: bool = True
+    markup: bool = True            # renders [h][ào] / [M][AY0] markup as written
+    description: str = ""          # one line for the UI status
+
+
+@dataclass
+class PromptAudio:
+    """Decoded prompt recording: mono float32 in [-1, 1] at its original rate (>= 16 kHz), trimmed."""
+    samples: np.ndarray
+    sample_rate: int
+    sha1: str                      # identity of the decoded samples, used as the voice cache key
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass
+class Voice:
+    """Engine-specific features of a prompt, prepared once and cached by the service."""
+    key: str
+    prompt_text: str | None
+    features: Any = None
+
+
+@dataclass(frozen=True)
+class Style:
+    mode: str                       # one of MODES
+    instruct_text: str = ""         # natural-language instruction (instruct mode)
+    speed: float = 1.0
+
+
+@dataclass
+class Progress:
+    message: str                    # e.g. "speech tokens 120/~180"
+    fraction: float | None = None   # 0..1 within the current piece, when known
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Engine(Protocol):
+    name: str
+    sample_rate: int
+    model_label: str                # what /version and the UI call the model
+    device: str
+
+    def capabilities(self) -> Capabilities: ...
+
+    def style_notices(self, style: Style) -> list[str]:
+        """Plain-words notices for parts of the style this engine cannot render (may be empty)."""
+        ...
+
+    def prepare_voice(self, audio: PromptAudio, prompt_text: str | None) -> Voice: ...
+
+    def synthesize(self, text: str, voice: Voice, style: Style, seed: int,
+                   on_progress: ProgressCallback, stream: bool = False) -> Iterator[np.ndarray]:
+        """Yield float32 mono chunks at `sample_rate` for one text piece (frontend markup form).
+
+        Same (text, voice, style, seed) must give identical samples, streaming or not.
+        """
+        ...
+
+    def version_info(self) -> dict[str, Any]:
+        """Extra fields for /version (model dir identity, token rate, ...)."""
+        ...
