@@ -1,0 +1,197 @@
+"""CosyVoice3's flow-matching mel decoder: speech tokens + prompt mel + speaker vector -> mel frames.
+
+Pipeline: tokens (prompt first) -> embedding -> PreLookaheadLayer -> repeat x token_mel_ratio = mu;
+cond = prompt mel then zeros; an Euler ODE solve from fixed noise with classifier-free guidance,
+the velocity coming from the DiT in dit.py. Only the frames after the prompt are returned.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cosyvoice.errors import EngineError, ModelDirError
+
+from . import checkpoint
+from .dit import DiT, DiTConfig, checkpoint_key as dit_checkpoint_key
+
+# trace(event, tensors): optional observer of intermediate values, for parity checks only.
+# Events: "pre_lookahead" {"out"}; "estimator" {"step", "x", "mask", "mu", "t", "spks", "cond", "out"}
+# with the batch-of-2 (conditional, unconditional) tensors the official code feeds its estimator.
+Trace = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    vocab_size: int
+    token_dim: int            # token embedding width (= mu channels)
+    mel_dim: int
+    spk_embed_dim: int        # speaker vector from campplus
+    token_mel_ratio: int
+    lookahead: int            # tokens of right context the PreLookaheadLayer reads
+    lookahead_channels: int
+    cfg_rate: float           # classifier-free guidance strength at inference
+    t_scheduler: str          # "cosine" or "linear"
+    dit: DiTConfig
+
+    @classmethod
+    def from_values(cls, values: dict) -> "FlowConfig":
+        """Build from load_yaml_values() output (the whole tree, or just its "flow" section)."""
+        flow = values["flow"] if "flow" in values else values
+        try:
+            decoder = flow["decoder"]
+            cfm = decoder["cfm_params"]
+            cfm = cfm.get("content", cfm)          # omegaconf.DictConfig(content=...) wrapper
+            lookahead_layer = flow["pre_lookahead_layer"]
+            solver = str(cfm.get("solver", "euler"))
+            if solver != "euler":
+                raise ModelDirError(f"cosyvoice3.yaml: flow solver {solver!r} is not supported (only 'euler')")
+            cfg = cls(
+                vocab_size=int(flow["vocab_size"]),
+                token_dim=int(flow["input_size"]),
+                mel_dim=int(flow["output_size"]),
+                spk_embed_dim=int(flow["spk_embed_dim"]),
+                token_mel_ratio=int(flow.get("token_mel_ratio", values.get("token_mel_ratio", 2))),
+                lookahead=int(flow.get("pre_lookahead_len", lookahead_layer.get("pre_lookahead_len", 3))),
+                lookahead_channels=int(lookahead_layer["channels"]),
+                cfg_rate=float(cfm["inference_cfg_rate"]),
+                t_scheduler=str(cfm.get("t_scheduler", "cosine")),
+                dit=DiTConfig.from_values(decoder["estimator"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelDirError(f"cosyvoice3.yaml: flow section is incomplete or malformed ({err!r})") from err
+        if cfg.dit.mel_dim != cfg.mel_dim or cfg.dit.mu_dim != cfg.token_dim:
+            raise ModelDirError("cosyvoice3.yaml: flow output_size/input_size disagree with the estimator's mel_dim/mu_dim")
+        return cfg
+
+
+class PreLookaheadLayer(nn.Module):
+    """Each token looks `lookahead` tokens ahead (conv), then 2 back (causal conv); residual."""
+
+    def __init__(self, channels_in: int, channels: int, lookahead: int) -> None:
+        super().__init__()
+        self.lookahead = lookahead
+        self.conv1 = nn.Conv1d(channels_in, channels, lookahead + 1)
+        self.conv2 = nn.Conv1d(channels, channels_in, 3)
+
+    def forward(self, x: Tensor, right_context: Tensor | None = None) -> Tensor:
+        """x: (B, T, C); right_context: (B, <=lookahead, C) real future tokens, else zeros are used."""
+        h = x.transpose(1, 2)                                               # (B, C, T)
+        n_context = 0
+        if right_context is not None:
+            h = torch.cat((h, right_context.transpose(1, 2)), dim=2)
+            n_context = right_context.shape[1]
+        h = F.leaky_relu(self.conv1(F.pad(h, (0, self.lookahead - n_context))), 0.01)
+        h = self.conv2(F.pad(h, (self.conv2.kernel_size[0] - 1, 0)))        # (B, C, T)
+        return h.transpose(1, 2) + x
+
+
+def time_grid(n_steps: int, scheduler: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    grid = torch.linspace(0, 1, n_steps + 1, dtype=dtype, device=device)
+    if scheduler == "cosine":   # small steps near the noise end
+        grid = 1 - torch.cos(grid * 0.5 * math.pi)
+    return grid
+
+
+class CausalFlow(nn.Module):
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_embedding = nn.Embedding(cfg.vocab_size, cfg.token_dim)
+        self.spk_proj = nn.Linear(cfg.spk_embed_dim, cfg.mel_dim)
+        self.pre_lookahead = PreLookaheadLayer(cfg.token_dim, cfg.lookahead_channels, cfg.lookahead)
+        self.estimator = DiT(cfg.dit)
+
+    def token_features(self, tokens: Tensor, finalize: bool, trace: Trace | None = None) -> Tensor:
+        """(1, P+T) token ids -> mu (1, mel frames, token_dim); without finalize the last `lookahead`
+        tokens only serve as right context and get no frames."""
+        emb = self.input_embedding(tokens.long().clamp(min=0))             # (1, L, C)
+        if finalize:
+            h = self.pre_lookahead(emb)
+        else:
+            h = self.pre_lookahead(emb[:, :-self.cfg.lookahead], right_context=emb[:, -self.cfg.lookahead:])
+        if trace is not None:
+            trace("pre_lookahead", {"out": h})
+        return h.repeat_interleave(self.cfg.token_mel_ratio, dim=1)
+
+    @torch.inference_mode()
+    def inference(self, token: Tensor, prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor, noise: Tensor,
+                  *, streaming: bool, finalize: bool, n_timesteps: int = 10, bf16: bool = False,
+                  trace: Trace | None = None) -> Tensor:
+        """Mel frames for `token` (1, T) after the prompt: (1, mel, T_gen), T_gen = ratio * (T [- lookahead]).
+
+        prompt_token (1, P), prompt_feat (1, Tp, mel) the prompt's mel, embedding (1, spk_embed_dim),
+        noise (1, mel, N) the fixed initial state (its first P+T frames are used, prompt included).
+        streaming: block-causal attention (static_chunk_size frames per block) instead of full attention.
+        finalize=False: the last `lookahead` tokens are right context only.
+        bf16: run the estimator under bfloat16 autocast (faster on hardware with bf16 units; not exact).
+        """
+        if token.shape[0] != 1 or prompt_token.shape[0] != 1:
+            raise EngineError("flow: only batch size 1 is supported")
+        dtype = self.spk_proj.weight.dtype
+        device = self.spk_proj.weight.device
+        spks = self.spk_proj(F.normalize(embedding.to(device, dtype), dim=1))          # (1, mel)
+        mu = self.token_features(torch.cat((prompt_token, token), dim=1).to(device), finalize, trace)
+        n_prompt, n_total = prompt_feat.shape[1], mu.shape[1]
+        if n_total < n_prompt:
+            raise EngineError(f"flow: prompt mel has {n_prompt} frames but the tokens give only {n_total}")
+        if noise.shape[-1] < n_total:
+            raise EngineError(f"flow: {n_total} mel frames exceed the fixed noise length {noise.shape[-1]}")
+        cond = torch.zeros(1, n_total, self.cfg.mel_dim, device=device, dtype=dtype)
+        cond[:, :n_prompt] = prompt_feat.to(device, dtype)
+        x0 = noise[:, :, :n_total].to(device, dtype)
+        mel = self.solve(x0, mu.transpose(1, 2), spks, cond.transpose(1, 2), streaming, n_timesteps, bf16, trace)
+        return mel[:, :, n_prompt:].float()
+
+    def solve(self, x: Tensor, mu: Tensor, spks: Tensor, cond: Tensor, streaming: bool, n_steps: int,
+              bf16: bool = False, trace: Trace | None = None) -> Tensor:
+        """Euler integration of the guided velocity from t=0 (noise x) to t=1. x, mu, cond: (1, C, T)."""
+        grid = time_grid(n_steps, self.cfg.t_scheduler, x.dtype, x.device)
+        # row 0 conditional, row 1 unconditional (no tokens, speaker or prompt) for guidance
+        mu2 = torch.cat((mu, torch.zeros_like(mu)))
+        spks2 = torch.cat((spks, torch.zeros_like(spks)))
+        cond2 = torch.cat((cond, torch.zeros_like(cond)))
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        rate = self.cfg.cfg_rate
+        # t and dt are carried the way the reference solver does (t += dt; dt = grid[k+1] - t) so the
+        # float32 times match it bit for bit
+        t, dt = grid[0:1], grid[1] - grid[0]
+        for step in range(1, n_steps + 1):
+            x2 = x.expand(2, -1, -1)
+            t2 = t.expand(2)
+            with autocast:
+                v2 = self.estimator(x2, mu2, t2, spks2, cond2, streaming).to(x.dtype)
+            if trace is not None:
+                trace("estimator", {"step": step - 1, "x": x2, "mask": torch.ones_like(x2[:, :1]), "mu": mu2,
+                                    "t": t2, "spks": spks2, "cond": cond2, "out": v2})
+            v = (1.0 + rate) * v2[:1] - rate * v2[1:]
+            x = x + dt * v
+            t = t + dt
+            if step < n_steps:
+                dt = grid[step + 1] - t
+        return x
+
+
+def checkpoint_key(key: str) -> str:
+    """Official flow.pt key -> our module key."""
+    if key.startswith("decoder.estimator."):
+        return "estimator." + dit_checkpoint_key(key[len("decoder.estimator."):])
+    for old, new in (("spk_embed_affine_layer.", "spk_proj."), ("pre_lookahead_layer.", "pre_lookahead.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def load_flow(model_dir: Path, values: dict, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> CausalFlow:
+    """CausalFlow sized from the yaml values, weights from <model_dir>/flow.pt (strict), in eval mode."""
+    model = CausalFlow(FlowConfig.from_values(values))
+    state = checkpoint.read_state_dict(Path(model_dir) / "flow.pt")
+    checkpoint.load_strict(model, state, "flow.pt", key_map=checkpoint_key)
+    return model.to(device=device, dtype=dtype).eval()

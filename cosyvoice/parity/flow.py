@@ -1,0 +1,58 @@
+"""Flow decoder parity: our CausalFlow against the official CausalMaskedDiffWithDiT outputs."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
+from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
+
+from . import CaseResult, compare, exact, float64_tolerance, load_case
+
+CASES = ("flow_nonstream", "flow_stream_chunk", "flow_stream_final")
+ESTIMATOR_INPUTS = ("x", "mask", "mu", "t", "spks", "cond", "out")
+
+
+def fixed_noise(mel_dim: int, frames: int = 15000) -> torch.Tensor:
+    """The official flow's constructor-time noise: randn(1, mel, 15000) right after manual_seed(0)."""
+    try:
+        from cosyvoice.engines.cosyvoice3.noise import flow_noise  # the engine's own recipe, once it exists
+        return flow_noise(mel_dim, frames)
+    except ImportError:
+        generator = torch.Generator().manual_seed(0)  # private generator: same stream, global RNG untouched
+        return torch.randn(1, mel_dim, frames, generator=generator)
+
+
+def run_case(flow: CausalFlow, case: dict, noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Our mel for one case plus the traced debug values named as in the case files."""
+    seen: dict = {"n_estimator_calls": 0}
+
+    def trace(event: str, values: dict) -> None:
+        if event == "pre_lookahead":
+            seen["pre_lookahead_out"] = values["out"].clone()
+        elif event == "estimator":
+            seen["n_estimator_calls"] += 1
+            if values["step"] == 0:
+                seen.update({f"est0_{name}": values[name].clone() for name in ESTIMATOR_INPUTS})
+
+    mel = flow.inference(case["token"], case["prompt_token"], case["prompt_feat"], case["embedding"], noise,
+                         streaming=bool(case["streaming"]), finalize=bool(case["finalize"]),
+                         n_timesteps=int(case["n_timesteps"]), trace=trace)
+    return mel, seen
+
+
+def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
+    model_dir = Path(model_dir)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    flow = load_flow(model_dir, load_yaml_values(model_dir / "cosyvoice3.yaml"))
+    noise = fixed_noise(flow.cfg.mel_dim)
+    for name in CASES:
+        case = load_case(model_dir, f"{name}.pt")
+        mel, seen = run_case(flow, case, noise)
+        yield compare(f"{name}.mel", mel, case["mel"], float64_tolerance(model_dir, name, "mel"))
+        for key in sorted(k for k in case if k.startswith("est0_") or k == "pre_lookahead_out"):
+            yield compare(f"{name}.{key}", seen[key], case[key], float64_tolerance(model_dir, name, key))
+        if "n_estimator_calls" in case:
+            yield exact(f"{name}.n_estimator_calls", [seen["n_estimator_calls"]], [case["n_estimator_calls"]])
