@@ -1,0 +1,109 @@
+"""The CosyVoice3 flow decoder reproduces the official mel frames and fails clearly on a bad model dir."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cosyvoice.engines.cosyvoice3.flow import FlowConfig, load_flow
+from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
+from cosyvoice.errors import EngineError, ModelDirError
+from cosyvoice.parity import flow as flow_parity
+from cosyvoice.parity import load_case
+
+FIXTURE = Path("/work/shared/fixtures/cosyvoice3-tiny")
+
+
+def _official_noise() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(1, 80, 15000)
+
+
+@pytest.fixture(scope="module")
+def flow():
+    torch.set_num_threads(2)
+    return load_flow(FIXTURE, load_yaml_values(FIXTURE / "cosyvoice3.yaml"))
+
+
+@pytest.fixture(scope="module")
+def noise() -> torch.Tensor:
+    return _official_noise()
+
+
+def test_parity_family_passes() -> None:
+    results = list(flow_parity.run(FIXTURE, None))
+    failed = [r.line() for r in results if not r.passed]
+    assert len(results) >= 12 and not failed, "\n".join(failed)
+
+
+def test_parity_noise_matches_official_recipe() -> None:
+    assert torch.equal(flow_parity.fixed_noise(80), _official_noise())
+
+
+def test_config_follows_the_yaml(tmp_path: Path) -> None:
+    values = load_yaml_values(FIXTURE / "cosyvoice3.yaml")
+    cfg = FlowConfig.from_values(values)
+    assert FlowConfig.from_values(values["flow"]) == cfg
+    estimator = values["flow"]["decoder"]["estimator"]
+    assert (cfg.dit.dim, cfg.dit.depth, cfg.dit.heads) == (estimator["dim"], estimator["depth"], estimator["heads"])
+    assert cfg.lookahead_channels == values["flow"]["pre_lookahead_layer"]["channels"]
+
+
+def test_yaml_that_does_not_fit_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    values = load_yaml_values(FIXTURE / "cosyvoice3.yaml")
+    values["flow"]["decoder"]["estimator"]["depth"] += 1
+    with pytest.raises(ModelDirError, match=r"flow\.pt.*missing key 'estimator\.blocks\.2\."):
+        load_flow(FIXTURE, values)
+    values["flow"]["decoder"]["estimator"]["depth"] -= 1
+    values["flow"]["pre_lookahead_layer"]["channels"] *= 2
+    with pytest.raises(ModelDirError, match=r"flow\.pt.*pre_lookahead_layer\.conv1\.weight.*shape"):
+        load_flow(FIXTURE, values)
+
+
+def test_missing_flow_checkpoint_is_a_model_dir_error(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE / "cosyvoice3.yaml", tmp_path / "cosyvoice3.yaml")
+    with pytest.raises(ModelDirError, match=r"flow\.pt"):
+        load_flow(tmp_path, load_yaml_values(tmp_path / "cosyvoice3.yaml"))
+
+
+def test_streaming_chunk_frames_survive_into_the_final_call(flow, noise) -> None:
+    # With block-causal attention, frames in blocks that were complete in the first chunk call must not
+    # change when later tokens arrive: streamed audio stays seamless.
+    case = load_case(FIXTURE, "flow_stream_final.pt")
+    args = (case["prompt_token"], case["prompt_feat"], case["embedding"], noise)
+    n_chunk_tokens = 30
+    chunk = flow.inference(case["token"][:, :n_chunk_tokens], *args, streaming=True, finalize=False)
+    final = flow.inference(case["token"], *args, streaming=True, finalize=True)
+    assert chunk.shape[-1] == 2 * (n_chunk_tokens - 3)
+    torch.testing.assert_close(chunk, final[:, :, : chunk.shape[-1]], rtol=0, atol=1e-4)
+    full_attention = flow.inference(case["token"], *args, streaming=False, finalize=True)
+    assert (full_attention[:, :, :54] - chunk).abs().max() > 1e-3  # the mask really changes the result
+
+
+def test_noise_must_cover_the_utterance(flow) -> None:
+    case = load_case(FIXTURE, "flow_nonstream.pt")
+    with pytest.raises(EngineError, match="noise"):
+        flow.inference(case["token"], case["prompt_token"], case["prompt_feat"], case["embedding"],
+                       torch.zeros(1, 80, 100), streaming=False, finalize=True)
+
+
+def test_library_code_leaves_the_global_rng_alone(flow, noise) -> None:
+    case = load_case(FIXTURE, "flow_nonstream.pt")
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    flow_parity.fixed_noise(80, 10)
+    flow.inference(case["token"], case["prompt_token"], case["prompt_feat"], case["embedding"], noise,
+                   streaming=False, finalize=True, n_timesteps=2)
+    assert torch.equal(torch.rand(3), expected_next)
+
+
+def test_bf16_autocast_stays_close_to_fp32(flow, noise) -> None:
+    case = load_case(FIXTURE, "flow_nonstream.pt")
+    args = (case["token"], case["prompt_token"], case["prompt_feat"], case["embedding"], noise)
+    exact = flow.inference(*args, streaming=False, finalize=True)
+    fast = flow.inference(*args, streaming=False, finalize=True, bf16=True)
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert (fast - exact).abs().max() < 0.1 * exact.abs().max()
