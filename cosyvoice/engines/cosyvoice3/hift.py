@@ -1,0 +1,410 @@
+"""Causal HiFT vocoder of CosyVoice3: mel (80 x frames) -> 24 kHz waveform.
+
+Three parts, all causal so that streaming chunks match the one-shot result:
+  * F0 predictor: five weight-normed convs + a linear layer, run in float64 (see F0Predictor).
+  * Harmonic source (neural source filter): F0 -> nine sine harmonics + fixed noise -> one excitation.
+  * Decoder (iSTFTNet): mel -> conv_pre -> [nearest upsample + conv, + downsampled source STFT,
+    three parallel Snake resblocks] x 3 -> conv_post -> magnitude/phase -> inverse STFT.
+
+With finalize=False the call is a streaming chunk whose last frames only serve as right context:
+the F0 predictor's first conv and conv_pre read real future frames instead of zero padding, and
+the samples that still depend on frames not seen yet are dropped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cosyvoice.engines.cosyvoice3.checkpoint import fold_weight_norm, load_strict, read_state_dict
+from cosyvoice.engines.cosyvoice3.noise import SINE_NOISE_COLUMNS, ConstructorNoise
+from cosyvoice.errors import ModelDirError
+
+HIFT_FILE = "hift.pt"
+SNAKE_EPS = 1e-9
+MAGNITUDE_LIMIT = 1e2
+POST_LRELU_SLOPE = 0.01  # the activation before conv_post uses torch's default slope, not lrelu_slope
+
+
+@dataclass
+class HiFTConfig:
+    in_channels: int = 80
+    base_channels: int = 512
+    nb_harmonics: int = 8
+    sampling_rate: int = 22050
+    nsf_alpha: float = 0.1            # sine amplitude
+    nsf_sigma: float = 0.003          # noise amplitude in voiced regions
+    nsf_voiced_threshold: float = 10  # Hz
+    upsample_rates: list[int] = field(default_factory=lambda: [8, 8])
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16])
+    n_fft: int = 16
+    hop_len: int = 4
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
+    source_resblock_kernel_sizes: list[int] = field(default_factory=lambda: [7, 11])
+    source_resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 2)
+    lrelu_slope: float = 0.1
+    audio_limit: float = 0.99
+    conv_pre_look_right: int = 4
+    f0_in_channels: int = 80
+    f0_cond_channels: int = 512
+    f0_num_class: int = 1
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Waveform samples per mel frame (480 at 24 kHz)."""
+        return math.prod(self.upsample_rates) * self.hop_len
+
+    @property
+    def f0_look_right(self) -> int:
+        """Right-context frames of the F0 predictor's first conv (kernel 4)."""
+        return F0Predictor.FIRST_KERNEL - 1
+
+    @classmethod
+    def from_values(cls, hift: dict) -> "HiFTConfig":
+        """From the yaml's `hift` mapping; missing keys take the official constructor defaults."""
+        default = cls()
+        f0 = hift.get("f0_predictor") or {}
+        istft = hift.get("istft_params") or {}
+        config = cls(
+            in_channels=int(hift.get("in_channels", default.in_channels)),
+            base_channels=int(hift.get("base_channels", default.base_channels)),
+            nb_harmonics=int(hift.get("nb_harmonics", default.nb_harmonics)),
+            sampling_rate=int(hift.get("sampling_rate", default.sampling_rate)),
+            nsf_alpha=float(hift.get("nsf_alpha", default.nsf_alpha)),
+            nsf_sigma=float(hift.get("nsf_sigma", default.nsf_sigma)),
+            nsf_voiced_threshold=float(hift.get("nsf_voiced_threshold", default.nsf_voiced_threshold)),
+            upsample_rates=[int(r) for r in hift.get("upsample_rates", default.upsample_rates)],
+            upsample_kernel_sizes=[int(k) for k in hift.get("upsample_kernel_sizes", default.upsample_kernel_sizes)],
+            n_fft=int(istft.get("n_fft", default.n_fft)),
+            hop_len=int(istft.get("hop_len", default.hop_len)),
+            resblock_kernel_sizes=[int(k) for k in hift.get("resblock_kernel_sizes", default.resblock_kernel_sizes)],
+            resblock_dilation_sizes=[[int(d) for d in ds] for ds in
+                                     hift.get("resblock_dilation_sizes", default.resblock_dilation_sizes)],
+            source_resblock_kernel_sizes=[int(k) for k in hift.get("source_resblock_kernel_sizes",
+                                                                   default.source_resblock_kernel_sizes)],
+            source_resblock_dilation_sizes=[[int(d) for d in ds] for ds in
+                                            hift.get("source_resblock_dilation_sizes",
+                                                     default.source_resblock_dilation_sizes)],
+            lrelu_slope=float(hift.get("lrelu_slope", default.lrelu_slope)),
+            audio_limit=float(hift.get("audio_limit", default.audio_limit)),
+            conv_pre_look_right=int(hift.get("conv_pre_look_right", default.conv_pre_look_right)),
+            f0_in_channels=int(f0.get("in_channels", default.f0_in_channels)),
+            f0_cond_channels=int(f0.get("cond_channels", default.f0_cond_channels)),
+            f0_num_class=int(f0.get("num_class", default.f0_num_class)),
+        )
+        config.check()
+        return config
+
+    def check(self) -> None:
+        def bad(key: str, problem: str) -> ModelDirError:
+            return ModelDirError(f"cosyvoice3.yaml: 'hift.{key}' {problem}")
+        if self.sampling_rate == 22050:
+            # The official generator switches to its non-causal sine source at 22.05 kHz (CosyVoice1).
+            raise bad("sampling_rate", "is 22050: that is the CosyVoice1 vocoder, not supported here")
+        if self.nb_harmonics + 1 != SINE_NOISE_COLUMNS:
+            raise bad("nb_harmonics", f"is {self.nb_harmonics}; the causal sine source's fixed noise has "
+                                      f"{SINE_NOISE_COLUMNS} columns, so it must be {SINE_NOISE_COLUMNS - 1}")
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            raise bad("upsample_kernel_sizes", "must have one entry per upsample rate")
+        n_stages = len(self.upsample_rates)
+        if len(self.source_resblock_kernel_sizes) != n_stages or len(self.source_resblock_dilation_sizes) != n_stages:
+            raise bad("source_resblock_kernel_sizes", "must have one entry per upsample rate")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise bad("resblock_dilation_sizes", "must have one entry per resblock kernel size")
+        if self.base_channels % (2 ** n_stages):
+            raise bad("base_channels", f"must be divisible by 2**{n_stages}")
+        if self.f0_num_class != 1:
+            raise bad("f0_predictor.num_class", "must be 1 (one F0 value per frame)")
+        if self.in_channels != self.f0_in_channels:
+            raise bad("f0_predictor.in_channels", "must equal hift.in_channels (both read the mel)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions. The checkpoint's weight-norm pairs are folded into plain weights at load time.
+
+
+class LeftPaddedConv(nn.Conv1d):
+    """Causal conv: output t sees inputs t - (k-1)*d .. t (zeros before the start)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        self.left_pad = (kernel_size - 1) * dilation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (self.left_pad, 0)))
+
+
+class LookAheadConv(nn.Conv1d):
+    """Anti-causal conv: output t sees inputs t .. t + k-1.
+
+    finalize=True pads k-1 zero frames on the right (end of the utterance); finalize=False treats the
+    last k-1 input frames as context only, so the output has k-1 fewer frames than the input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.look_right = kernel_size - 1
+
+    def forward(self, x: Tensor, finalize: bool) -> Tensor:
+        if finalize:
+            x = F.pad(x, (0, self.look_right))
+        return super().forward(x)
+
+
+class UpsampleConv(nn.Conv1d):
+    """Nearest-neighbour upsampling by `rate`, then a left-causal conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rate: int):
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.rate = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.repeat_interleave(x, self.rate, dim=2)                    # (B, C, T*rate)
+        return super().forward(F.pad(x, (self.kernel_size[0] - 1, 0)))
+
+
+class DownsampleConv(nn.Conv1d):
+    """Strided causal conv (kernel 2*rate, stride rate) with rate-1 zero frames on the left."""
+
+    def __init__(self, in_channels: int, out_channels: int, rate: int):
+        super().__init__(in_channels, out_channels, 2 * rate, stride=rate)
+        self.left_pad = rate - 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (self.left_pad, 0)))
+
+
+class Snake(nn.Module):
+    """x + sin^2(alpha x) / alpha, one alpha per channel (periodic inductive bias for audio)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alpha = self.alpha[None, :, None]
+        return x + (1.0 / (alpha + SNAKE_EPS)) * torch.sin(x * alpha).pow(2)
+
+
+class ResBlock(nn.Module):
+    """Per dilation: x += conv2(snake(conv1_dilated(snake(x)))), all convs left-causal."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: list[int]):
+        super().__init__()
+        self.convs1 = nn.ModuleList(LeftPaddedConv(channels, channels, kernel_size, d) for d in dilations)
+        self.convs2 = nn.ModuleList(LeftPaddedConv(channels, channels, kernel_size) for _ in dilations)
+        self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv1, conv2, act1, act2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
+            x = conv2(act2(conv1(act1(x)))) + x
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# F0 and the harmonic source.
+
+
+class F0Predictor(nn.Module):
+    """mel (B, 80, T) -> F0 in Hz (B, T'), T' = T (finalize) or T - 3 (streaming chunk).
+
+    The official inference casts this module and the mel to float64 on every call: the sine
+    source integrates F0 over the whole utterance, so float32 rounding here would shift the phase
+    of every later sample and chunked output would drift from one-shot output. We keep its weights
+    in float64 permanently and do the same.
+    """
+
+    FIRST_KERNEL = 4
+    KERNEL = 3
+    N_CONVS = 5
+
+    def __init__(self, in_channels: int, cond_channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList([LookAheadConv(in_channels, cond_channels, self.FIRST_KERNEL)])
+        self.convs.extend(LeftPaddedConv(cond_channels, cond_channels, self.KERNEL) for _ in range(self.N_CONVS - 1))
+        self.classifier = nn.Linear(cond_channels, 1)
+
+    def forward(self, mel: Tensor, finalize: bool) -> Tensor:
+        x = F.elu(self.convs[0](mel, finalize))
+        for conv in self.convs[1:]:
+            x = F.elu(conv(x))
+        return self.classifier(x.transpose(1, 2)).squeeze(-1).abs()     # (B, T')
+
+
+class HarmonicSource(nn.Module):
+    """F0 per frame -> excitation per sample: nine harmonics plus fixed noise, merged by a linear layer.
+
+    Follows the official causal sine generator exactly, including its quirks: the phase is integrated
+    at frame rate (rad/sample of each frame, linearly downsampled, cumsum, x samples_per_frame) and
+    then held constant over the frame's samples; the additive noise is the fixed *uniform* [0, 1)
+    noise drawn in the constructor, not Gaussian.
+    """
+
+    def __init__(self, config: HiFTConfig):
+        super().__init__()
+        self.sampling_rate = config.sampling_rate
+        self.upsample = config.samples_per_frame
+        self.sine_amp = config.nsf_alpha
+        self.noise_std = config.nsf_sigma
+        self.voiced_threshold = config.nsf_voiced_threshold
+        self.register_buffer("harmonics", torch.arange(1, config.nb_harmonics + 2, dtype=torch.float32),
+                             persistent=False)
+        self.harmonic_merge = nn.Linear(config.nb_harmonics + 1, 1)
+
+    def forward(self, f0: Tensor, noise: ConstructorNoise) -> Tensor:
+        """f0 (1, T) float32 -> source (1, 1, T * samples_per_frame)."""
+        f0 = torch.repeat_interleave(f0, self.upsample, dim=1)[:, :, None]  # (1, L, 1)
+        n_samples = f0.shape[1]
+        rad = (f0 * self.harmonics / self.sampling_rate) % 1                 # (1, L, 9) cycles per sample
+        rad[:, 0, :] = rad[:, 0, :] + noise.rand_ini.to(rad)
+        rad = F.interpolate(rad.transpose(1, 2), scale_factor=1 / self.upsample, mode="linear")  # (1, 9, T)
+        phase = torch.cumsum(rad.transpose(1, 2), dim=1) * 2 * math.pi      # (1, T, 9)
+        phase = F.interpolate(phase.transpose(1, 2) * self.upsample, scale_factor=self.upsample,
+                              mode="nearest").transpose(1, 2)                # (1, L, 9)
+        sines = torch.sin(phase) * self.sine_amp
+
+        voiced = (f0 > self.voiced_threshold).to(sines.dtype)               # (1, L, 1)
+        noise_amp = voiced * self.noise_std + (1 - voiced) * self.sine_amp / 3
+        sines = sines * voiced + noise_amp * noise.sine_waves_prefix(n_samples).to(sines)
+        return torch.tanh(self.harmonic_merge(sines)).transpose(1, 2)        # (1, 1, L)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator.
+
+
+class CausalHiFT(nn.Module):
+    def __init__(self, config: HiFTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.f0_predictor = F0Predictor(c.f0_in_channels, c.f0_cond_channels)
+        self.source = HarmonicSource(c)
+        self.conv_pre = LookAheadConv(c.in_channels, c.base_channels, c.conv_pre_look_right + 1)
+
+        stage_channels = [c.base_channels // 2 ** (i + 1) for i in range(len(c.upsample_rates))]
+        in_channels = [c.base_channels] + stage_channels[:-1]
+        self.ups = nn.ModuleList(UpsampleConv(cin, cout, k, u) for cin, cout, k, u in
+                                 zip(in_channels, stage_channels, c.upsample_kernel_sizes, c.upsample_rates))
+
+        # The source STFT has one frame per hop; stage i runs at (product of the first i+1 rates)
+        # frames per mel frame, so the source is downsampled by the product of the remaining rates.
+        spec_channels = c.n_fft + 2
+        self.source_downs = nn.ModuleList()
+        for i, cout in enumerate(stage_channels):
+            rate = math.prod(c.upsample_rates[i + 1:])
+            self.source_downs.append(DownsampleConv(spec_channels, cout, rate) if rate > 1
+                                     else nn.Conv1d(spec_channels, cout, 1))
+        self.source_resblocks = nn.ModuleList(
+            ResBlock(ch, k, d) for ch, k, d in
+            zip(stage_channels, c.source_resblock_kernel_sizes, c.source_resblock_dilation_sizes))
+        self.resblocks = nn.ModuleList(
+            ResBlock(ch, k, d) for ch in stage_channels
+            for k, d in zip(c.resblock_kernel_sizes, c.resblock_dilation_sizes))
+        self.conv_post = LeftPaddedConv(stage_channels[-1], spec_channels, 7)
+        window = torch.hann_window(c.n_fft, periodic=True, dtype=torch.float64).to(torch.float32)
+        self.register_buffer("window", window, persistent=False)
+
+    # -- STFT helpers ---------------------------------------------------------------------------
+
+    def _source_spectrum(self, source: Tensor) -> Tensor:
+        """(1, 1, L) -> (1, n_fft + 2, L / hop + 1): real parts then imaginary parts."""
+        spec = torch.stft(source.squeeze(1), self.config.n_fft, self.config.hop_len, self.config.n_fft,
+                          window=self.window, return_complex=True)
+        spec = torch.view_as_real(spec)
+        return torch.cat([spec[..., 0], spec[..., 1]], dim=1)
+
+    def _waveform(self, x: Tensor) -> Tensor:
+        """conv_post output (1, n_fft + 2, F) -> waveform (1, (F - 1) * hop)."""
+        n_bins = self.config.n_fft // 2 + 1
+        magnitude = torch.clip(torch.exp(x[:, :n_bins]), max=MAGNITUDE_LIMIT)
+        phase = torch.sin(x[:, n_bins:])  # the official model bounds its phase this way; we keep it
+        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        return torch.istft(spec, self.config.n_fft, self.config.hop_len, self.config.n_fft, window=self.window)
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def decode(self, mel: Tensor, source: Tensor, finalize: bool) -> Tensor:
+        """mel (1, 80, T) + source (1, 1, L) -> waveform (1, N).
+
+        finalize: N = T * samples_per_frame. Otherwise the last conv_pre_look_right frames are right
+        context only, and the last frame of the rest is dropped too (its tail needs the next chunk's
+        overlap-add), so N = (T - conv_pre_look_right - 1) * samples_per_frame.
+        """
+        c = self.config
+        spec = self._source_spectrum(source)                                 # (1, 18, L/hop + 1)
+        x = self.conv_pre(mel, finalize)                                     # (1, base, T')
+        if not finalize:
+            spec = spec[:, :, :-math.prod(c.upsample_rates) * c.conv_pre_look_right]
+
+        n_kernels = len(c.resblock_kernel_sizes)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, c.lrelu_slope))
+            if i == len(self.ups) - 1:
+                x = F.pad(x, (1, 0), mode="reflect")  # one frame more, to match the STFT's L/hop + 1
+            x = x + self.source_resblocks[i](self.source_downs[i](spec))
+            blocks = self.resblocks[i * n_kernels:(i + 1) * n_kernels]
+            total = blocks[0](x)
+            for block in blocks[1:]:
+                total += block(x)
+            x = total / n_kernels
+
+        x = self.conv_post(F.leaky_relu(x, POST_LRELU_SLOPE))
+        wave = self._waveform(x)
+        if not finalize:
+            wave = wave[:, :-c.samples_per_frame]
+        return torch.clamp(wave, -c.audio_limit, c.audio_limit)
+
+    def predict_f0(self, mel: Tensor, finalize: bool) -> Tensor:
+        """mel (1, 80, T) -> float64 F0 (1, T or T - 3)."""
+        return self.f0_predictor(mel.to(torch.float64), finalize)
+
+    @torch.inference_mode()
+    def inference(self, mel: Tensor, noise: ConstructorNoise, *, finalize: bool) -> tuple[Tensor, Tensor]:
+        """mel (1, 80, T) -> (speech (1, N), source (1, 1, L)).
+
+        finalize=True: N = L = T * 480. finalize=False (streaming chunk whose last frames are only
+        look-ahead): L = (T - 3) * 480 and N = (T - 8) * 480 with the released configuration.
+        """
+        dtype = self.conv_pre.weight.dtype
+        f0 = self.predict_f0(mel, finalize).to(dtype)                        # (1, T_f0)
+        source = self.source(f0, noise)                                      # (1, 1, T_f0 * 480)
+        mel = mel.to(dtype)
+        if not finalize:
+            mel = mel[:, :, :-self.config.f0_look_right]
+        return self.decode(mel, source, finalize), source
+
+
+def _key_map(key: str) -> str:
+    # Official names -> ours: condnet holds the convs at even indices (ELUs in between).
+    if key.startswith("f0_predictor.condnet."):
+        index, rest = key[len("f0_predictor.condnet."):].split(".", 1)
+        return f"f0_predictor.convs.{int(index) // 2}.{rest}"
+    if key.startswith("m_source.l_linear."):
+        return "source.harmonic_merge." + key[len("m_source.l_linear."):]
+    return key
+
+
+def load_hift(model_dir: str | Path, values: dict, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> CausalHiFT:
+    """Build the vocoder from the yaml values and load `hift.pt` strictly (weight norm folded).
+
+    The F0 predictor stays in float64 whatever `dtype` is (see F0Predictor).
+    """
+    config = HiFTConfig.from_values(values["hift"])
+    model = CausalHiFT(config)
+    raw = read_state_dict(Path(model_dir) / HIFT_FILE)
+    # Fold the F0 predictor's weight norm from float64 copies: the official code computes that weight in float64.
+    f0_raw = {k: v.double() for k, v in raw.items() if k.startswith("f0_predictor.")}
+    rest = {k: v for k, v in raw.items() if not k.startswith("f0_predictor.")}
+    state = fold_weight_norm(rest) | fold_weight_norm(f0_raw)
+    model.to(dtype)
+    model.f0_predictor.double()
+    load_strict(model, state, HIFT_FILE, key_map=_key_map)  # copies cast each value to its parameter's dtype
+    return model.to(device).eval()
