@@ -7,22 +7,13 @@ from pathlib import Path
 import torch
 
 from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
+from cosyvoice.engines.cosyvoice3.noise import constructor_noise
 from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 
 from . import CaseResult, compare, exact, float64_tolerance, load_case
 
 CASES = ("flow_nonstream", "flow_stream_chunk", "flow_stream_final")
 ESTIMATOR_INPUTS = ("x", "mask", "mu", "t", "spks", "cond", "out")
-
-
-def fixed_noise(mel_dim: int, frames: int = 15000) -> torch.Tensor:
-    """The official flow's constructor-time noise: randn(1, mel, 15000) right after manual_seed(0)."""
-    try:
-        from cosyvoice.engines.cosyvoice3.noise import flow_noise  # the engine's own recipe, once it exists
-        return flow_noise(mel_dim, frames)
-    except ImportError:
-        generator = torch.Generator().manual_seed(0)  # private generator: same stream, global RNG untouched
-        return torch.randn(1, mel_dim, frames, generator=generator)
 
 
 def run_case(flow: CausalFlow, case: dict, noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -46,8 +37,9 @@ def run_case(flow: CausalFlow, case: dict, noise: torch.Tensor) -> tuple[torch.T
 def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    flow = load_flow(model_dir, load_yaml_values(model_dir / "cosyvoice3.yaml"))
-    noise = fixed_noise(flow.cfg.mel_dim)
+    values = load_yaml_values(model_dir / "cosyvoice3.yaml")
+    flow = load_flow(model_dir, values)
+    noise = constructor_noise(values).flow_z
     for name in CASES:
         case = load_case(model_dir, f"{name}.pt")
         mel, seen = run_case(flow, case, noise)
