@@ -1,0 +1,37 @@
+"""Pick and build the engine: `auto` means cosyvoice3 when a complete model dir exists, else lite."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from loguru import logger
+
+from .base import Engine
+
+ENGINE_CHOICES = ("auto", "lite", "cosyvoice3")
+DEFAULT_MODEL_DIR = Path("pretrained_models/Fun-CosyVoice3-0.5B")
+
+
+def resolve_engine_name(name: str, model_dir: Path) -> str:
+    if name != "auto":
+        return name
+    from .cosyvoice3.model_dir import is_complete
+
+    if is_complete(model_dir):
+        return "cosyvoice3"
+    logger.bind(req="-").info(f"no complete model dir at {model_dir}; using the embedded lite engine "
+                              f"(get the neural engine with: python -m cosyvoice download --model-dir {model_dir})")
+    return "lite"
+
+
+def create_engine(name: str = "auto", model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto",
+                  precision: str = "fp32") -> Engine:
+    name = resolve_engine_name(name, Path(model_dir))
+    if name == "lite":
+        from .lite import LiteEngine
+
+        return LiteEngine()
+    if name == "cosyvoice3":
+        from .cosyvoice3 import CosyVoice3Engine
+
+        return CosyVoice3Engine(Path(model_dir), device=device, precision=precision)
+    raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_CHOICES)}")
