@@ -1,0 +1,97 @@
+"""Prompt recordings: what users upload is decoded, checked, mixed down and trimmed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import audio_variants
+from conftest import AUDIO, ZERO_SHOT_PROMPT
+from cosyvoice.audio import load_prompt_audio
+from cosyvoice.errors import UserInputError
+
+
+def test_official_demo_prompt_passes_without_warning():
+    loaded = load_prompt_audio(ZERO_SHOT_PROMPT)
+    assert loaded.warnings == []
+    assert 3.0 <= loaded.audio.seconds <= 3.5
+    assert loaded.audio.sample_rate == 24000 and loaded.audio.samples.ndim == 1
+
+
+@pytest.mark.parametrize("name", ["cross_lingual_prompt.wav", "f5_basic_ref_en.wav", "f5_basic_ref_zh.wav"])
+def test_shared_prompts_load(name):
+    loaded = load_prompt_audio(AUDIO / name)
+    assert 3.0 < loaded.audio.seconds < 15.0 and loaded.warnings == []
+
+
+def test_multichannel_is_mixed_to_mono(tmp_path):
+    loaded = load_prompt_audio(audio_variants.resampled(tmp_path, 48000, channels=6))
+    assert loaded.original_channels == 6 and loaded.original_rate == 48000
+    assert loaded.audio.samples.ndim == 1
+    assert "6 ch mixed to mono" in loaded.describe()
+
+
+def test_mp3_and_flac_and_ogg_decode(tmp_path):
+    data, rate = sf.read(ZERO_SHOT_PROMPT, dtype="float32")
+    for fmt, ext in (("FLAC", "flac"), ("OGG", "ogg"), ("MP3", "mp3")):
+        path = tmp_path / f"p.{ext}"
+        sf.write(path, data, rate, format=fmt)
+        loaded = load_prompt_audio(path)
+        assert abs(loaded.original_seconds - len(data) / rate) < 0.1, fmt
+
+
+def test_m4a_decodes_through_pyav(tmp_path):
+    av = pytest.importorskip("av")
+    data, rate = sf.read(ZERO_SHOT_PROMPT, dtype="float32")
+    path = tmp_path / "p.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        frame = av.AudioFrame.from_ndarray((data[None, :] * 32767).astype(np.int16), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    loaded = load_prompt_audio(path)
+    assert abs(loaded.original_seconds - len(data) / rate) < 0.2
+
+
+def test_silence_is_trimmed(tmp_path):
+    data, rate = sf.read(ZERO_SHOT_PROMPT, dtype="float32")
+    padded = np.concatenate([np.zeros(2 * rate, np.float32), data, np.zeros(3 * rate, np.float32)])
+    path = tmp_path / "padded.wav"
+    sf.write(path, padded, rate)
+    loaded = load_prompt_audio(path)
+    assert loaded.original_seconds > 8
+    assert abs(loaded.audio.seconds - load_prompt_audio(ZERO_SHOT_PROMPT).audio.seconds) < 0.1
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda t: audio_variants.cut(t, 1.0), "at least 2 s"),
+    (lambda t: audio_variants.long(t, 40.0), "limit is 30 s"),
+    (lambda t: audio_variants.resampled(t, 8000), "8000 Hz"),
+    (audio_variants.not_audio, "could not be read as audio"),
+])
+def test_refusals_name_the_problem(tmp_path, make, expected):
+    with pytest.raises(UserInputError, match=expected.replace(".", r"\.")):
+        load_prompt_audio(make(tmp_path))
+
+
+def test_silent_and_empty_files_are_refused(tmp_path):
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(48000 * 4, np.float32), 48000)
+    with pytest.raises(UserInputError, match="silent"):
+        load_prompt_audio(silent)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(UserInputError, match="empty"):
+        load_prompt_audio(empty)
+
+
+@pytest.mark.parametrize("seconds,warned", [(2.5, True), (5.0, False), (20.0, True)])
+def test_borderline_lengths_are_accepted_with_advice(tmp_path, seconds, warned):
+    path = audio_variants.cut(tmp_path, seconds) if seconds < 3 else audio_variants.long(tmp_path, seconds)
+    loaded = load_prompt_audio(path)
+    assert bool(loaded.warnings) == warned
+    if warned:
+        assert "3–15 s" in loaded.warnings[0]
