@@ -1,0 +1,247 @@
+"""The embedded lite engine: espeak-ng speech moved toward the prompt voice with WORLD.
+
+It never sounds like the speaker -- it is a formant synthesiser with the prompt's pitch and
+average spectral envelope -- but it reads exactly what the markup says, runs on one core, and says
+plainly which parts of a style it cannot render.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+from loguru import logger
+
+from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, PromptAudio, Style, Voice
+from cosyvoice.errors import UserInputError
+from cosyvoice.instruct import Instruction, parse_instruction
+
+from . import espeak, matching
+from .frontend import ESPEAK_VOICES, Segment, plan_segments
+
+NEURAL_HINT = "python -m cosyvoice download"
+# a sentence per language whose espeak rendering defines each base voice's statistics
+REFERENCE_TEXTS = {
+    "zh": "重庆是一座美丽的城市，我们明天一起去看看长江和嘉陵江交汇的地方，然后吃一顿正宗的火锅。",
+    "yue": "今日天气好好，我哋一齐去行山，然后去饮茶食点心，好唔好呀？",
+    "en": "The quick brown fox jumps over the lazy dog, and then we walk home together before dinner.",
+}
+OUTPUT_RMS = 0.07                     # speech level of the output before style volume
+FEMALE_F0 = 165.0                     # prompts above this median F0 get a female base variant
+MIN_PROMPT_VOICED_SECONDS = 0.5
+
+
+@dataclass
+class StyleRender:
+    """A style reduced to what this engine applies."""
+    speed: float = 1.0
+    volume: float = 1.0
+    shaping: matching.Shaping = field(default_factory=matching.Shaping)
+    cantonese: bool = False
+    cannot: list[str] = field(default_factory=list)        # things asked for and not rendered
+    dialect_dropped: bool = False
+
+
+@dataclass
+class LiteVoiceFeatures:
+    """What prepare_voice caches: the prompt's statistics and per-language conversions."""
+    stats: matching.VoiceStats
+    variant: str
+    conversions: dict[str, matching.Conversion] = field(default_factory=dict)
+
+
+class LiteEngine:
+    name = "lite"
+    device = "cpu"
+
+    def __init__(self, sample_rate: int = 24000):
+        self.sample_rate = int(sample_rate)
+        self.model_label = "lite (espeak-ng + WORLD voice matching)"
+        self._references: dict[str, matching.VoiceStats] = {}
+        self._reference_lock = threading.Lock()
+
+    # --- interface ---------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            streaming=True, markup=True,
+            description=("lite engine: espeak-ng formant speech moved toward the prompt's pitch and "
+                         "timbre; it will not sound like the speaker. For real voice cloning get the "
+                         f"neural engine: {NEURAL_HINT}"))
+
+    def version_info(self) -> dict[str, Any]:
+        import pyworld
+
+        return {"engine": "lite", "synthesiser": "espeak-ng " + _espeak_version(),
+                "voice_matching": f"WORLD (pyworld {getattr(pyworld, '__version__', '?')}), dio F0",
+                "note": f"the lite engine does not clone voices; get the neural engine with: {NEURAL_HINT}"}
+
+    def style_notices(self, style: Style) -> list[str]:
+        render = self._render_style(style)
+        notices = []
+        for what in render.cannot:
+            tail = "synthesised in plain Mandarin" if render.dialect_dropped and what == render.cannot[0] \
+                else "synthesised without it"
+            notices.append(f"the lite engine cannot do {what}; {tail}")
+        return notices
+
+    def prepare_voice(self, audio: PromptAudio, prompt_text: str | None) -> Voice:
+        x = matching.to_rate(np.asarray(audio.samples, dtype=np.float64), audio.sample_rate, matching.WORLD_RATE)
+        try:
+            stats = matching.voice_stats(x)
+        except ValueError:
+            stats = None
+        if stats is None or stats.voiced_frames * matching.FRAME_MS / 1000 < MIN_PROMPT_VOICED_SECONDS:
+            raise UserInputError("the prompt recording has too little voiced speech to match "
+                                 f"(need at least {MIN_PROMPT_VOICED_SECONDS:g} s of voice)")
+        variant = "f2" if stats.median_f0 >= FEMALE_F0 else ""
+        features = LiteVoiceFeatures(stats=stats, variant=variant)
+        return Voice(key=audio.sha1, prompt_text=prompt_text, features=features)
+
+    def synthesize(self, text: str, voice: Voice, style: Style, seed: int,
+                   on_progress: ProgressCallback, stream: bool = False) -> Iterator[np.ndarray]:
+        render = self._render_style(style)
+        segments, unvoiced = self._plan(text, render)
+        for token in dict.fromkeys(unvoiced):
+            message = f"the lite engine cannot render {token}; left a short pause"
+            logger.warning(message)
+            on_progress(Progress(message))
+        pending: list[np.ndarray] = []
+        for index, segment in enumerate(segments):
+            on_progress(Progress(f"lite segment {index + 1}/{len(segments)}", index / max(len(segments), 1)))
+            audio = self._render_segment(segment, voice, render, seed + index)
+            if stream:
+                yield audio
+            else:
+                pending.append(audio)
+        on_progress(Progress("lite done", 1.0))
+        if not stream:
+            yield np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
+
+    # --- extras used by tests and the bench ------------------------------------------------------
+
+    def spoken_phonemes(self, text: str, style: Style | None = None) -> str:
+        """The phonemes espeak speaks for `text` (markup form), from espeak's own trace."""
+        render = self._render_style(style or Style(mode="zero_shot"))
+        segments, _ = self._plan(text, render)
+        traces = []
+        for segment in segments:
+            if segment.lang != "pause":
+                traces.append(espeak.speak(segment.text, self._espeak_params(segment, render, ""),
+                                           phoneme_input=segment.phoneme_input).phonemes)
+        return "\n".join(traces)
+
+    def synthesize_plain(self, text: str, style: Style | None = None, seed: int = 0) -> np.ndarray:
+        """espeak output without voice matching, at `sample_rate` (the benchmark's baseline)."""
+        render = self._render_style(style or Style(mode="zero_shot"))
+        segments, _ = self._plan(text, render)
+        parts = [self._render_segment(s, None, render, seed + i) for i, s in enumerate(segments)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _plan(self, text: str, render: StyleRender) -> tuple[list[Segment], list[str]]:
+        from cosyvoice.text.markup import parse
+
+        return plan_segments(parse(text), cantonese=render.cantonese)
+
+    def _render_style(self, style: Style) -> StyleRender:
+        render = StyleRender(speed=float(style.speed))
+        if style.mode != "instruct" or not style.instruct_text.strip():
+            return render
+        ins: Instruction = parse_instruction(style.instruct_text)
+        shaping = render.shaping
+        render.speed *= ins.speed
+        render.volume *= ins.volume
+        shaping.pitch *= ins.pitch
+        shaping.expressiveness *= ins.expressiveness
+        if ins.emotion == "happy":
+            shaping.pitch *= 1.08
+            shaping.expressiveness *= 1.35
+            shaping.tilt += 0.15
+            render.speed *= 1.06
+            render.volume *= 1.2
+        elif ins.emotion == "sad":
+            shaping.pitch *= 0.93
+            shaping.expressiveness *= 0.55
+            shaping.tilt -= 0.25
+            render.speed *= 0.85
+            render.volume *= 0.7
+        elif ins.emotion == "angry":
+            shaping.pitch *= 1.04
+            shaping.expressiveness *= 1.4
+            shaping.tilt += 0.35
+            render.speed *= 1.08
+            render.volume *= 1.6
+        if ins.whisper:
+            shaping.whisper = True
+        if ins.dialect == "Cantonese":
+            render.cantonese = True
+        elif ins.dialect:
+            render.cannot.append(ins.dialect_as_written or ins.dialect)
+            render.dialect_dropped = True
+        for part in ins.unrecognised:
+            render.cannot.append(f"“{part}”")
+        return render
+
+    def _espeak_params(self, segment: Segment, render: StyleRender, variant: str) -> espeak.EspeakParams:
+        name = ESPEAK_VOICES[segment.lang] + (f"+{variant}" if variant else "")
+        rate = int(np.clip(round(175 * render.speed), 80, 450))
+        return espeak.EspeakParams(voice=name, rate=rate)
+
+    def _reference(self, lang: str, variant: str) -> matching.VoiceStats:
+        key = f"{lang}+{variant}"
+        with self._reference_lock:
+            if key not in self._references:
+                params = espeak.EspeakParams(voice=ESPEAK_VOICES[lang] + (f"+{variant}" if variant else ""))
+                out = espeak.speak(REFERENCE_TEXTS[lang], params)
+                x = matching.to_rate(out.samples, out.sample_rate, matching.WORLD_RATE)
+                self._references[key] = matching.voice_stats(x)
+            return self._references[key]
+
+    def _conversion(self, voice: Voice, lang: str) -> matching.Conversion:
+        features: LiteVoiceFeatures = voice.features
+        if lang not in features.conversions:
+            source = self._reference(lang, features.variant)
+            features.conversions[lang] = matching.plan_conversion(source, features.stats)
+        return features.conversions[lang]
+
+    def _render_segment(self, segment: Segment, voice: Voice | None, render: StyleRender, seed: int) -> np.ndarray:
+        if segment.lang == "pause":
+            return np.zeros(int(round(segment.pause / render.speed * self.sample_rate)), dtype=np.float32)
+        variant = voice.features.variant if voice is not None else ""
+        params = self._espeak_params(segment, render, variant)
+        out = espeak.speak(segment.text, params, seed=seed, phoneme_input=segment.phoneme_input)
+        logger.debug(f"espeak [{params.voice}] {segment.text!r} -> {out.phonemes!r}")
+        x = matching.to_rate(out.samples, out.sample_rate, matching.WORLD_RATE)
+        conversion = self._conversion(voice, segment.lang) if voice is not None else None
+        shaping = render.shaping
+        if segment.emphasis:
+            shaping = matching.Shaping(pitch=shaping.pitch * 1.06, expressiveness=shaping.expressiveness * 1.2,
+                                       tilt=shaping.tilt + 0.1, whisper=shaping.whisper)
+        if conversion is not None or shaping != matching.Shaping():
+            x = matching.convert(x, conversion, shaping)
+        reference = self._reference(segment.lang, variant)
+        gain = OUTPUT_RMS / max(reference.rms, 1e-6) * render.volume * (1.4 if segment.emphasis else 1.0)
+        if shaping.whisper:
+            gain *= 0.6
+        y = matching.to_rate(x * gain, matching.WORLD_RATE, self.sample_rate)
+        return _limit(y).astype(np.float32)
+
+
+def _limit(y: np.ndarray) -> np.ndarray:
+    """Soft limiter: leaves normal levels alone, bends peaks above 0.9 toward 1."""
+    out = y.copy()
+    over = np.abs(out) > 0.9
+    out[over] = np.sign(out[over]) * (0.9 + 0.1 * np.tanh((np.abs(out[over]) - 0.9) / 0.1))
+    return out
+
+
+def _espeak_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"(espeakng-loader {version('espeakng-loader')})"
+    except Exception:   # metadata is informative only
+        return ""
