@@ -1,0 +1,245 @@
+"""The CosyVoice3 synthesis core: speech tokens from the LLM, mel from the flow, waveform from HiFT.
+
+    text ids ─LLM─> speech tokens ─flow(+prompt tokens, prompt mel, speaker)─> mel ─HiFT─> 24 kHz audio
+
+Non-streaming: all tokens first, then one flow call and one HiFT call (`tts`).
+Streaming (`tts_stream`): the flow runs in block-causal mode, so the mel of tokens that already
+have their right context does not change when more tokens arrive. A chunk is cut whenever
+`hop + lookahead` new tokens are there: the flow is re-run on all tokens so far and only the new
+frames are kept, HiFT is re-run on all frames so far and only the new samples are emitted (HiFT is
+causal, so the old samples would come out the same). Chunk boundaries stay on flow attention
+blocks: the first hop is padded so that prompt + first hop fills whole blocks, later hops are
+multiples of the block.
+
+Every piece of decoding state (tokens, hop length, mel so far, samples emitted) belongs to one
+call: the model object holds only weights and the fixed noise, so requests cannot affect each other.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cosyvoice.engines.cosyvoice3.config import ModelConfig
+from cosyvoice.engines.cosyvoice3.devices import is_out_of_memory
+from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
+from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, load_hift
+from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, load_llm
+from cosyvoice.engines.cosyvoice3.noise import ConstructorNoise, constructor_noise
+from cosyvoice.engines.cosyvoice3.sampling import Sampler
+from cosyvoice.errors import EngineError
+
+# FSQ codes the released tokenizer uses for silence and breath. Long runs of them make long pauses,
+# so after MAX_SILENT_RUN of them in a row the rest of the run is dropped.
+SILENT_TOKENS = frozenset({1, 2, 28, 29, 55, 248, 494, 2241, 2242, 2322, 2323})
+MAX_SILENT_RUN = 5
+
+# Streaming hop growth: the first hop is one attention block (plus prompt padding) for low latency,
+# later hops double up to MAX_HOP_BLOCKS blocks, so long texts need few flow/HiFT re-runs.
+HOP_GROWTH = 2
+MAX_HOP_BLOCKS = 4
+
+OOM_ADVICE = {
+    "llm": "shorten the text piece, or start the server with --precision fp16 or --device cpu",
+    "flow": "shorten the text piece or the prompt recording, or use --precision fp16 or --device cpu",
+    "hift": "shorten the text piece, or use --device cpu",
+}
+
+
+@dataclass
+class SynthesisInputs:
+    """Everything one text piece needs, already tokenised.
+
+    text_ids (1, T) and prompt_text_ids (1, Tp) are LLM text ids; llm_prompt_tokens (1, P) are the
+    speech tokens the LLM continues from (empty in cross-lingual and instruct modes);
+    flow_prompt_tokens (1, Pf) + prompt_mel (1, 2*Pf, 80) + embedding (1, 192) give the voice.
+    """
+    text_ids: Tensor
+    prompt_text_ids: Tensor
+    llm_prompt_tokens: Tensor
+    flow_prompt_tokens: Tensor
+    prompt_mel: Tensor
+    embedding: Tensor
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Turn a device out-of-memory error into an EngineError that says where and what to do."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise EngineError(f"Out of GPU memory in the {name} stage; {OOM_ADVICE.get(name, 'try a shorter text')}. "
+                          f"The server keeps running and the next request can proceed.", stage=name) from err
+
+
+def drop_long_silences(tokens: Iterable[int], silent: frozenset[int] = SILENT_TOKENS,
+                       max_run: int = MAX_SILENT_RUN) -> Iterator[int]:
+    """Pass tokens through, skipping a silent token once more than `max_run` silent ones ran in a row."""
+    run = 0
+    for token in tokens:
+        if token in silent:
+            run += 1
+            if run > max_run:
+                continue
+        else:
+            run = 0
+        yield token
+
+
+@dataclass
+class HopSchedule:
+    """Token counts between streaming chunks, for one request."""
+    block: int                 # tokens per flow attention block (yaml chunk_size)
+    lookahead: int             # right-context tokens the flow reads past a chunk's end
+    n_prompt: int              # flow prompt tokens: they fill the first blocks
+    hops: list[int] = field(default_factory=list)
+
+    def first(self) -> int:
+        pad = math.ceil(self.n_prompt / self.block) * self.block - self.n_prompt
+        return self.block + pad
+
+    def after(self, hop: int, first: bool) -> int:
+        base = self.block if first else hop
+        return min(MAX_HOP_BLOCKS * self.block, base * HOP_GROWTH)
+
+
+class CosyVoice3Model:
+    def __init__(self, config: ModelConfig, llm: CosyVoice3LM, flow: CausalFlow, hift: CausalHiFT,
+                 noise: ConstructorNoise, device: torch.device | str = "cpu",
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None):
+        self.config = config
+        self.llm, self.flow, self.hift, self.noise = llm, flow, hift, noise
+        self.device = torch.device(device)
+        self._autocast = autocast or contextlib.nullcontext
+        self.token_mel_ratio = flow.cfg.token_mel_ratio
+        self.lookahead = flow.cfg.lookahead
+        self.samples_per_frame = hift.config.samples_per_frame
+        # The fixed noise bounds one utterance: flow frames (prompt included) and HiFT samples.
+        self.max_mel_frames = noise.flow_z.shape[-1]
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+             autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> "CosyVoice3Model":
+        config = ModelConfig.from_model_dir(model_dir)
+        llm = load_llm(model_dir, config, device, dtype)
+        flow = load_flow(Path(model_dir), config.values, device, dtype)
+        hift = load_hift(model_dir, config.values, device, dtype)
+        return cls(config, llm, flow, hift, constructor_noise(config.values), device, autocast)
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def max_speech_tokens(self, n_prompt_tokens: int) -> int:
+        """How many tokens the fixed noise leaves room for after a prompt of `n_prompt_tokens`."""
+        return max(0, self.max_mel_frames // self.token_mel_ratio - n_prompt_tokens)
+
+    def speech_tokens(self, inputs: SynthesisInputs, *, generator: torch.Generator | None = None,
+                      sampler: Sampler | None = None, min_token_text_ratio: float = 2.0,
+                      max_token_text_ratio: float = 20.0) -> Iterator[int]:
+        """LLM tokens with long silences dropped, capped at what the flow noise can render."""
+        cap = self.max_speech_tokens(inputs.flow_prompt_tokens.shape[1])
+        raw = self.llm.generate(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
+                                sampling=self.config.sampling, min_token_text_ratio=min_token_text_ratio,
+                                max_token_text_ratio=max_token_text_ratio, generator=generator, sampler=sampler)
+        kept = drop_long_silences(raw)
+        for _ in range(cap):
+            # Autocast is entered per step, not across the yield: it is thread-wide state and must
+            # not leak into what the caller runs between tokens.
+            with stage("llm"), self._autocast():
+                token = next(kept, None)
+            if token is None:
+                return
+            yield token
+
+    # -- tokens -> audio ----------------------------------------------------------------------------
+
+    def flow_mel(self, tokens: Tensor, prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor, *,
+                 streaming: bool, finalize: bool) -> Tensor:
+        """(1, T) tokens -> (1, 80, frames) mel after the prompt."""
+        with stage("flow"), self._autocast():
+            return self.flow.inference(tokens.to(self.device), prompt_token.to(self.device),
+                                       prompt_feat.to(self.device), embedding.to(self.device),
+                                       self.noise.flow_z, streaming=streaming, finalize=finalize)
+
+    def vocode(self, mel: Tensor, *, finalize: bool) -> Tensor:
+        """(1, 80, frames) -> (1, samples). finalize=False: the last frames are look-ahead only."""
+        with stage("hift"):
+            speech, _ = self.hift.inference(mel, self.noise, finalize=finalize)
+        return speech
+
+    def token2wav(self, tokens: Tensor, prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor, *,
+                  finalize: bool = True, streaming: bool = False, speed: float = 1.0) -> Tensor:
+        """Waveform (1, N) for speech tokens (1, T) in one go; speed != 1 stretches the mel in time."""
+        mel = self.flow_mel(tokens, prompt_token, prompt_feat, embedding, streaming=streaming, finalize=finalize)
+        if speed != 1.0:
+            if not finalize:
+                raise ValueError("speed change needs the whole utterance (finalize=True)")
+            mel = F.interpolate(mel, size=int(mel.shape[2] / speed), mode="linear")
+        return self.vocode(mel, finalize=finalize)
+
+    # -- whole requests ---------------------------------------------------------------------------
+
+    def tts(self, inputs: SynthesisInputs, *, speed: float = 1.0, generator: torch.Generator | None = None,
+            sampler: Sampler | None = None, on_token: Callable[[int], None] | None = None) -> tuple[Tensor, list[int]]:
+        """Non-streaming: (waveform (1, N), the speech tokens it was made from)."""
+        tokens: list[int] = []
+        for token in self.speech_tokens(inputs, generator=generator, sampler=sampler):
+            tokens.append(token)
+            if on_token is not None:
+                on_token(len(tokens))
+        if not tokens:
+            return torch.zeros(1, 0), tokens
+        wav = self.token2wav(torch.tensor([tokens], dtype=torch.int64), inputs.flow_prompt_tokens,
+                             inputs.prompt_mel, inputs.embedding, finalize=True, streaming=False, speed=speed)
+        return wav, tokens
+
+    def tts_stream(self, inputs: SynthesisInputs, *, generator: torch.Generator | None = None,
+                   sampler: Sampler | None = None, on_token: Callable[[int], None] | None = None,
+                   on_chunk: Callable[[int, int], None] | None = None) -> Iterator[Tensor]:
+        """Streaming: yield (1, n) waveform pieces as the tokens arrive; the last one is finalized.
+
+        on_chunk(token_offset, hop) is told each non-final chunk's start and hop (for tests/logs).
+        """
+        prompt_token, prompt_mel, embedding = inputs.flow_prompt_tokens, inputs.prompt_mel, inputs.embedding
+        schedule = HopSchedule(self.config.chunk_size, self.lookahead, prompt_token.shape[1])
+        tokens: list[int] = []
+        offset = 0                                   # tokens whose mel is final
+        hop = schedule.first()
+        mel = torch.zeros(1, self.flow.cfg.mel_dim, 0)
+        emitted = 0                                  # samples already yielded
+
+        for token in self.speech_tokens(inputs, generator=generator, sampler=sampler):
+            tokens.append(token)
+            if on_token is not None:
+                on_token(len(tokens))
+            if len(tokens) - offset < hop + self.lookahead:
+                continue
+            window = torch.tensor([tokens[:offset + hop + self.lookahead]], dtype=torch.int64)
+            new_mel = self.flow_mel(window, prompt_token, prompt_mel, embedding, streaming=True, finalize=False)
+            mel = torch.cat([mel, new_mel[:, :, offset * self.token_mel_ratio:].to(mel.device)], dim=2)
+            speech = self.vocode(mel, finalize=False)
+            if on_chunk is not None:
+                on_chunk(offset, hop)
+            piece = speech[:, emitted:]
+            emitted = speech.shape[1]
+            yield piece
+            offset, hop = offset + hop, schedule.after(hop, first=offset == 0)
+
+        if not tokens:
+            yield torch.zeros(1, 0)
+            return
+        # Last chunk: every remaining token, no right context left to wait for.
+        all_tokens = torch.tensor([tokens], dtype=torch.int64)
+        new_mel = self.flow_mel(all_tokens, prompt_token, prompt_mel, embedding, streaming=True, finalize=True)
+        mel = torch.cat([mel, new_mel[:, :, offset * self.token_mel_ratio:].to(mel.device)], dim=2)
+        speech = self.vocode(mel, finalize=True)
+        yield speech[:, emitted:]
