@@ -1,0 +1,195 @@
+"""CosyVoice3 as an Engine: prompt features, LLM text forming per mode, seeded synthesis, streaming.
+
+What the LLM sees per mode (the released model was trained on these exact forms):
+
+* zero_shot:     prompt text = "You are a helpful assistant.<|endofprompt|>" + transcript, then the
+                 prompt's speech tokens; the new speech continues the prompt.
+* cross_lingual: no prompt text and no prompt speech tokens; the text itself carries the
+                 "You are a helpful assistant.<|endofprompt|>" prefix.
+* instruct:      prompt text = "You are a helpful assistant. " + instruction + "<|endofprompt|>",
+                 no prompt speech tokens.
+
+In every mode the flow gets the prompt's speech tokens, mel and speaker embedding: that is what
+makes the output sound like the prompt. A text that already holds <|endofprompt|> is taken as the
+user's own system part and used unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, PromptAudio, Style, Voice
+from cosyvoice.engines.cosyvoice3 import features
+from cosyvoice.engines.cosyvoice3.devices import autocast, place, release_memory
+from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs, stage
+from cosyvoice.engines.cosyvoice3.model_dir import check_model_dir, model_identity
+from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
+from cosyvoice.engines.cosyvoice3.tokenizer import CosyVoice3Tokenizer
+from cosyvoice.errors import UserInputError
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+END_OF_PROMPT = "<|endofprompt|>"
+FEATURE_RATE = 16000                 # campplus and the speech tokenizer take 16 kHz audio
+# Speech tokens per LLM text token when the prompt cannot tell us (progress estimate only).
+DEFAULT_TOKENS_PER_TEXT_ID = 7.0
+
+
+def zero_shot_prompt_text(transcript: str) -> str:
+    transcript = transcript.strip()
+    return transcript if END_OF_PROMPT in transcript else SYSTEM_PROMPT + END_OF_PROMPT + transcript
+
+
+def cross_lingual_text(text: str) -> str:
+    return text if END_OF_PROMPT in text else SYSTEM_PROMPT + END_OF_PROMPT + text
+
+
+def instruct_prompt_text(instruction: str) -> str:
+    instruction = instruction.strip()
+    if END_OF_PROMPT in instruction:
+        return instruction
+    if instruction.startswith(SYSTEM_PROMPT):
+        return instruction + END_OF_PROMPT
+    return f"{SYSTEM_PROMPT} {instruction}{END_OF_PROMPT}"
+
+
+@dataclass
+class VoiceFeatures:
+    speech_tokens: Tensor     # (1, P) int64, cut so that the mel has exactly token_mel_ratio frames each
+    prompt_mel: Tensor        # (1, ratio * P, 80)
+    embedding: Tensor         # (1, 192) campplus speaker vector
+    seconds: float
+
+
+class CosyVoice3Engine:
+    name = "cosyvoice3"
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32"):
+        self.model_dir = check_model_dir(model_dir)
+        self.placement = place(device, precision)
+        self.device = str(self.placement.device)
+        self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, torch.float32,
+                                          autocast=lambda: autocast(self.placement))
+        config = self.model.config
+        self.config = config
+        self.sample_rate = config.sample_rate
+        self.prompt_sample_rates = (FEATURE_RATE, config.sample_rate)
+        self.model_label = f"CosyVoice3 ({self.model_dir.name})"
+        self.tokenizer = CosyVoice3Tokenizer(config.qwen_dir)
+        onnx_device = "cuda" if self.placement.device.type == "cuda" else "cpu"
+        self.campplus = CampPlus(self.model_dir / "campplus.onnx", onnx_device)
+        self.speech_tokenizer = SpeechTokenizer(self.model_dir / "speech_tokenizer_v3.onnx", onnx_device)
+        self.mel_config = features.PromptMelConfig.from_yaml_values(config.values)
+
+    # -- Engine protocol ------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(streaming=True, markup=True,
+                            description=f"CosyVoice3 neural voice cloning on {self.device} "
+                                        f"({self.placement.precision})")
+
+    def style_notices(self, style: Style) -> list[str]:
+        return []
+
+    def version_info(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "model_dir": str(self.model_dir),
+            "identity": model_identity(self.model_dir),
+            "sample_rate": self.sample_rate,
+            "token_frame_rate": self.config.token_frame_rate,
+            "token_mel_ratio": self.config.token_mel_ratio,
+            "chunk_size": self.config.chunk_size,
+            "precision": self.placement.precision,
+            "requested_precision": self.placement.requested_precision,
+            "device": self.device,
+        }
+
+    def prepare_voice(self, audio: PromptAudio, prompt_text: str | None) -> Voice:
+        wav = torch.from_numpy(np.ascontiguousarray(audio.samples, dtype=np.float32)).reshape(1, -1)
+        with stage("voice"):
+            wav_16k = features.resample(wav, audio.sample_rate, FEATURE_RATE)
+            tokens = self.speech_tokenizer.tokens(features.whisper_log_mel(wav_16k))          # (1, P)
+            embedding = self.campplus.embed(features.campplus_input(features.kaldi_fbank(wav_16k)))
+            wav_out = features.resample(wav, audio.sample_rate, self.mel_config.sample_rate)
+            mel = features.prompt_mel_from_config(wav_out, self.mel_config).transpose(1, 2)  # (1, T, 80)
+            mel, tokens = features.align_prompt(mel, tokens, self.config.token_mel_ratio)
+        if tokens.shape[1] == 0:
+            raise UserInputError("The prompt recording is too short to take a voice from; use 3-15 s of speech.")
+        text_key = hashlib.sha1((prompt_text or "").encode("utf-8")).hexdigest()[:12]
+        return Voice(key=f"{audio.sha1}:{text_key}", prompt_text=prompt_text,
+                     features=VoiceFeatures(tokens.long(), mel.float().contiguous(), embedding.float(),
+                                            audio.seconds))
+
+    def synthesize(self, text: str, voice: Voice, style: Style, seed: int,
+                   on_progress: ProgressCallback, stream: bool = False) -> Iterator[np.ndarray]:
+        inputs, expected = self._inputs(text, voice, style)
+        generator = torch.Generator(device=self.model.device)
+        generator.manual_seed(int(seed))
+
+        def on_token(count: int) -> None:
+            if count % 5 == 0:
+                on_progress(Progress(f"speech tokens {count}/~{expected}", min(count / expected, 0.95)))
+
+        return self._run(inputs, style, generator, on_token, on_progress, stream)
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _run(self, inputs: SynthesisInputs, style: Style, generator: torch.Generator, on_token,
+             on_progress: ProgressCallback, stream: bool) -> Iterator[np.ndarray]:
+        try:
+            # A speed change stretches the whole utterance's mel, so it cannot be streamed chunk by chunk:
+            # such a request is rendered in one piece even when streaming was asked for.
+            if stream and style.speed == 1.0:
+                produced = 0
+                for piece in self.model.tts_stream(inputs, generator=generator, on_token=on_token):
+                    produced += piece.shape[1]
+                    on_progress(Progress(f"vocoded {produced / self.sample_rate:.1f} s", None))
+                    yield piece[0].float().cpu().numpy()
+            else:
+                wav, _ = self.model.tts(inputs, speed=style.speed, generator=generator, on_token=on_token)
+                on_progress(Progress(f"vocoded {wav.shape[1] / self.sample_rate:.1f} s", 1.0))
+                yield wav[0].float().cpu().numpy()
+        finally:
+            release_memory(self.placement.device)
+
+    def _ids(self, text: str) -> Tensor:
+        return torch.tensor([self.tokenizer.encode(text)], dtype=torch.int64)
+
+    def _inputs(self, text: str, voice: Voice, style: Style) -> tuple[SynthesisInputs, int]:
+        """LLM/flow inputs for one piece, and a guess of how many speech tokens it will take (progress)."""
+        feats: VoiceFeatures = voice.features
+        no_speech = torch.zeros(1, 0, dtype=torch.int64)
+        no_text = torch.zeros(1, 0, dtype=torch.int64)
+        tokens_per_id = DEFAULT_TOKENS_PER_TEXT_ID
+        if style.mode == "zero_shot":
+            if not (voice.prompt_text or "").strip():
+                raise UserInputError("Zero-shot cloning needs the transcript of the prompt recording; "
+                                     "use cross-lingual mode when you do not have it.")
+            prompt_ids = self._ids(zero_shot_prompt_text(voice.prompt_text))
+            transcript_ids = len(self.tokenizer.encode(voice.prompt_text.split(END_OF_PROMPT)[-1]))
+            if transcript_ids:
+                tokens_per_id = min(20.0, max(2.0, feats.speech_tokens.shape[1] / transcript_ids))
+            inputs = SynthesisInputs(self._ids(text), prompt_ids, feats.speech_tokens, feats.speech_tokens,
+                                     feats.prompt_mel, feats.embedding)
+        elif style.mode == "cross_lingual":
+            inputs = SynthesisInputs(self._ids(cross_lingual_text(text)), no_text, no_speech, feats.speech_tokens,
+                                     feats.prompt_mel, feats.embedding)
+        elif style.mode == "instruct":
+            if not style.instruct_text.strip():
+                raise UserInputError("Instruct mode needs an instruction, e.g. 请用四川话表达。 or "
+                                     "'Please say a sentence as loudly as possible.'")
+            inputs = SynthesisInputs(self._ids(text), self._ids(instruct_prompt_text(style.instruct_text)),
+                                     no_speech, feats.speech_tokens, feats.prompt_mel, feats.embedding)
+        else:
+            raise UserInputError(f"Unknown mode {style.mode!r}; use zero_shot, cross_lingual or instruct.")
+        n_text = len(self.tokenizer.encode(text))
+        if n_text == 0:
+            raise UserInputError("The text to synthesise is empty.")
+        return inputs, max(1, round(n_text * tokens_per_id))
