@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_LIBRARY
 
     print(f"downloading {args.repo} from {source} into {model_dir} ...", flush=True)
+    created = not model_dir.exists()
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
         _fetch(source, snapshot_download, args.repo, model_dir)
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_FAILED
     except Exception as err:  # hub libraries raise many types; the user needs one clear line
+        if created and model_dir.is_dir() and not any(model_dir.iterdir()):
+            model_dir.rmdir()                # leave no empty dir that looks like a model
         detail = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         if _looks_offline(err):
             print(f"error: cannot reach {source} ({detail}). This machine seems to be offline: "
