@@ -186,9 +186,11 @@ def _syllable_from_base(base: str, tone: int, piece: str, position: int) -> Piny
     initial = _initial_of(base)
     final = _final_token(base[len(initial):], tone)
     if final not in PINYIN_FINALS:
+        missing = f"no token [{final}]" if set(final) & set("aeiouv") | set(_TONE_MARKS) & set(final) \
+            else "no tokens for this syllable"
         raise MarkupError(f'"{piece}" at character {position} ({numeric}) cannot be expressed: the '
-                          f'tokenizer has no token [{final}]. Use another tone or write the '
-                          f"character itself.", piece, position)
+                          f"tokenizer has {missing}. Use another tone or write the character itself.",
+                          piece, position)
     return PinyinSyllable(initial, final, numeric)
 
 
