@@ -83,7 +83,7 @@ def resample(wav: Tensor, orig_sr: int, new_sr: int,
 _FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
-def _mel_hz_to_kaldi_mel(hz: Tensor | float) -> Tensor | float:
+def _kaldi_mel(hz: Tensor | float) -> Tensor | float:
     if isinstance(hz, Tensor):
         return 1127.0 * (1.0 + hz / 700.0).log()
     return 1127.0 * math.log(1.0 + hz / 700.0)
@@ -101,8 +101,8 @@ def _kaldi_mel_banks(num_bins: int, padded_window: int, sample_rate: float,
         high_hz += nyquist
     if not (0.0 <= low_hz < nyquist and 0.0 < high_hz <= nyquist and low_hz < high_hz):
         raise ValueError(f"bad mel range {low_hz}..{high_hz} Hz for {sample_rate} Hz audio")
-    mel_low = _mel_hz_to_kaldi_mel(low_hz)
-    mel_high = _mel_hz_to_kaldi_mel(high_hz)
+    mel_low = _kaldi_mel(low_hz)
+    mel_high = _kaldi_mel(high_hz)
     step = (mel_high - mel_low) / (num_bins + 1)
     # Built in float32 like torchaudio (python-float x int tensor).
     index = torch.arange(num_bins).unsqueeze(1)                        # (bins, 1)
@@ -110,7 +110,7 @@ def _kaldi_mel_banks(num_bins: int, padded_window: int, sample_rate: float,
     center = mel_low + (index + 1.0) * step
     right = mel_low + (index + 2.0) * step
     bin_hz = (sample_rate / padded_window) * torch.arange(padded_window // 2)
-    bin_mel = _mel_hz_to_kaldi_mel(bin_hz).unsqueeze(0)               # (1, fft_bins)
+    bin_mel = _kaldi_mel(bin_hz).unsqueeze(0)               # (1, fft_bins)
     rising = (bin_mel - left) / (center - left)
     falling = (right - bin_mel) / (right - center)
     banks = torch.clamp(torch.minimum(rising, falling), min=0.0)
