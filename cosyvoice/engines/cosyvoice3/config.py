@@ -166,7 +166,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ModelDirError(f"{path.name}: not found in {path.parent}")
     try:
         return load_yaml_values(path)
-    except (ValueError, KeyError, TypeError) as err:
+    except KeyError as err:  # a !ref to a top-level value that is not there
+        raise ModelDirError(f"{path.name}: refers to {err} but does not define it") from err
+    except (ValueError, TypeError) as err:
         raise ModelDirError(f"{path.name}: {err}") from err
 
 

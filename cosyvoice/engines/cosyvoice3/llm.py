@@ -152,10 +152,14 @@ class CosyVoice3LM(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.text_vocab_size, cfg.hidden_size)
+        # Tables are left uninitialised: every weight comes from llm.pt (and random init of the
+        # 151936-row table would cost time for nothing).
+        self.embed_tokens = nn.Embedding(cfg.text_vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.text_vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.speech_embedding = nn.Embedding(cfg.speech_vocab_size, cfg.hidden_size)
+        self.speech_embedding = nn.Embedding(cfg.speech_vocab_size, cfg.hidden_size,
+                                             _weight=torch.empty(cfg.speech_vocab_size, cfg.hidden_size))
         self.llm_decoder = nn.Linear(cfg.hidden_size, cfg.speech_vocab_size, bias=False)
         self.register_buffer("rope_inv_freq", rope_inv_freq(cfg), persistent=False)
 
@@ -375,14 +379,19 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
+        # torch's fused int8 kernel crashes for half-precision inputs unless in_features % 16 == 0
+        # (checked on torch 2.13 CPU); float32 works for any size.
+        self.use_kernel = dtype == torch.float32 or linear.in_features % 16 == 0
+
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features)
-        if flat.dtype != self.scales.dtype:
-            flat = flat.to(self.scales.dtype)
-        out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)
+        flat = x.reshape(-1, self.in_features).to(self.scales.dtype)   # (M, in)
+        if self.use_kernel:
+            out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)
+        else:
+            out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+        return out.view(*x.shape[:-1], self.out_features)                # (..., out)
 
 
 def quantize_int8(model: CosyVoice3LM) -> CosyVoice3LM:

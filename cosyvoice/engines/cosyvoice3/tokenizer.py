@@ -55,6 +55,11 @@ class CosyVoice3Tokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     @property
+    def backend(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (specials included), e.g. to save a tokenizer.json."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
