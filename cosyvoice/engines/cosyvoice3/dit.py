@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cosyvoice.errors import ModelDirError
+
 TIME_FEATURES = 256     # sinusoid size fed to the time MLP
 TIME_SCALE = 1000.0     # t in [0, 1] is stretched to [0, 1000] before the sinusoid
 POS_CONV_KERNEL = 31
@@ -101,42 +103,63 @@ class InputEmbedding(nn.Module):
         return h + self.pos_conv(h)                              # (B, T, dim)
 
 
-def rope_tables(inv_freq: Tensor, frames: int) -> tuple[Tensor, Tensor]:
-    """cos/sin of position * frequency, (T, dim_head/2) each, in float32."""
-    angles = torch.outer(torch.arange(frames, device=inv_freq.device, dtype=torch.float32), inv_freq.float())
-    return angles.cos(), angles.sin()
+@dataclass
+class FrameTables:
+    """What depends only on the sequence length: built once per solve, shared by all steps and blocks."""
+    cos: Tensor             # (T, dim_head/2) rotary cos of position * frequency, float32
+    sin: Tensor
+    mask: Tensor | None     # (T, T) additive attention mask (0 / -inf) when streaming, else None
+
+    @classmethod
+    def build(cls, inv_freq: Tensor, frames: int, block: int | None) -> "FrameTables":
+        pos = torch.arange(frames, device=inv_freq.device)
+        angles = torch.outer(pos.float(), inv_freq.float())
+        mask = None
+        if block is not None:
+            # block-causal: frame i sees frame j iff j < (i // block + 1) * block
+            visible = pos.unsqueeze(0) < ((pos // block + 1) * block).unsqueeze(1)
+            mask = torch.zeros(frames, frames, device=inv_freq.device).masked_fill_(~visible, float("-inf"))
+        return cls(angles.cos(), angles.sin(), mask)
 
 
-def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved channel pairs (2j, 2j+1) of x (..., T, 2J) by the angles in cos/sin (T, J)."""
+def rotate_pairs_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """In place: rotate interleaved channel pairs (2j, 2j+1) of x (..., T, 2J) by the angles in cos/sin (T, J)."""
     pairs = x.unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    rotated_even = even * cos - odd * sin
+    odd.copy_(odd * cos + even * sin)
+    even.copy_(rotated_even)
+
+
+@dataclass
+class Modulation:
+    """Per-block adaptive-norm parameters computed from the time embedding, one row per time value."""
+    blocks: list[Tensor]    # depth x (S, 6 * dim): shift/scale/gate for attention, then for the MLP
+    final: Tensor           # (S, 2 * dim): scale, shift of the output norm
+
+    def row(self, index: int) -> "Modulation":
+        return Modulation([m[index:index + 1] for m in self.blocks], self.final[index:index + 1])
 
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
-        inner = cfg.heads * cfg.dim_head
         self.heads, self.dim_head = cfg.heads, cfg.dim_head
-        self.to_q = nn.Linear(cfg.dim, inner)
-        self.to_k = nn.Linear(cfg.dim, inner)
-        self.to_v = nn.Linear(cfg.dim, inner)
-        self.to_out = nn.Linear(inner, cfg.dim)
+        self.inner = cfg.heads * cfg.dim_head
+        self.qkv = nn.Linear(cfg.dim, 3 * self.inner)   # to_q, to_k, to_v of the checkpoint, stacked
+        self.to_out = nn.Linear(self.inner, cfg.dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, tables: FrameTables) -> Tensor:
         batch, frames, _ = x.shape
-        q = self.to_q(x).view(batch, frames, self.heads, self.dim_head).transpose(1, 2)   # (B, H, T, Dh)
-        k = self.to_k(x).view(batch, frames, self.heads, self.dim_head).transpose(1, 2)
-        v = self.to_v(x).view(batch, frames, self.heads, self.dim_head).transpose(1, 2)
+        qkv = self.qkv(x)                                                   # (B, T, 3 * inner)
         # The released model applies its rotary table (width dim_head) to the flattened q/k, so only
         # the channels of head 0 carry position; the other heads see none. Reproduce that.
-        cos, sin = rope
-        q = torch.cat((rotate_pairs(q[:, :1], cos, sin), q[:, 1:]), dim=1)
-        k = torch.cat((rotate_pairs(k[:, :1], cos, sin), k[:, 1:]), dim=1)
+        rotate_pairs_(qkv[..., :self.dim_head], tables.cos, tables.sin)
+        rotate_pairs_(qkv[..., self.inner:self.inner + self.dim_head], tables.cos, tables.sin)
+        q, k, v = qkv.view(batch, frames, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (B, H, T, Dh)
+        mask = None if tables.mask is None else tables.mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                      # (B, H, T, Dh)
-        return self.to_out(out.transpose(1, 2).reshape(batch, frames, -1))
+        return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner))
 
 
 class FeedForward(nn.Module):
@@ -150,8 +173,8 @@ class FeedForward(nn.Module):
         return self.fc_out(F.gelu(self.fc_in(x), approximate="tanh"))
 
 
-def _layer_norm(x: Tensor) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], eps=NORM_EPS)
+def _modulated_norm(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=NORM_EPS), 1 + scale)
 
 
 class DiTBlock(nn.Module):
@@ -161,13 +184,12 @@ class DiTBlock(nn.Module):
         self.attn = SelfAttention(cfg)
         self.ff = FeedForward(cfg.dim, cfg.ff_mult)
 
-    def forward(self, x: Tensor, time_act: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None) -> Tensor:
-        # time_act: silu(time embedding), (B, dim); each chunk below is (B, 1, dim)
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(time_act).unsqueeze(1).chunk(6, dim=-1)
-        h = _layer_norm(x) * (1 + scale_a) + shift_a
-        x = x + gate_a * self.attn(h, rope, mask)
-        h = _layer_norm(x) * (1 + scale_f) + shift_f
-        return x + gate_f * self.ff(h)
+    def forward(self, x: Tensor, mod: Tensor, tables: FrameTables) -> Tensor:
+        # mod: (B or 1, 6 * dim) from Modulation; each chunk becomes (B or 1, 1, dim). x is updated in place.
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod.unsqueeze(1).chunk(6, dim=-1)
+        x.addcmul_(gate_a, self.attn(_modulated_norm(x, shift_a, scale_a), tables))
+        x.addcmul_(gate_f, self.ff(_modulated_norm(x, shift_f, scale_f)))
+        return x
 
 
 class FinalNorm(nn.Module):
@@ -175,15 +197,9 @@ class FinalNorm(nn.Module):
         super().__init__()
         self.modulation = nn.Linear(dim, 2 * dim)
 
-    def forward(self, x: Tensor, time_act: Tensor) -> Tensor:
-        scale, shift = self.modulation(time_act).unsqueeze(1).chunk(2, dim=-1)   # NB: scale first here
-        return _layer_norm(x) * (1 + scale) + shift
-
-
-def block_causal_mask(frames: int, block: int, device: torch.device | None = None) -> Tensor:
-    """(T, T) bool: frame i sees frame j iff j lies in i's block of `block` frames or an earlier one."""
-    pos = torch.arange(frames, device=device)
-    return pos.unsqueeze(0) < ((pos // block + 1) * block).unsqueeze(1)
+    def forward(self, x: Tensor, mod: Tensor) -> Tensor:
+        scale, shift = mod.unsqueeze(1).chunk(2, dim=-1)   # NB: scale first here, unlike the blocks
+        return _modulated_norm(x, shift, scale)
 
 
 class DiT(nn.Module):
@@ -198,20 +214,30 @@ class DiT(nn.Module):
         self.norm_out = FinalNorm(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
 
+    def modulation(self, t: Tensor) -> Modulation:
+        """Adaptive-norm parameters for diffusion times t (S,). They depend on t only, so a solver can
+        compute them for all its steps at once (one weight pass instead of one per step)."""
+        act = F.silu(self.time_embed(t))                                    # (S, dim)
+        return Modulation([block.modulation(act) for block in self.blocks], self.norm_out.modulation(act))
+
+    def frame_tables(self, frames: int, streaming: bool) -> FrameTables:
+        return FrameTables.build(self.inv_freq, frames, self.cfg.static_chunk_size if streaming else None)
+
+    def velocity(self, x: Tensor, mu: Tensor, spks: Tensor, cond: Tensor, mod: Modulation,
+                 tables: FrameTables) -> Tensor:
+        """x, mu, cond: (B, C, T); spks: (B, spk_dim); mod rows: B or 1 -> (B, mel, T)."""
+        h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks)   # (B, T, dim)
+        for layer, layer_mod in zip(self.blocks, mod.blocks):
+            h = layer(h, layer_mod, tables)
+        return self.proj_out(self.norm_out(h, mod.final)).transpose(1, 2)
+
     def forward(self, x: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor, streaming: bool = False) -> Tensor:
-        """x, mu, cond: (B, C, T); t: (B,); spks: (B, spk_dim) -> velocity (B, mel, T)."""
-        frames = x.shape[-1]
-        time_act = F.silu(self.time_embed(t))
-        h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks)
-        rope = rope_tables(self.inv_freq, frames)
-        mask = block_causal_mask(frames, self.cfg.static_chunk_size, x.device) if streaming else None
-        for block in self.blocks:
-            h = block(h, time_act, rope, mask)
-        return self.proj_out(self.norm_out(h, time_act)).transpose(1, 2)
+        """One velocity evaluation: x, mu, cond (B, C, T); t (B,); spks (B, spk_dim) -> (B, mel, T)."""
+        return self.velocity(x, mu, spks, cond, self.modulation(t), self.frame_tables(x.shape[-1], streaming))
 
 
 def checkpoint_key(key: str) -> str:
-    """Official estimator key (below `decoder.estimator.`) -> our module key."""
+    """Official estimator key (below `decoder.estimator.`, after stack_qkv) -> our module key."""
     renames = (
         ("time_embed.time_mlp.0.", "time_embed.fc_in."),
         ("time_embed.time_mlp.2.", "time_embed.fc_out."),
@@ -220,6 +246,7 @@ def checkpoint_key(key: str) -> str:
         ("rotary_embed.inv_freq", "inv_freq"),
         ("transformer_blocks.", "blocks."),
         (".attn_norm.linear.", ".modulation."),
+        (".attn.to_qkv.", ".attn.qkv."),
         (".attn.to_out.0.", ".attn.to_out."),
         (".ff.ff.0.0.", ".ff.fc_in."),
         (".ff.ff.2.", ".ff.fc_out."),
@@ -228,3 +255,24 @@ def checkpoint_key(key: str) -> str:
     for old, new in renames:
         key = key.replace(old, new)
     return key
+
+
+def stack_qkv(state: dict[str, Tensor], file_name: str) -> dict[str, Tensor]:
+    """Replace each `<p>.to_q/.to_k/.to_v.<w|b>` triple by one `<p>.to_qkv.<w|b>` (q, k, v stacked on
+    dim 0), so attention runs one projection instead of three. A partial triple is a ModelDirError."""
+    parts = (".to_q.", ".to_k.", ".to_v.")
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if parts[0] in key:
+            names = [key.replace(parts[0], part) for part in parts]
+            missing = [name for name in names if name not in state]
+            if missing:
+                raise ModelDirError(f"{file_name}: missing key {missing[0]!r} (next to {key!r})")
+            out[key.replace(parts[0], ".to_qkv.")] = torch.cat([state[name] for name in names])
+        elif parts[1] in key or parts[2] in key:
+            query_key = key.replace(parts[1], parts[0]).replace(parts[2], parts[0])
+            if query_key not in state:
+                raise ModelDirError(f"{file_name}: missing key {query_key!r} (next to {key!r})")
+        else:
+            out[key] = value
+    return out

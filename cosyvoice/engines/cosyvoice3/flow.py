@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from cosyvoice.errors import EngineError, ModelDirError
 
 from . import checkpoint
-from .dit import DiT, DiTConfig, checkpoint_key as dit_checkpoint_key
+from .dit import DiT, DiTConfig, checkpoint_key as dit_checkpoint_key, stack_qkv
 
 # trace(event, tensors): optional observer of intermediate values, for parity checks only.
 # Events: "pre_lookahead" {"out"}; "estimator" {"step", "x", "mask", "mu", "t", "spks", "cond", "out"}
@@ -153,28 +153,34 @@ class CausalFlow(nn.Module):
               bf16: bool = False, trace: Trace | None = None) -> Tensor:
         """Euler integration of the guided velocity from t=0 (noise x) to t=1. x, mu, cond: (1, C, T)."""
         grid = time_grid(n_steps, self.cfg.t_scheduler, x.dtype, x.device)
+        # t and dt are carried the way the reference solver does (t += dt; dt = grid[k+1] - t) so the
+        # float32 times match it bit for bit
+        times, deltas = [], []
+        t, dt = grid[0:1], grid[1] - grid[0]
+        for step in range(1, n_steps + 1):
+            times.append(t)
+            deltas.append(dt)
+            t = t + dt
+            if step < n_steps:
+                dt = grid[step + 1] - t
         # row 0 conditional, row 1 unconditional (no tokens, speaker or prompt) for guidance
         mu2 = torch.cat((mu, torch.zeros_like(mu)))
         spks2 = torch.cat((spks, torch.zeros_like(spks)))
         cond2 = torch.cat((cond, torch.zeros_like(cond)))
         autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         rate = self.cfg.cfg_rate
-        # t and dt are carried the way the reference solver does (t += dt; dt = grid[k+1] - t) so the
-        # float32 times match it bit for bit
-        t, dt = grid[0:1], grid[1] - grid[0]
-        for step in range(1, n_steps + 1):
+        with autocast:
+            modulation = self.estimator.modulation(torch.cat(times))       # all steps in one pass
+            tables = self.estimator.frame_tables(x.shape[-1], streaming)
+        for step in range(n_steps):
             x2 = x.expand(2, -1, -1)
-            t2 = t.expand(2)
             with autocast:
-                v2 = self.estimator(x2, mu2, t2, spks2, cond2, streaming).to(x.dtype)
+                v2 = self.estimator.velocity(x2, mu2, spks2, cond2, modulation.row(step), tables)
+            v2 = v2.to(x.dtype)
             if trace is not None:
-                trace("estimator", {"step": step - 1, "x": x2, "mask": torch.ones_like(x2[:, :1]), "mu": mu2,
-                                    "t": t2, "spks": spks2, "cond": cond2, "out": v2})
-            v = (1.0 + rate) * v2[:1] - rate * v2[1:]
-            x = x + dt * v
-            t = t + dt
-            if step < n_steps:
-                dt = grid[step + 1] - t
+                trace("estimator", {"step": step, "x": x2, "mask": torch.ones_like(x2[:, :1]), "mu": mu2,
+                                    "t": times[step].expand(2), "spks": spks2, "cond": cond2, "out": v2})
+            x = x + deltas[step] * ((1.0 + rate) * v2[:1] - rate * v2[1:])
         return x
 
 
@@ -192,6 +198,6 @@ def load_flow(model_dir: Path, values: dict, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> CausalFlow:
     """CausalFlow sized from the yaml values, weights from <model_dir>/flow.pt (strict), in eval mode."""
     model = CausalFlow(FlowConfig.from_values(values))
-    state = checkpoint.read_state_dict(Path(model_dir) / "flow.pt")
+    state = stack_qkv(checkpoint.read_state_dict(Path(model_dir) / "flow.pt"), "flow.pt")
     checkpoint.load_strict(model, state, "flow.pt", key_map=checkpoint_key)
     return model.to(device=device, dtype=dtype).eval()
