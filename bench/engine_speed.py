@@ -1,0 +1,357 @@
+"""Speed of our CosyVoice3 engine on CPU: LLM prefill and per-token time, flow, HiFT, RTF, first
+streaming chunk, peak RSS.
+
+    python bench/engine_speed.py --json OUT [--model-dir DIR] [--tokens 250] [--threads 2] [--int8] [--bf16]
+
+Without --model-dir a model dir with the released sizes (Qwen2-0.5B-shaped LLM, 22-layer DiT,
+512-channel HiFT) and random weights is written in the official layout to a temporary dir first
+(in a child process, so its memory does not count), using the tiny fixture's tokenizer and yaml
+as templates. Exactly --tokens speech tokens are decoded (stop ids masked): 250 = 10 s of audio.
+
+--int8  also times the weight-only int8 LLM and reports how often its greedy choice agrees with fp32.
+--bf16  also times the flow under bfloat16 autocast and reports the mel error against fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED = ROOT.parent / "shared"
+FIXTURE = SHARED / "fixtures" / "cosyvoice3-tiny"
+PROMPT_WAV = SHARED / "audio" / "zero_shot_prompt.wav"
+PROMPT_TEXT = "希望你以后能够做的比我还好呦。"
+TEXT = ("收到好友从远方寄来的生日礼物，那份意外的惊喜与深深的祝福让我心中充满了甜蜜的快乐，"
+        "笑容如花儿般绽放。")
+
+# Released Fun-CosyVoice3-0.5B sizes.
+QWEN_FULL = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+             "intermediate_size": 4864, "vocab_size": 151936, "max_window_layers": 24}
+YAML_FULL = {  # yaml key (matched at any indent) -> value
+    "llm_input_size": 896, "llm_output_size": 896,
+    "channels": 1024,                       # PreLookaheadLayer
+    "dim": 1024, "depth": 22, "heads": 16, "dim_head": 64, "ff_mult": 2,
+    "base_channels": 512, "cond_channels": 512,
+}
+TIME_FEATURES = 256
+POS_CONV_KERNEL, POS_CONV_GROUPS = 31, 16
+
+
+# ---------------------------------------------------------------------------------------------
+# A full-size random model dir in the official layout
+
+
+def full_size_yaml(template: str) -> str:
+    text = template
+    for key, value in YAML_FULL.items():
+        text, count = re.subn(rf"^(\s*){key}:[ \t]*[^\s#]+", rf"\g<1>{key}: {value}", text, flags=re.MULTILINE)
+        if count != 1:
+            raise RuntimeError(f"template yaml: expected one '{key}:' line, found {count}")
+    return text
+
+
+def _matrix(gen: torch.Generator, rows: int, cols: int) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=gen) / math.sqrt(cols)
+
+
+def llm_state(values: dict, qwen: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """llm.pt keys of CosyVoice3LM around Qwen2ForCausalLM, lm_head tied to embed_tokens."""
+    h, n_layers, inter = qwen["hidden_size"], qwen["num_hidden_layers"], qwen["intermediate_size"]
+    head_dim = h // qwen["num_attention_heads"]
+    q_size, kv_size = qwen["num_attention_heads"] * head_dim, qwen["num_key_value_heads"] * head_dim
+    speech_rows = int(values["llm"]["speech_token_size"]) + 200
+    embed = torch.randn(qwen["vocab_size"], h, generator=gen) * 0.5
+    state = {"llm.model.model.embed_tokens.weight": embed}
+    for i in range(n_layers):
+        p = f"llm.model.model.layers.{i}."
+        state.update({
+            p + "self_attn.q_proj.weight": _matrix(gen, q_size, h), p + "self_attn.q_proj.bias": 0.1 * torch.randn(q_size, generator=gen),
+            p + "self_attn.k_proj.weight": _matrix(gen, kv_size, h), p + "self_attn.k_proj.bias": 0.1 * torch.randn(kv_size, generator=gen),
+            p + "self_attn.v_proj.weight": _matrix(gen, kv_size, h), p + "self_attn.v_proj.bias": 0.1 * torch.randn(kv_size, generator=gen),
+            p + "self_attn.o_proj.weight": _matrix(gen, h, q_size),
+            p + "mlp.gate_proj.weight": _matrix(gen, inter, h), p + "mlp.up_proj.weight": _matrix(gen, inter, h),
+            p + "mlp.down_proj.weight": _matrix(gen, h, inter),
+            p + "input_layernorm.weight": 1 + 0.1 * torch.randn(h, generator=gen),
+            p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(h, generator=gen),
+        })
+    state["llm.model.model.norm.weight"] = 1 + 0.1 * torch.randn(h, generator=gen)
+    state["llm.model.lm_head.weight"] = embed            # tied: saved once, as in the release
+    state["llm_decoder.weight"] = _matrix(gen, speech_rows, h)
+    state["speech_embedding.weight"] = torch.randn(speech_rows, h, generator=gen) * 0.5
+    return state
+
+
+def flow_state(values: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """flow.pt keys of CausalMaskedDiffWithDiT (PreLookaheadLayer + DiT estimator)."""
+    flow = values["flow"]
+    est = flow["decoder"]["estimator"]
+    look = flow["pre_lookahead_layer"]
+    n_in, n_out, spk = int(flow["input_size"]), int(flow["output_size"]), int(flow["spk_embed_dim"])
+    channels, lookahead = int(look["channels"]), int(look["pre_lookahead_len"])
+    dim, depth, heads, dim_head = int(est["dim"]), int(est["depth"]), int(est["heads"]), int(est["dim_head"])
+    ff = int(dim * float(est["ff_mult"]))
+    mel, mu, spk_dim, out = int(est["mel_dim"]), int(est["mu_dim"]), int(est["spk_dim"]), int(est["out_channels"])
+    inner = heads * dim_head
+
+    def linear(prefix: str, rows: int, cols: int) -> dict[str, torch.Tensor]:
+        return {prefix + ".weight": _matrix(gen, rows, cols), prefix + ".bias": 0.02 * torch.randn(rows, generator=gen)}
+
+    def conv(prefix: str, c_out: int, c_in: int, k: int) -> dict[str, torch.Tensor]:
+        w = torch.randn(c_out, c_in, k, generator=gen) / math.sqrt(c_in * k)
+        return {prefix + ".weight": w, prefix + ".bias": 0.02 * torch.randn(c_out, generator=gen)}
+
+    e = "decoder.estimator."
+    state = {"input_embedding.weight": torch.randn(int(flow["vocab_size"]), n_in, generator=gen) * 0.5}
+    state |= linear("spk_embed_affine_layer", n_out, spk)
+    state |= conv("pre_lookahead_layer.conv1", channels, n_in, lookahead + 1)
+    state |= conv("pre_lookahead_layer.conv2", n_in, channels, 3)
+    state |= linear(e + "time_embed.time_mlp.0", dim, TIME_FEATURES)
+    state |= linear(e + "time_embed.time_mlp.2", dim, dim)
+    state |= linear(e + "input_embed.proj", dim, 2 * mel + mu + spk_dim)
+    state |= conv(e + "input_embed.conv_pos_embed.conv1.0", dim, dim // POS_CONV_GROUPS, POS_CONV_KERNEL)
+    state |= conv(e + "input_embed.conv_pos_embed.conv2.0", dim, dim // POS_CONV_GROUPS, POS_CONV_KERNEL)
+    state[e + "rotary_embed.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, dim_head, 2).float() / dim_head)
+    for i in range(depth):
+        b = f"{e}transformer_blocks.{i}."
+        state |= linear(b + "attn_norm.linear", 6 * dim, dim)
+        for name in ("to_q", "to_k", "to_v"):
+            state |= linear(b + "attn." + name, inner, dim)
+        state |= linear(b + "attn.to_out.0", dim, inner)
+        state |= linear(b + "ff.ff.0.0", ff, dim)
+        state |= linear(b + "ff.ff.2", dim, ff)
+    state |= linear(e + "norm_out.linear", 2 * dim, dim)
+    state |= linear(e + "proj_out", out, dim)
+    return state
+
+
+def hift_state(values: dict, template_keys: list[str]) -> dict[str, torch.Tensor]:
+    """hift.pt keys as the fixture has them (weight norm as parametrizations), shapes of the full size.
+
+    The key set does not depend on the channel counts, so the fixture's keys are the template; shapes
+    and freshly initialised values come from our own vocoder built at the full size.
+    """
+    from cosyvoice.engines.cosyvoice3 import hift as hift_module
+
+    torch.manual_seed(0)
+    ours = hift_module.CausalHiFT(hift_module.HiFTConfig.from_values(values["hift"])).state_dict()
+    gain, direction = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
+    state: dict[str, torch.Tensor] = {}
+    for key in template_keys:
+        if key.endswith(gain) or key.endswith(direction):
+            base = key[:-len(gain)]
+            weight = ours[hift_module._key_map(base + ".weight")].float()
+            if key.endswith(gain):
+                state[key] = weight.flatten(1).norm(dim=1).view(-1, *([1] * (weight.dim() - 1)))
+            else:
+                state[key] = weight.clone()
+        else:
+            state[key] = ours[hift_module._key_map(key)].float().clone()
+    return state
+
+
+def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
+    from cosyvoice.engines.cosyvoice3.tiny_onnx import write_tiny_onnx
+    from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cosyvoice3.yaml").write_text(full_size_yaml((template / "cosyvoice3.yaml").read_text()))
+    qwen_dir = out / "CosyVoice-BlankEN"
+    qwen_dir.mkdir(exist_ok=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(template / "CosyVoice-BlankEN" / name, qwen_dir / name)
+    qwen = json.loads((template / "CosyVoice-BlankEN" / "config.json").read_text()) | QWEN_FULL
+    (qwen_dir / "config.json").write_text(json.dumps(qwen, indent=2))
+
+    values = load_yaml_values(out / "cosyvoice3.yaml")
+    gen = torch.Generator().manual_seed(1986)
+    torch.save(llm_state(values, qwen, gen), out / "llm.pt")
+    torch.save(flow_state(values, gen), out / "flow.pt")
+    template_keys = list(torch.load(template / "hift.pt", map_location="cpu", weights_only=True))
+    torch.save(hift_state(values, template_keys), out / "hift.pt")
+    write_tiny_onnx(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def never_stop(sampling, speech_token_size: int):
+    """The released sampler with every stop id masked, so decoding runs as long as we pull."""
+    from cosyvoice.engines.cosyvoice3.sampling import ras_pick
+
+    def sample(logp: torch.Tensor, decoded: list[int], generator) -> int:
+        logp[speech_token_size:] = -float("inf")
+        return ras_pick(logp, decoded, sampling, generator)
+    return sample
+
+
+def greedy(speech_token_size: int, follow: list[int] | None = None, picks: list[int] | None = None):
+    """Argmax over speech ids; with `follow`, record the argmax in `picks` but return follow[step]."""
+    def sample(logp: torch.Tensor, decoded: list[int], generator) -> int:
+        best = int(logp[:speech_token_size].argmax())
+        if follow is None:
+            return best
+        picks.append(best)
+        return follow[len(decoded)]
+    return sample
+
+
+def decode(model, inputs, n_tokens: int, sampler, seed: int = 0, raw: bool = False) -> tuple[list[int], float, float]:
+    """(tokens, prefill seconds incl. the first pick, ms per later token).
+
+    raw: the LLM's own output, without the silence filter (so step i is token i, for agreement counts)."""
+    generator = torch.Generator().manual_seed(seed)
+    if raw:
+        stream: Iterator[int] = model.llm.generate(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
+                                                   sampling=model.config.sampling, max_token_text_ratio=10_000,
+                                                   generator=generator, sampler=sampler)
+    else:
+        stream = model.speech_tokens(inputs, generator=generator, sampler=sampler, max_token_text_ratio=10_000)
+    started = time.perf_counter()
+    tokens = [next(stream)]
+    first = time.perf_counter()
+    for token in stream:
+        tokens.append(token)
+        if len(tokens) == n_tokens:
+            break
+    stream.close()
+    done = time.perf_counter()
+    if len(tokens) < n_tokens:
+        raise RuntimeError(f"decoding stopped after {len(tokens)} tokens")
+    return tokens, first - started, 1000 * (done - first) / max(1, len(tokens) - 1)
+
+
+def run(model_dir: Path, n_tokens: int, int8: bool, bf16: bool) -> dict:
+    from cosyvoice.audio import load_prompt_audio
+    from cosyvoice.engines.base import Style
+    from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
+
+    result: dict = {"model_dir": str(model_dir), "tokens": n_tokens, "threads": torch.get_num_threads()}
+    started = time.perf_counter()
+    engine = CosyVoice3Engine(model_dir, device="cpu", precision="fp32")
+    result["load_s"] = round(time.perf_counter() - started, 2)
+    model, cfg = engine.model, engine.config
+    voice = engine.prepare_voice(load_prompt_audio(PROMPT_WAV).audio, PROMPT_TEXT)
+    inputs, _ = engine._inputs(TEXT, voice, Style("zero_shot"))
+    result["prompt_tokens"] = voice.features.speech_tokens.shape[1]
+    sampler = never_stop(cfg.sampling, cfg.llm.speech_token_size)
+
+    tokens, prefill_s, ms_per_token = decode(model, inputs, n_tokens, sampler)
+    result["llm_prefill_s"] = round(prefill_s, 3)
+    result["llm_ms_per_token"] = round(ms_per_token, 1)
+    llm_s = prefill_s + ms_per_token * (n_tokens - 1) / 1000
+
+    token_tensor = torch.tensor([tokens])
+    feats = voice.features
+    started = time.perf_counter()
+    mel = model.flow_mel(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
+                         streaming=False, finalize=True)
+    result["flow_s"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    wav = model.vocode(mel, finalize=True)
+    result["hift_s"] = round(time.perf_counter() - started, 2)
+    audio_s = wav.shape[1] / engine.sample_rate
+    result["audio_s"] = round(audio_s, 2)
+    result["rtf"] = round((llm_s + result["flow_s"] + result["hift_s"]) / audio_s, 3)
+
+    started = time.perf_counter()
+    chunks = model.tts_stream(inputs, generator=torch.Generator().manual_seed(0), sampler=sampler)
+    first_chunk = next(chunks)
+    result["first_chunk_s"] = round(time.perf_counter() - started, 2)
+    result["first_chunk_audio_s"] = round(first_chunk.shape[1] / engine.sample_rate, 2)
+    chunks.close()
+    result["peak_rss_mib"] = round(peak_rss_mib())
+
+    if bf16:
+        started = time.perf_counter()
+        mel_bf16 = model.flow.inference(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
+                                        model.noise.flow_z, streaming=False, finalize=True, bf16=True)
+        result["bf16_flow_s"] = round(time.perf_counter() - started, 2)
+        err = (mel_bf16 - mel).abs()
+        result["bf16_mel_max_abs_err"] = round(err.max().item(), 4)
+        result["bf16_mel_mean_abs_err"] = round(err.mean().item(), 5)
+        result["mel_abs_max"] = round(mel.abs().max().item(), 3)
+
+    if int8:
+        from cosyvoice.engines.cosyvoice3.llm import quantize_int8
+
+        reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
+        quantize_int8(model.llm)
+        _, prefill_q, ms_q = decode(model, inputs, n_tokens, sampler)
+        result["int8_llm_prefill_s"] = round(prefill_q, 3)
+        result["int8_llm_ms_per_token"] = round(ms_q, 1)
+        free_run, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
+        same_prefix = next((i for i, (a, b) in enumerate(zip(free_run, reference)) if a != b), n_tokens)
+        picks: list[int] = []
+        decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size, follow=reference, picks=picks), raw=True)
+        agree = sum(a == b for a, b in zip(picks, reference)) / len(reference)
+        result["int8_greedy_same_prefix_tokens"] = same_prefix
+        result["int8_greedy_teacher_forced_agreement"] = round(agree, 4)
+        result["peak_rss_mib"] = round(peak_rss_mib())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, help="model dir to time (default: full-size random weights)")
+    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    parser.add_argument("--tokens", type=int, default=250, help="speech tokens to decode (25 per second)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action="store_true", help="also time the int8 LLM and its greedy agreement")
+    parser.add_argument("--bf16", action="store_true", help="also time the bf16 flow and its mel error")
+    parser.add_argument("--keep-dir", type=Path, help="build the random model dir here and keep it (reused if present)")
+    parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.build_only:
+        build_random_model_dir(args.build_only)
+        return 0
+
+    temp: tempfile.TemporaryDirectory | None = None
+    model_dir = args.model_dir
+    if model_dir is None:
+        if args.keep_dir is not None:
+            model_dir = args.keep_dir
+        else:
+            temp = tempfile.TemporaryDirectory(prefix="cv3-bench-")
+            model_dir = Path(temp.name) / "Fun-CosyVoice3-0.5B-random"
+        if not (model_dir / "hift.pt").is_file():
+            started = time.perf_counter()
+            # A child process, so that building the weights does not count in this process's peak RSS.
+            subprocess.run([sys.executable, __file__, "--json", "-", "--threads", str(args.threads),
+                            "--build-only", str(model_dir)], check=True)
+            print(f"random full-size model dir built in {time.perf_counter() - started:.0f} s: {model_dir}",
+                  file=sys.stderr)
+    try:
+        result = run(model_dir, args.tokens, args.int8, args.bf16)
+    finally:
+        if temp is not None:
+            temp.cleanup()
+    result["random_weights"] = args.model_dir is None
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
