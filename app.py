@@ -25,10 +25,11 @@ from loguru import logger
 from cosyvoice import __version__
 from cosyvoice.engines.registry import DEFAULT_MODEL_DIR, ENGINE_CHOICES, create_engine
 from cosyvoice.errors import StudioError
-from cosyvoice.instruct import PRESETS
+from cosyvoice.instruct import PRESETS, strip_wrapper
 from cosyvoice.log import setup_logging
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService
-from cosyvoice.text.frontend import SYNTAX_HELP, TextFrontend
+from cosyvoice.text.frontend import TextFrontend
+from cosyvoice.text.help import SYNTAX_HELP
 
 ROOT = Path(__file__).resolve().parent
 
@@ -142,6 +143,7 @@ class Studio:
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
                        stream: bool = False) -> str:
+        """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct)."""
         request = self._request(mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream)
         try:
             return str(self.service.synthesize(request).path)
@@ -185,13 +187,20 @@ def build_ui(studio: Studio) -> gr.Blocks:
         mode.change(lambda m: (MODE_STEPS[m], gr.update(visible=m == "instruct"),
                                gr.update(visible=m == "zero_shot")),
                     inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False)
-        preset.change(lambda label: dict(PRESETS).get(label, gr.skip()) if label else gr.skip(),
+        preset.change(lambda label: strip_wrapper(dict(PRESETS)[label]) if label in dict(PRESETS) else gr.skip(),
                       inputs=preset, outputs=instruct_text, queue=False)
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
         generate.click(studio.generate_ui,
                        inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream],
                        outputs=[audio_out, file_out, result_md], api_visibility="private")
-        gr.api(studio.synthesize_api, api_name="synthesize")
+        # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
+        # Gradio's file machinery: clients send a file and receive the saved WAV.
+        with gr.Column(visible=False):
+            api_inputs = [gr.Textbox(), gr.Textbox(value="zero_shot"), gr.Audio(type="filepath"), gr.Textbox(),
+                          gr.Textbox(), gr.Number(value=0, precision=0), gr.Number(value=1.0), gr.Checkbox()]
+            api_output = gr.File()
+            api_button = gr.Button()
+        api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
         gr.Timer(3.0).tick(studio.status_line, outputs=status, queue=False)
     # The service does its own admission (and logs a refusal); Gradio's limits only back it up.
     demo.queue(max_size=studio.args.queue_size + studio.args.concurrency + 4,
