@@ -58,7 +58,8 @@ POS_CONV_KERNEL, POS_CONV_GROUPS = 31, 16
 def full_size_yaml(template: str) -> str:
     text = template
     for key, value in YAML_FULL.items():
-        text, count = re.subn(rf"^(\s*){key}:[ \t]*[^\s#]+", rf"\g<1>{key}: {value}", text, flags=re.MULTILINE)
+        # numeric values only: `!ref <...>` lines take the value from the top-level key
+        text, count = re.subn(rf"^(\s*){key}:[ \t]*\d[\d.]*[ \t]*$", rf"\g<1>{key}: {value}", text, flags=re.MULTILINE)
         if count != 1:
             raise RuntimeError(f"template yaml: expected one '{key}:' line, found {count}")
     return text
