@@ -49,6 +49,7 @@ OOM_ADVICE = {
     "llm": "shorten the text piece, or start the server with --precision fp16 or --device cpu",
     "flow": "shorten the text piece or the prompt recording, or use --precision fp16 or --device cpu",
     "hift": "shorten the text piece, or use --device cpu",
+    "voice": "use a shorter prompt recording (3-15 s), or use --device cpu",
 }
 
 
@@ -173,7 +174,7 @@ class CosyVoice3Model:
     def vocode(self, mel: Tensor, *, finalize: bool) -> Tensor:
         """(1, 80, frames) -> (1, samples). finalize=False: the last frames are look-ahead only."""
         with stage("hift"):
-            speech, _ = self.hift.inference(mel, self.noise, finalize=finalize)
+            speech, _ = self.hift.inference(mel.to(self.device), self.noise, finalize=finalize)
         return speech
 
     def token2wav(self, tokens: Tensor, prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor, *,
@@ -214,7 +215,7 @@ class CosyVoice3Model:
         tokens: list[int] = []
         offset = 0                                   # tokens whose mel is final
         hop = schedule.first()
-        mel = torch.zeros(1, self.flow.cfg.mel_dim, 0)
+        mel = torch.zeros(1, self.flow.cfg.mel_dim, 0, device=self.device)
         emitted = 0                                  # samples already yielded
 
         for token in self.speech_tokens(inputs, generator=generator, sampler=sampler):
