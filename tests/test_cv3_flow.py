@@ -11,7 +11,7 @@ from cosyvoice.engines.cosyvoice3.flow import FlowConfig, load_flow
 from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 from cosyvoice.errors import EngineError, ModelDirError
 from cosyvoice.parity import flow as flow_parity
-from cosyvoice.parity import load_case
+from cosyvoice.parity import float64_tolerance, load_case
 
 FIXTURE = Path("/work/shared/fixtures/cosyvoice3-tiny")
 
@@ -102,3 +102,18 @@ def test_bf16_autocast_stays_close_to_fp32(flow, noise) -> None:
     fast = flow.inference(*args, streaming=False, finalize=True, bf16=True)
     assert fast.dtype == torch.float32 and fast.shape == exact.shape
     assert (fast - exact).abs().max() < 0.1 * exact.abs().max()
+
+
+def test_estimator_forward_matches_official_first_call(flow) -> None:
+    case = load_case(FIXTURE, "flow_nonstream.pt")
+    out = flow.estimator(case["est0_x"], case["est0_mu"], case["est0_t"], case["est0_spks"], case["est0_cond"])
+    tolerance = float64_tolerance(FIXTURE, "flow_nonstream", "est0_out")
+    assert (out - case["est0_out"]).abs().max() < tolerance
+
+
+def test_checkpoint_missing_one_attention_projection_is_named(tmp_path: Path) -> None:
+    state = torch.load(FIXTURE / "flow.pt", weights_only=True)
+    del state["decoder.estimator.transformer_blocks.1.attn.to_k.bias"]
+    torch.save(state, tmp_path / "flow.pt")
+    with pytest.raises(ModelDirError, match=r"flow\.pt.*transformer_blocks\.1\.attn\.to_k\.bias"):
+        load_flow(tmp_path, load_yaml_values(FIXTURE / "cosyvoice3.yaml"))
