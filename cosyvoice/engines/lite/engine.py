@@ -28,7 +28,9 @@ REFERENCE_TEXTS = {
     "en": "The quick brown fox jumps over the lazy dog, and then we walk home together before dinner.",
 }
 OUTPUT_RMS = 0.07                     # speech level of the output before style volume
-FEMALE_F0 = 165.0                     # prompts above this median F0 get a female base variant
+# espeak voice variants tried as the base; the one whose envelope statistics (after the F0-ratio
+# warp) lie nearest the prompt's is used for that voice
+BASE_VARIANTS = ("", "m1", "m2", "m3", "f2", "f3", "f4", "f5")
 MIN_PROMPT_VOICED_SECONDS = 0.5
 
 
@@ -95,7 +97,8 @@ class LiteEngine:
         if stats is None or stats.voiced_frames * matching.FRAME_MS / 1000 < MIN_PROMPT_VOICED_SECONDS:
             raise UserInputError("the prompt recording has too little voiced speech to match "
                                  f"(need at least {MIN_PROMPT_VOICED_SECONDS:g} s of voice)")
-        variant = "f2" if stats.median_f0 >= FEMALE_F0 else ""
+        distances = {v: matching.base_voice_distance(self._reference("zh", v), stats) for v in BASE_VARIANTS}
+        variant = min(distances, key=distances.get)
         features = LiteVoiceFeatures(stats=stats, variant=variant)
         return Voice(key=audio.sha1, prompt_text=prompt_text, features=features)
 

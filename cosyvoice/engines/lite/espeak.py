@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,38 +117,59 @@ def sample_rate() -> int:
         return _get_binding().sample_rate
 
 
+# libespeak-ng keeps wave-generator state between calls that no API call resets (the pitch
+# "flutter" phase, noise history), so the same text can come out a few samples different.
+# Remembering recent outputs keeps repeated requests (and streamed vs whole) sample-identical.
+_CACHE_SIZE = 256
+_cache: OrderedDict[tuple, EspeakOutput] = OrderedDict()
+
+
 def speak(text: str, params: EspeakParams, seed: int = 0, phoneme_input: bool = False) -> EspeakOutput:
     """Synthesise `text` with one voice; returns the samples and the phonemes espeak spoke."""
+    key = (text, params.voice, params.rate, params.pitch, params.pitch_range, params.volume, seed, phoneme_input)
     with _lock:
-        b = _get_binding()
-        lib, libc = b.lib, b.libc
-        if lib.espeak_SetVoiceByName(params.voice.encode()) != 0:
-            raise EngineError(f"espeak-ng has no voice '{params.voice}'")
-        for parameter, value in ((_RATE, params.rate), (_VOLUME, params.volume), (_PITCH, params.pitch),
-                                 (_RANGE, params.pitch_range), (_PUNCTUATION, 0), (_CAPITALS, 0),
-                                 (_WORDGAP, 0)):
-            lib.espeak_SetParameter(parameter, int(value), 0)
-        lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
+        if key in _cache:
+            _cache.move_to_end(key)
+            hit = _cache[key]
+            return EspeakOutput(hit.samples.copy(), hit.sample_rate, hit.phonemes)
+        out = _speak_locked(text, params, seed, phoneme_input)
+        _cache[key] = out
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+        return EspeakOutput(out.samples.copy(), out.sample_rate, out.phonemes)
 
-        buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
-        stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
-        if not stream:
-            raise EngineError("could not open a memory stream for the espeak phoneme trace")
-        b.chunks = []
-        try:
-            lib.espeak_SetPhonemeTrace(_TRACE_MNEMONICS, stream)
-            data = text.encode("utf-8") + b"\0"
-            flags = _CHARS_UTF8 | _END_PAUSE | (_PHONEMES_INPUT if phoneme_input else 0)
-            status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, flags, None, None)
-            lib.espeak_Synchronize()
-        finally:
-            lib.espeak_SetPhonemeTrace(0, None)
-            libc.fflush(stream)
-            trace = ctypes.string_at(buffer, size.value).decode("utf-8", "replace") if size.value else ""
-            libc.fclose(stream)
-            libc.free(buffer)
-        if status != 0:
-            raise EngineError(f"espeak-ng failed on the text (status {status})")
-        chunks, b.chunks = b.chunks, []
-        pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-        return EspeakOutput(pcm.astype(np.float32) / 32768.0, b.sample_rate, trace.strip())
+
+def _speak_locked(text: str, params: EspeakParams, seed: int, phoneme_input: bool) -> EspeakOutput:
+    """One espeak_Synth call; the caller holds _lock."""
+    b = _get_binding()
+    lib, libc = b.lib, b.libc
+    if lib.espeak_SetVoiceByName(params.voice.encode()) != 0:
+        raise EngineError(f"espeak-ng has no voice '{params.voice}'")
+    for parameter, value in ((_RATE, params.rate), (_VOLUME, params.volume), (_PITCH, params.pitch),
+                             (_RANGE, params.pitch_range), (_PUNCTUATION, 0), (_CAPITALS, 0),
+                             (_WORDGAP, 0)):
+        lib.espeak_SetParameter(parameter, int(value), 0)
+    lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
+
+    buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
+    stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+    if not stream:
+        raise EngineError("could not open a memory stream for the espeak phoneme trace")
+    b.chunks = []
+    try:
+        lib.espeak_SetPhonemeTrace(_TRACE_MNEMONICS, stream)
+        data = text.encode("utf-8") + b"\0"
+        flags = _CHARS_UTF8 | _END_PAUSE | (_PHONEMES_INPUT if phoneme_input else 0)
+        status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, flags, None, None)
+        lib.espeak_Synchronize()
+    finally:
+        lib.espeak_SetPhonemeTrace(0, None)
+        libc.fflush(stream)
+        trace = ctypes.string_at(buffer, size.value).decode("utf-8", "replace") if size.value else ""
+        libc.fclose(stream)
+        libc.free(buffer)
+    if status != 0:
+        raise EngineError(f"espeak-ng failed on the text (status {status})")
+    chunks, b.chunks = b.chunks, []
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    return EspeakOutput(pcm.astype(np.float32) / 32768.0, b.sample_rate, trace.strip())
