@@ -1,8 +1,10 @@
 """Move espeak's voice toward a prompt voice with WORLD (pyworld).
 
-What is matched: the log-F0 level and spread, the formant scale (a frequency warp from the F0
-ratio) and the long-term spectral envelope (a cepstrally smoothed correction). Frames are never
-replaced by prompt frames: with 3-15 s prompts that destroys intelligibility.
+What is matched: the log-F0 level and spread (spread ratio capped), the formant scale (a frequency
+warp from the F0 ratio, clipped) and the long-term spectral envelope: per-coefficient mean and
+spread of WORLD's mel-cepstral coding of the envelope over voiced frames (a smooth, low-order
+correction; a cepstrally smoothed mean difference when no coded statistics exist). Frames are
+never replaced by prompt frames: with 3-15 s prompts that destroys intelligibility.
 """
 from __future__ import annotations
 
