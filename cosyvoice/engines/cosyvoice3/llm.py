@@ -366,32 +366,38 @@ def load_llm(model_dir: str | Path, cfg: ModelConfig, device: str | torch.device
 
 
 class Int8Linear(nn.Module):
-    """y = x W^T (+ b) with W stored as int8 rows and one float scale per output channel."""
+    """y = x W^T (+ b) with W stored as int8 rows and one float scale per output channel.
+
+    Decode steps (a few rows) use torch's fused int8 GEMV, which is only fast with bfloat16
+    activations on CPU (float32 falls back to a scalar loop ~15x slower) and crashes for bfloat16
+    unless in_features % 16 == 0 (torch 2.13). Longer inputs (prefill) dequantise the weight once
+    per call: the fused kernel scales badly with rows.
+    """
+
+    KERNEL_MAX_ROWS = 8
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0            # (out,)
-        quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
-        dtype = linear.weight.dtype
-        self.register_buffer("weight", quantized)                               # (out, in) int8
-        self.register_buffer("scales", scales.to(dtype))
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scales)                                  # float32 (out,)
+        self.register_buffer("scales_bf16", scales.to(torch.bfloat16))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
-
-        # torch's fused int8 kernel crashes for half-precision inputs unless in_features % 16 == 0
-        # (checked on torch 2.13 CPU); float32 works for any size.
-        self.use_kernel = dtype == torch.float32 or linear.in_features % 16 == 0
+        self.use_kernel = linear.in_features % 16 == 0
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features).to(self.scales.dtype)   # (M, in)
-        if self.use_kernel:
-            out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)
+        flat = x.reshape(-1, self.in_features)                                  # (M, in)
+        if self.use_kernel and flat.shape[0] <= self.KERNEL_MAX_ROWS:
+            out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16).contiguous(), self.weight,
+                                                     self.scales_bf16).to(x.dtype)
         else:
-            out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales
+            dense = (self.weight.to(torch.float32) * self.scales[:, None]).to(x.dtype)
+            out = F.linear(flat, dense)
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features)                # (..., out)
+        return out.view(*x.shape[:-1], self.out_features)                        # (..., out)
 
 
 def quantize_int8(model: CosyVoice3LM) -> CosyVoice3LM:
