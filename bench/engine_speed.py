@@ -2,6 +2,7 @@
 streaming chunk, peak RSS.
 
     python bench/engine_speed.py --json OUT [--model-dir DIR] [--tokens 250] [--threads 2] [--int8] [--bf16]
+                                 [--stages llm,flow,stream] [--update] [--keep-dir DIR]
 
 Without --model-dir a model dir with the released sizes (Qwen2-0.5B-shaped LLM, 22-layer DiT,
 512-channel HiFT) and random weights is written in the official layout to a temporary dir first
@@ -10,6 +11,8 @@ as templates. Exactly --tokens speech tokens are decoded (stop ids masked): 250 
 
 --int8  also times the weight-only int8 LLM and reports how often its greedy choice agrees with fp32.
 --bf16  also times the flow under bfloat16 autocast and reports the mel error against fp32.
+A full-size run takes several minutes on 2 cores; --stages/--update split it into shorter runs
+that fill one JSON file, and every finished measurement is written at once.
 """
 from __future__ import annotations
 
@@ -240,12 +243,17 @@ def decode(model, inputs, n_tokens: int, sampler, seed: int = 0, raw: bool = Fal
     return tokens, first - started, 1000 * (done - first) / max(1, len(tokens) - 1)
 
 
-def run(model_dir: Path, n_tokens: int, int8: bool, bf16: bool) -> dict:
+STAGES = ("llm", "flow", "stream", "int8", "bf16")
+
+
+def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, save) -> dict:
+    """Measure `stages` in order; `save(result)` after each one, so a long run that is cut short
+    still leaves what it measured."""
     from cosyvoice.audio import load_prompt_audio
     from cosyvoice.engines.base import Style
     from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
 
-    result: dict = {"model_dir": str(model_dir), "tokens": n_tokens, "threads": torch.get_num_threads()}
+    result.update({"model_dir": str(model_dir), "tokens": n_tokens, "threads": torch.get_num_threads()})
     started = time.perf_counter()
     engine = CosyVoice3Engine(model_dir, device="cpu", precision="fp32")
     result["load_s"] = round(time.perf_counter() - started, 2)
@@ -254,34 +262,46 @@ def run(model_dir: Path, n_tokens: int, int8: bool, bf16: bool) -> dict:
     inputs, _ = engine._inputs(TEXT, voice, Style("zero_shot"))
     result["prompt_tokens"] = voice.features.speech_tokens.shape[1]
     sampler = never_stop(cfg.sampling, cfg.llm.speech_token_size)
-
-    tokens, prefill_s, ms_per_token = decode(model, inputs, n_tokens, sampler)
-    result["llm_prefill_s"] = round(prefill_s, 3)
-    result["llm_ms_per_token"] = round(ms_per_token, 1)
-    llm_s = prefill_s + ms_per_token * (n_tokens - 1) / 1000
-
-    token_tensor = torch.tensor([tokens])
     feats = voice.features
-    started = time.perf_counter()
-    mel = model.flow_mel(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
-                         streaming=False, finalize=True)
-    result["flow_s"] = round(time.perf_counter() - started, 2)
-    started = time.perf_counter()
-    wav = model.vocode(mel, finalize=True)
-    result["hift_s"] = round(time.perf_counter() - started, 2)
-    audio_s = wav.shape[1] / engine.sample_rate
-    result["audio_s"] = round(audio_s, 2)
-    result["rtf"] = round((llm_s + result["flow_s"] + result["hift_s"]) / audio_s, 3)
+    save(result)
 
-    started = time.perf_counter()
-    chunks = model.tts_stream(inputs, generator=torch.Generator().manual_seed(0), sampler=sampler)
-    first_chunk = next(chunks)
-    result["first_chunk_s"] = round(time.perf_counter() - started, 2)
-    result["first_chunk_audio_s"] = round(first_chunk.shape[1] / engine.sample_rate, 2)
-    chunks.close()
-    result["peak_rss_mib"] = round(peak_rss_mib())
+    if "llm" in stages:
+        tokens, prefill_s, ms_per_token = decode(model, inputs, n_tokens, sampler)
+        result["llm_prefill_s"] = round(prefill_s, 3)
+        result["llm_ms_per_token"] = round(ms_per_token, 1)
+        save(result)
+    else:  # flow and HiFT cost does not depend on which tokens they render
+        tokens = torch.randint(0, cfg.llm.speech_token_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    token_tensor = torch.tensor([tokens])
 
-    if bf16:
+    mel = None
+    if "flow" in stages or "bf16" in stages:
+        started = time.perf_counter()
+        mel = model.flow_mel(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
+                             streaming=False, finalize=True)
+        result["flow_s"] = round(time.perf_counter() - started, 2)
+        save(result)
+    if "flow" in stages:
+        started = time.perf_counter()
+        wav = model.vocode(mel, finalize=True)
+        result["hift_s"] = round(time.perf_counter() - started, 2)
+        result["audio_s"] = round(wav.shape[1] / engine.sample_rate, 2)
+        save(result)
+    if all(k in result for k in ("llm_prefill_s", "llm_ms_per_token", "flow_s", "hift_s")):
+        llm_s = result["llm_prefill_s"] + result["llm_ms_per_token"] * (n_tokens - 1) / 1000
+        result["rtf"] = round((llm_s + result["flow_s"] + result["hift_s"]) / result["audio_s"], 3)
+
+    if "stream" in stages:
+        started = time.perf_counter()
+        chunks = model.tts_stream(inputs, generator=torch.Generator().manual_seed(0), sampler=sampler)
+        first_chunk = next(chunks)
+        result["first_chunk_s"] = round(time.perf_counter() - started, 2)
+        result["first_chunk_audio_s"] = round(first_chunk.shape[1] / engine.sample_rate, 2)
+        chunks.close()
+    result["peak_rss_mib"] = max(result.get("peak_rss_mib", 0), round(peak_rss_mib()))
+    save(result)
+
+    if "bf16" in stages:
         started = time.perf_counter()
         mel_bf16 = model.flow.inference(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
                                         model.noise.flow_z, streaming=False, finalize=True, bf16=True)
@@ -290,8 +310,9 @@ def run(model_dir: Path, n_tokens: int, int8: bool, bf16: bool) -> dict:
         result["bf16_mel_max_abs_err"] = round(err.max().item(), 4)
         result["bf16_mel_mean_abs_err"] = round(err.mean().item(), 5)
         result["mel_abs_max"] = round(mel.abs().max().item(), 3)
+        save(result)
 
-    if int8:
+    if "int8" in stages:
         from cosyvoice.engines.cosyvoice3.llm import quantize_int8
 
         reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
@@ -299,6 +320,7 @@ def run(model_dir: Path, n_tokens: int, int8: bool, bf16: bool) -> dict:
         _, prefill_q, ms_q = decode(model, inputs, n_tokens, sampler)
         result["int8_llm_prefill_s"] = round(prefill_q, 3)
         result["int8_llm_ms_per_token"] = round(ms_q, 1)
+        save(result)
         free_run, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
         same_prefix = next((i for i, (a, b) in enumerate(zip(free_run, reference)) if a != b), n_tokens)
         picks: list[int] = []
@@ -306,7 +328,8 @@ def run(model_dir: Path, n_tokens: int, int8: bool, bf16: bool) -> dict:
         agree = sum(a == b for a, b in zip(picks, reference)) / len(reference)
         result["int8_greedy_same_prefix_tokens"] = same_prefix
         result["int8_greedy_teacher_forced_agreement"] = round(agree, 4)
-        result["peak_rss_mib"] = round(peak_rss_mib())
+        result["peak_rss_mib"] = max(result["peak_rss_mib"], round(peak_rss_mib()))
+        save(result)
     return result
 
 
@@ -319,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also time the int8 LLM and its greedy agreement")
     parser.add_argument("--bf16", action="store_true", help="also time the bf16 flow and its mel error")
     parser.add_argument("--keep-dir", type=Path, help="build the random model dir here and keep it (reused if present)")
+    parser.add_argument("--stages", default="llm,flow,stream",
+                        help=f"comma-separated subset of {','.join(STAGES)} (--int8/--bf16 add theirs)")
+    parser.add_argument("--update", action="store_true",
+                        help="merge into an existing --json file instead of replacing it (for runs split in parts)")
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -342,14 +369,25 @@ def main(argv: list[str] | None = None) -> int:
                             "--build-only", str(model_dir)], check=True)
             print(f"random full-size model dir built in {time.perf_counter() - started:.0f} s: {model_dir}",
                   file=sys.stderr)
+    stages = tuple(x for x in args.stages.split(",") if x) + ("int8",) * args.int8 + ("bf16",) * args.bf16
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stage(s): {', '.join(sorted(unknown))}")
+    result: dict = {}
+    if args.update and args.json.is_file():
+        result = json.loads(args.json.read_text())
+    result["random_weights"] = args.model_dir is None
+
+    def save(partial: dict) -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(partial, indent=2) + "\n")
+        print(json.dumps(partial), file=sys.stderr, flush=True)
+
     try:
-        result = run(model_dir, args.tokens, args.int8, args.bf16)
+        result = run(model_dir, args.tokens, stages, result, save)
     finally:
         if temp is not None:
             temp.cleanup()
-    result["random_weights"] = args.model_dir is None
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
