@@ -118,14 +118,15 @@ class Studio:
         return line
 
     # ---- request handlers -------------------------------------------------------------------
-    def _request(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream) -> SynthesisRequest:
+    def _request(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream,
+                 normalize=True) -> SynthesisRequest:
         return SynthesisRequest(text=text or "", mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text or "",
                                 instruct_text=instruct_text or "", seed=None if seed is None else int(seed),
-                                speed=float(speed), stream=bool(stream))
+                                speed=float(speed), stream=bool(stream), normalize=bool(normalize))
 
-    def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream):
+    def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize):
         """UI handler: streams (rate, chunk) to the player, then offers the saved file."""
-        request = self._request(mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream)
+        request = self._request(mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize)
         request_id = uuid.uuid4().hex[:6]
         try:
             for event in self.service.run(request, request_id):
@@ -135,16 +136,18 @@ class Studio:
                     yield (self.engine.sample_rate, event.chunk), gr.skip(), gr.skip()
                 if event.result is not None:
                     r = event.result
-                    yield gr.skip(), str(r.path), (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · "
-                                                   f"RTF {r.rtf:.2f} · seed {r.seed} · req {r.request_id}")
+                    summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
+                               f"seed {r.seed} · req {r.request_id}")
+                    summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
+                    yield gr.skip(), str(r.path), summary
         except StudioError as err:
             raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
 
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
-                       stream: bool = False) -> str:
+                       stream: bool = False, normalize: bool = True) -> str:
         """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct)."""
-        request = self._request(mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream)
+        request = self._request(mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize)
         try:
             return str(self.service.synthesize(request).path)
         except StudioError as err:
@@ -179,6 +182,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     dice = gr.Button("🎲", scale=1, min_width=60)
                 speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed")
                 stream = gr.Checkbox(value=False, label="流式播放 Stream while synthesising")
+                normalize = gr.Checkbox(value=True, label="文本规范化 Read numbers, dates and symbols as words")
                 generate = gr.Button("生成 Generate", variant="primary")
                 audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
                 file_out = gr.File(label="下载 Download", interactive=False)
@@ -191,13 +195,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
                       inputs=preset, outputs=instruct_text, queue=False)
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
         generate.click(studio.generate_ui,
-                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream],
+                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize],
                        outputs=[audio_out, file_out, result_md], api_visibility="private")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
             api_inputs = [gr.Textbox(), gr.Textbox(value="zero_shot"), gr.Audio(type="filepath"), gr.Textbox(),
-                          gr.Textbox(), gr.Number(value=0, precision=0), gr.Number(value=1.0), gr.Checkbox()]
+                          gr.Textbox(), gr.Number(value=0, precision=0), gr.Number(value=1.0), gr.Checkbox(),
+                          gr.Checkbox(value=True)]
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")

@@ -156,8 +156,13 @@ class SynthesisService:
                 stage = "synthesize"
                 started = time.perf_counter()
                 audio: list[np.ndarray] = []
-                for chunk in self._synthesize(pieces, voice, style, seed, request.stream, log):
+                engine_notices: list[str] = []     # filled (and logged) by the engine's progress callback
+                shown = 0
+                for chunk in self._synthesize(pieces, voice, style, seed, request.stream, log, engine_notices):
                     audio.append(chunk)
+                    for notice in engine_notices[shown:]:
+                        yield Event(notice=notice)
+                    shown = len(engine_notices)
                     if request.stream:
                         yield Event(chunk=chunk)
                 samples = np.concatenate(audio) if audio else np.zeros(0, np.float32)
@@ -175,7 +180,7 @@ class SynthesisService:
                 if not request.stream:
                     yield Event(chunk=samples)
                 yield Event(result=SynthesisResult(request_id, path, self.engine.sample_rate, seconds, rtf,
-                                                   seed, notices))
+                                                   seed, notices + engine_notices))
         except ServerBusyError:
             self._count_failure()
             raise
@@ -259,13 +264,18 @@ class SynthesisService:
         return voice
 
     def _synthesize(self, pieces: list[str], voice: Voice, style: Style, seed: int, stream: bool,
-                    log) -> Iterator[np.ndarray]:
+                    log, notices: list[str]) -> Iterator[np.ndarray]:
         pause = np.zeros(int(self.config.pause_seconds * self.engine.sample_rate), np.float32)
         total = len(pieces)
         for index, piece in enumerate(pieces, start=1):
             last_logged = [0.0]
 
             def on_progress(progress: Progress, index=index, last_logged=last_logged) -> None:
+                if progress.notice:
+                    if progress.message not in notices:
+                        log.warning(progress.message)
+                        notices.append(progress.message)
+                    return
                 now = time.perf_counter()
                 if now - last_logged[0] >= 0.5:    # a steady trickle in the log, not one line per token
                     last_logged[0] = now

@@ -162,3 +162,22 @@ def test_health_and_version_answer_fast_even_during_synthesis(lite_app):
     for key in ("version", "git_commit", "engine", "sample_rate", "build_time", "model"):
         assert key in version, version
     assert version["engine"] == "lite" and version["sample_rate"] == 24000
+
+
+def test_what_the_engine_cannot_render_is_reported_not_ignored(lite_app):
+    path = synth(lite_app, "今天天气很好[laughter]。", mode="instruct", prompt_text="",
+                 instruct_text="请用四川话说")
+    lines = log_lines_for(lite_app, request_id_of(path))
+    warnings = [line for line in lines if "| WARNING" in line]
+    assert any("四川话" in line and "plain Mandarin" in line for line in warnings), lines
+    assert any("[laughter]" in line for line in warnings), lines
+
+
+def test_normalization_can_be_switched_off_per_request(lite_app):
+    client = lite_app.client()
+    common = dict(mode="zero_shot", prompt_wav=handle_file(str(ZERO_SHOT_PROMPT)), prompt_text=ZERO_SHOT_TRANSCRIPT,
+                  instruct_text="", seed=1, speed=1.0, stream=False, api_name="/synthesize")
+    read_out = Path(client.predict(text="价格是12345元。", normalize=True, **common))
+    literal = Path(client.predict(text="价格是12345元。", normalize=False, **common))
+    # Read as words, 12345 is 一万两千三百四十五: much longer than espeak's digit-by-digit reading.
+    assert sf.info(read_out).duration != sf.info(literal).duration

@@ -52,6 +52,7 @@ class Style:
 class Progress:
     message: str                    # e.g. "speech tokens 120/~180"
     fraction: float | None = None   # 0..1 within the current piece, when known
+    notice: bool = False            # something the user asked for that could not be rendered: shown and logged
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -107,9 +107,7 @@ class LiteEngine:
         render = self._render_style(style)
         segments, unvoiced = self._plan(text, render)
         for token in dict.fromkeys(unvoiced):
-            message = f"the lite engine cannot render {token}; left a short pause"
-            logger.warning(message)
-            on_progress(Progress(message))
+            on_progress(Progress(f"the lite engine cannot render {token}; left a short pause", notice=True))
         pending: list[np.ndarray] = []
         for index, segment in enumerate(segments):
             on_progress(Progress(f"lite segment {index + 1}/{len(segments)}", index / max(len(segments), 1)))
