@@ -144,3 +144,17 @@ def test_released_sizes_build_and_run(values: dict, noise) -> None:
     speech, source = model.inference(mel, noise, finalize=True)
     assert speech.shape == (1, 12 * 480) and source.shape == (1, 1, 12 * 480)
     assert torch.isfinite(speech).all() and speech.abs().max() <= config.audio_limit
+
+
+def test_time_major_and_plain_layouts_give_the_same_waveform(values: dict, hift, noise) -> None:
+    # CPU runs time-major weights/activations; other devices keep the plain layout. Both must agree.
+    plain = load_hift(FIXTURE, values, "cpu", torch.float32)
+    for module in plain.modules():
+        if isinstance(module, torch.nn.Conv1d):
+            module.weight.data = module.weight.data.contiguous()
+    mel = load_case(FIXTURE, "hift_finalize.pt")["mel"][:, :, :24]
+    assert hift.conv_pre.weight.stride(1) == 1 and plain.conv_pre.weight.stride(2) == 1
+    for finalize in (True, False):
+        ours, _ = hift.inference(mel, noise, finalize=finalize)
+        other, _ = plain.inference(mel, noise, finalize=finalize)
+        assert _max_err(ours, other) < 1e-5

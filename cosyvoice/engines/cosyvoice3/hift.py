@@ -9,6 +9,11 @@ Three parts, all causal so that streaming chunks match the one-shot result:
 With finalize=False the call is a streaming chunk whose last frames only serve as right context:
 the F0 predictor's first conv and conv_pre read real future frames instead of zero padding, and
 the samples that still depend on frames not seen yet are dropped.
+
+Speed (exact float32, same results up to rounding): weight norm is folded at load, the nearest
+upsampling + conv pairs run as polyphase convs on the low-rate signal (UpsampleConv), activations
+on CPU are kept time-major so oneDNN convolves them without layout reorders
+(CausalHiFT.use_time_major_layout), and Snake / residual sums work in place.
 """
 from __future__ import annotations
 
@@ -116,6 +121,8 @@ class HiFTConfig:
             raise bad("source_resblock_kernel_sizes", "must have one entry per upsample rate")
         if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
             raise bad("resblock_dilation_sizes", "must have one entry per resblock kernel size")
+        if not all(self.resblock_dilation_sizes) or not all(self.source_resblock_dilation_sizes):
+            raise bad("resblock_dilation_sizes", "must not contain an empty list of dilations")
         if self.base_channels % (2 ** n_stages):
             raise bad("base_channels", f"must be divisible by 2**{n_stages}")
         if self.f0_num_class != 1:
@@ -128,11 +135,23 @@ class HiFTConfig:
 # Convolutions. The checkpoint's weight-norm pairs are folded into plain weights at load time.
 
 
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0,
+          dilation: int = 1) -> Tensor:
+    """conv1d computed as a height-1 conv2d.
+
+    Same arithmetic; the difference is memory layout: torch's conv1d first makes its input contiguous
+    in (batch, channel, time) order, which would undo time-major activations (see
+    CausalHiFT.use_time_major_layout) with a copy before and after every conv. conv2d keeps them.
+    """
+    y = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), (0, padding), (1, dilation))
+    return y.squeeze(2)
+
+
 class LeftPaddedConv(nn.Conv1d):
     """Causal conv: output t sees inputs t - (k-1)*d .. t (zeros before the start).
 
     The conv pads both sides itself (no padded copy of the input) and the extra outputs at the end
-    are sliced off, so the result is a view with row stride T + pad; consumers do not need it contiguous.
+    are sliced off; the result is a view, which no consumer needs contiguous.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
@@ -140,7 +159,8 @@ class LeftPaddedConv(nn.Conv1d):
                          padding=(kernel_size - 1) * dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x)[:, :, :x.shape[2]]
+        y = _conv(x, self.weight, self.bias, padding=self.padding[0], dilation=self.dilation[0])
+        return y[:, :, :x.shape[2]]
 
 
 class LookAheadConv(nn.Conv1d):
@@ -157,7 +177,7 @@ class LookAheadConv(nn.Conv1d):
     def forward(self, x: Tensor, finalize: bool) -> Tensor:
         if finalize:
             x = F.pad(x, (0, self.look_right))
-        return super().forward(x)
+        return _conv(x, self.weight, self.bias)
 
 
 class UpsampleConv(nn.Conv1d):
@@ -179,25 +199,28 @@ class UpsampleConv(nn.Conv1d):
 
     def _phase_weights(self) -> tuple[Tensor, Tensor]:
         w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        version = None if w.is_inference() else w._version  # inference tensors cannot change in place
+        key = (w.data_ptr(), version, w.dtype, w.device, w.stride())
         if self._phase_cache is None or self._phase_cache[0] != key:
             out_ch, in_ch, k = w.shape
-            phase = torch.zeros(out_ch, self.rate, in_ch, self.taps, dtype=torch.float64, device=w.device)
+            phase = torch.zeros(self.rate, out_ch, in_ch, self.taps, dtype=torch.float64, device=w.device)
             for r in range(self.rate):
                 for j in range(k):
                     frame = (r - (k - 1) + j) // self.rate                # in -(taps-1) .. 0
-                    phase[:, r, :, frame + self.taps - 1] += w[:, :, j].double()
-            weight = phase.reshape(out_ch * self.rate, in_ch, self.taps).to(w.dtype)
-            bias = self.bias.detach().repeat_interleave(self.rate)
+                    phase[r, :, :, frame + self.taps - 1] += w[:, :, j].double()
+            # Phase-major output channels (r * C_out + c): in time-major memory the conv output then
+            # already is the interleaved signal and the reshape below is free.
+            weight = _like_layout(phase.reshape(self.rate * out_ch, in_ch, self.taps).to(w.dtype), w)
+            bias = self.bias.detach().repeat(self.rate)
             self._phase_cache = (key, weight, bias)
         return self._phase_cache[1], self._phase_cache[2]
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias = self._phase_weights()
         batch, _, frames = x.shape
-        y = F.conv1d(F.pad(x, (self.taps - 1, 0)), weight, bias)             # (B, C_out * rate, T)
-        y = y.view(batch, self.out_channels, self.rate, frames).transpose(2, 3)
-        return y.reshape(batch, self.out_channels, frames * self.rate)      # (B, C_out, T * rate)
+        y = _conv(x, weight, bias, padding=self.taps - 1)[:, :, :frames]  # (B, rate * C_out, T), causal
+        y = y.transpose(1, 2).reshape(batch, frames * self.rate, self.out_channels)
+        return y.transpose(1, 2)                                             # (B, C_out, T * rate)
 
 
 class DownsampleConv(nn.Conv1d):
@@ -208,7 +231,7 @@ class DownsampleConv(nn.Conv1d):
         self.left_pad = rate - 1
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.pad(x, (self.left_pad, 0)))
+        return _conv(F.pad(x, (self.left_pad, 0)), self.weight, self.bias, stride=self.stride[0])
 
 
 class Snake(nn.Module):
@@ -219,15 +242,14 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        # One new tensor and in-place steps instead of five temporaries: these activations are the
-        # largest tensors of the model and the pass is memory-bound. Same roundings, in the same order,
-        # as x + (1 / (alpha + eps)) * sin(x * alpha) ** 2.
+        # One new tensor updated in place instead of five temporaries: these activations are the
+        # largest tensors of the model and each pass over them is memory-bound. Same formula and order
+        # as x + (1 / (alpha + eps)) * sin(x * alpha) ** 2 (addcmul may fuse the last multiply-add).
         alpha = self.alpha[None, :, None]
         y = torch.mul(x, alpha)
         y.sin_()
         y.mul_(y)
-        y.mul_(1.0 / (alpha + SNAKE_EPS))
-        return y.add_(x)
+        return torch.addcmul(x, y, 1.0 / (alpha + SNAKE_EPS), out=y)
 
 
 class ResBlock(nn.Module):
@@ -245,6 +267,31 @@ class ResBlock(nn.Module):
         for conv1, conv2, act1, act2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
             x = conv2(act2(conv1(act1(x)))).add_(x)
         return x
+
+
+def _is_time_major(x: Tensor) -> bool:
+    """(B, C, T) stored as B x T x C, the layout oneDNN's direct convolutions read without reordering."""
+    return x.dim() == 3 and x.stride(1) == 1 and x.stride(2) == x.shape[1] and x.shape[1] > 1
+
+
+def _time_major(x: Tensor) -> Tensor:
+    return x if _is_time_major(x) else x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _like_layout(x: Tensor, reference: Tensor) -> Tensor:
+    return _time_major(x) if _is_time_major(reference) else x.contiguous()
+
+
+def _reflect_pad_one_left(x: Tensor) -> Tensor:
+    """F.pad(x, (1, 0), mode="reflect") that keeps x's memory layout."""
+    batch, channels, frames = x.shape
+    if _is_time_major(x):
+        out = torch.empty(batch, frames + 1, channels, dtype=x.dtype, device=x.device).transpose(1, 2)
+    else:
+        out = x.new_empty(batch, channels, frames + 1)
+    out[:, :, 1:] = x
+    out[:, :, :1] = x[:, :, 1:2]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +387,7 @@ class CausalHiFT(nn.Module):
         for i, cout in enumerate(stage_channels):
             rate = math.prod(c.upsample_rates[i + 1:])
             self.source_downs.append(DownsampleConv(spec_channels, cout, rate) if rate > 1
-                                     else nn.Conv1d(spec_channels, cout, 1))
+                                     else LeftPaddedConv(spec_channels, cout, 1))
         self.source_resblocks = nn.ModuleList(
             ResBlock(ch, k, d) for ch, k, d in
             zip(stage_channels, c.source_resblock_kernel_sizes, c.source_resblock_dilation_sizes))
@@ -350,6 +397,17 @@ class CausalHiFT(nn.Module):
         self.conv_post = LeftPaddedConv(stage_channels[-1], spec_channels, 7)
         window = torch.hann_window(c.n_fft, periodic=True, dtype=torch.float64).to(torch.float32)
         self.register_buffer("window", window, persistent=False)
+
+    def use_time_major_layout(self) -> "CausalHiFT":
+        """Store the decoder's conv weights time-major (B x T x C activations follow from them).
+
+        On x86 CPUs oneDNN then runs its direct convolutions on the activations as they are instead
+        of reordering every input and output to a blocked layout and back. Values are unchanged.
+        """
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Conv1d) and not name.startswith("f0_predictor"):
+                module.weight.data = _time_major(module.weight.data)
+        return self
 
     # -- STFT helpers ---------------------------------------------------------------------------
 
@@ -388,7 +446,7 @@ class CausalHiFT(nn.Module):
         for i, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, c.lrelu_slope, inplace=True))
             if i == len(self.ups) - 1:
-                x = F.pad(x, (1, 0), mode="reflect")  # one frame more, to match the STFT's L/hop + 1
+                x = _reflect_pad_one_left(x)  # one frame more, to match the STFT's L/hop + 1
             x = x.add_(self.source_resblocks[i](self.source_downs[i](spec)))
             blocks = self.resblocks[i * n_kernels:(i + 1) * n_kernels]
             total = blocks[0](x)
@@ -448,4 +506,7 @@ def load_hift(model_dir: str | Path, values: dict, device: torch.device | str = 
     model.to(dtype)
     model.f0_predictor.double()
     load_strict(model, state, HIFT_FILE, key_map=_key_map)  # copies cast each value to its parameter's dtype
-    return model.to(device).eval()
+    model.to(device)
+    if torch.device(device).type == "cpu":
+        model.use_time_major_layout()
+    return model.eval()
