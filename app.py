@@ -196,7 +196,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
         generate.click(studio.generate_ui,
                        inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize],
-                       outputs=[audio_out, file_out, result_md], api_visibility="private")
+                       outputs=[audio_out, file_out, result_md], api_name="generate")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
@@ -211,6 +211,29 @@ def build_ui(studio: Studio) -> gr.Blocks:
     demo.queue(max_size=studio.args.queue_size + studio.args.concurrency + 4,
                default_concurrency_limit=studio.args.concurrency + studio.args.queue_size)
     return demo
+
+
+def ensure_ffmpeg(run_dir: Path = ROOT / ".run" / "bin") -> str | None:
+    """Gradio encodes streamed audio with an `ffmpeg` process; use the one bundled by imageio-ffmpeg
+    (a PyPI wheel) when the system has none, so streaming works without an apt step."""
+    import shutil
+
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        bundled = Path(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError):
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    link = run_dir / "ffmpeg"
+    if not link.exists() or link.resolve() != bundled.resolve():
+        link.unlink(missing_ok=True)
+        link.symlink_to(bundled)
+    os.environ["PATH"] = f"{run_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return str(link)
 
 
 def retention_loop(studio: Studio, every_s: float = 3600.0) -> None:
@@ -249,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     log_file = setup_logging(args.log_dir)
     log = logger.bind(req="-")
     log.info(f"starting CosyVoice Studio {__version__} (engine {args.engine}, log {log_file})")
+    if ensure_ffmpeg() is None:
+        log.warning("no ffmpeg found: streaming playback in the browser will fail; pip install imageio-ffmpeg "
+                    "or apt-get install ffmpeg (saved files are not affected)")
     try:
         app, studio = create_app(args)
     except StudioError as err:
