@@ -245,7 +245,7 @@ class SynthesisService:
         log.info(f"prompt audio: {loaded.describe()} → {rates} Hz for the engine")
         for warning in loaded.warnings:
             log.warning(warning)
-        prompt_text = request.prompt_text.strip() if request.mode == "zero_shot" else None
+        prompt_text = self._prepare_transcript(request) if request.mode == "zero_shot" else None
         key = (self.engine.name, loaded.audio.sha1, prompt_text)
         with self._lock:
             voice = self._voices.get(key)
@@ -262,6 +262,14 @@ class SynthesisService:
                 self._voices.popitem(last=False)
         log.info(f"voice features ready (cache miss, {time.perf_counter() - started:.2f} s)")
         return voice
+
+    def _prepare_transcript(self, request: SynthesisRequest) -> str:
+        """The prompt transcript is read by the model alongside the text, so it gets the same normalization."""
+        try:
+            return self.frontend.process(request.prompt_text, normalize=request.normalize,
+                                         max_piece_chars=10**6).marked
+        except UserInputError as err:
+            raise UserInputError(f"In the prompt transcript: {err}") from err
 
     def _synthesize(self, pieces: list[str], voice: Voice, style: Style, seed: int, stream: bool,
                     log, notices: list[str]) -> Iterator[np.ndarray]:

@@ -76,7 +76,8 @@ class Engine(Protocol):
                    on_progress: ProgressCallback, stream: bool = False) -> Iterator[np.ndarray]:
         """Yield float32 mono chunks at `sample_rate` for one text piece (frontend markup form).
 
-        Same (text, voice, style, seed) must give identical samples, streaming or not.
+        Same (text, voice, style, seed, stream) must give identical samples. (Streaming may differ from
+        non-streaming: the neural engine's streaming flow attends block-causally.)
         """
         ...
 
