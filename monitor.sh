@@ -44,6 +44,12 @@ PY
     fi
 }
 
+listening() {
+    # Connecting succeeds once the app has bound its port, even if it then hangs (the kernel
+    # completes the handshake); before that, the app is still installing or loading.
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+}
+
 app_pid=""
 alive() {
     # A dead child stays a zombie until reaped: read its state rather than trusting kill -0.
@@ -87,8 +93,10 @@ shutdown() {
 trap shutdown TERM INT
 
 log INFO "monitor started (pid $$), probing /health every ${INTERVAL}s"
-if probe; then
-    log WARNING "something already answers on port $port; not starting a second app, watching it instead"
+if listening; then
+    log ERROR "port $port is already in use (an app started without the monitor?); stop it or pick another --port"
+    echo "monitor.sh: port $port is already in use; stop what runs there or pass another --port" >&2
+    exit 1
 fi
 
 backoff=1
@@ -108,8 +116,8 @@ while true; do
         fails=0
         if [ $(( now - last_restart )) -gt 120 ]; then backoff=1; fi
         continue
-    elif [ "$healthy_once" = 0 ] && [ $(( now - started_at )) -lt "$STARTUP_GRACE" ]; then
-        continue   # still installing requirements or loading the model; a hang here ends at STARTUP_GRACE
+    elif [ "$healthy_once" = 0 ] && ! listening && [ $(( now - started_at )) -lt "$STARTUP_GRACE" ]; then
+        continue   # not listening yet: installing requirements or loading the model
     else
         fails=$(( fails + 1 ))
         log WARNING "health probe failed ($fails/$MAX_FAILS)"
