@@ -19,7 +19,8 @@ from pathlib import Path
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from loguru import logger
 
 from cosyvoice import __version__
@@ -27,6 +28,7 @@ from cosyvoice.engines.registry import DEFAULT_MODEL_DIR, ENGINE_CHOICES, create
 from cosyvoice.errors import StudioError
 from cosyvoice.instruct import PRESETS, strip_wrapper
 from cosyvoice.log import setup_logging
+from cosyvoice.metrics import REGISTRY
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
@@ -260,6 +262,11 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     @app.get("/version")
     async def version() -> JSONResponse:
         return JSONResponse(studio.version())
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        studio.service.stats()      # refresh the queue gauges
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
     demo = build_ui(studio)

@@ -21,6 +21,7 @@ import numpy as np
 from .audio import load_prompt_audio
 from .engines.base import MODES, Engine, Progress, Style, Voice
 from .errors import EngineError, ServerBusyError, StudioError, UserInputError
+from . import metrics
 from .log import request_logger
 from .outputs import output_path, remove_expired, write_wav_atomic
 from .text.frontend import TextFrontend
@@ -92,6 +93,8 @@ class SynthesisService:
     # ---- operations -------------------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
+            metrics.BUSY_WORKERS.set(self._active)
+            metrics.QUEUE_DEPTH.set(self._waiting)
             return {"busy_workers": self._active, "queue_depth": self._waiting, "workers": self.config.workers,
                     "queue_size": self.config.queue_size, "completed": self.completed, "failed": self.failed}
 
@@ -177,34 +180,38 @@ class SynthesisService:
                 log.success(f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
                 with self._lock:
                     self.completed += 1
+                metrics.REQUESTS.labels(request.mode, "ok").inc()
+                metrics.AUDIO_SECONDS.inc(seconds)
+                metrics.RTF.observe(rtf)
                 if not request.stream:
                     yield Event(chunk=samples)
                 yield Event(result=SynthesisResult(request_id, path, self.engine.sample_rate, seconds, rtf,
                                                    seed, notices + engine_notices))
         except ServerBusyError:
-            self._count_failure()
+            self._count_failure(request.mode, "busy")
             raise
         except UserInputError as err:
-            self._count_failure()
+            self._count_failure(request.mode, "refused")
             log.warning(f"refused at {stage}: {err}")
             raise
         except EngineError as err:
-            self._count_failure()
+            self._count_failure(request.mode, "error")
             log.error(f"failed during {err.stage}: {err}")
             raise
         except StudioError as err:
-            self._count_failure()
+            self._count_failure(request.mode, "error")
             log.error(f"failed at {stage}: {err}")
             raise
         except Exception as err:
-            self._count_failure()
+            self._count_failure(request.mode, "error")
             log.error(f"internal error at {stage}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
             raise EngineError(f"Internal error while {stage} (request {request_id}). The details are in "
                               f"logs/runtime.log; please report them.", stage=stage) from err
 
-    def _count_failure(self) -> None:
+    def _count_failure(self, mode: str, outcome: str) -> None:
         with self._lock:
             self.failed += 1
+        metrics.REQUESTS.labels(mode if mode in MODES else "unknown", outcome).inc()
 
     # ---- stages -----------------------------------------------------------------------------
     def _validate(self, request: SynthesisRequest, seed: int) -> None:

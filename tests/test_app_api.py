@@ -181,3 +181,25 @@ def test_normalization_can_be_switched_off_per_request(lite_app):
     literal = Path(client.predict(text="价格是12345元。", normalize=False, **common))
     # Read as words, 12345 is 一万两千三百四十五: much longer than espeak's digit-by-digit reading.
     assert sf.info(read_out).duration != sf.info(literal).duration
+
+
+def _metric(app, name: str, **labels) -> float:
+    text = httpx.get(f"{app.url}/metrics", timeout=5).text
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{wanted}}}" if wanted else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_by_outcome(lite_app):
+    from gradio_client.exceptions import AppError
+
+    ok_before = _metric(lite_app, "cosyvoice_requests_total", mode="zero_shot", outcome="ok")
+    refused_before = _metric(lite_app, "cosyvoice_requests_total", mode="zero_shot", outcome="refused")
+    synth(lite_app, SHORT_TEXT)
+    with pytest.raises(AppError):
+        synth(lite_app, "")
+    assert _metric(lite_app, "cosyvoice_requests_total", mode="zero_shot", outcome="ok") == ok_before + 1
+    assert _metric(lite_app, "cosyvoice_requests_total", mode="zero_shot", outcome="refused") == refused_before + 1
+    assert _metric(lite_app, "cosyvoice_audio_seconds_total") > 0

@@ -1,0 +1,14 @@
+"""Prometheus metrics for /metrics: what an operator graphs and alerts on."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("cosyvoice_requests_total", "Synthesis requests by mode and outcome",
+                   ["mode", "outcome"], registry=REGISTRY)      # outcome: ok, refused, busy, error
+AUDIO_SECONDS = Counter("cosyvoice_audio_seconds_total", "Seconds of audio synthesised", registry=REGISTRY)
+RTF = Histogram("cosyvoice_rtf", "Real-time factor of finished requests (synthesis time / audio time)",
+                buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30), registry=REGISTRY)
+BUSY_WORKERS = Gauge("cosyvoice_busy_workers", "Requests being synthesised now", registry=REGISTRY)
+QUEUE_DEPTH = Gauge("cosyvoice_queue_depth", "Requests waiting for a worker", registry=REGISTRY)
