@@ -9,6 +9,7 @@ import torch
 
 from conftest import FIXTURE
 from cosyvoice.engines.cosyvoice3.config import ModelConfig, SamplingConfig
+from cosyvoice.engines.cosyvoice3 import llm as llm_module
 from cosyvoice.engines.cosyvoice3.llm import load_llm, quantize_int8
 from cosyvoice.errors import ModelDirError
 from cosyvoice.parity import llm as llm_parity
@@ -180,10 +181,17 @@ def test_text_without_endofprompt_is_refused(model, cfg: ModelConfig, request_ca
                        request_case["prompt_speech_token"], sampling=cfg.sampling)
 
 
-def test_int8_keeps_predictions(cfg: ModelConfig) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["fbgemm", "fallback"])
+def test_int8_keeps_predictions(cfg: ModelConfig, packed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # x86 CPUs run the fbgemm-packed product; other machines the weight-only kernels. Both must hold up.
+    if packed and torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        pytest.skip("this torch build has no x86 int8 engine")
+    if not packed:
+        monkeypatch.setattr(llm_module, "_pack_for_fbgemm", lambda *args: None)
     case = load_case(FIXTURE, "llm_teacher_forced.pt")
     forced = case["forced_tokens"].tolist()
     quantized = quantize_int8(load_llm(FIXTURE, cfg))
+    assert (quantized.layers[0].mlp.down.packed is not None) == packed
     logits: list[torch.Tensor] = []
     list(quantized.generate(case["text"], case["prompt_text"], case["prompt_speech_token"], sampling=cfg.sampling,
                             sampler=lambda logp, decoded, g: forced[len(decoded)] if len(decoded) < len(forced)

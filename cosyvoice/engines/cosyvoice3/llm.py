@@ -12,6 +12,7 @@ module, so concurrent requests can share one model.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -86,18 +87,17 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.split_sizes = [q_size, kv_size, kv_size]
         self.qkv = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=True)  # q, k, v fused: one matmul
         self.out = nn.Linear(q_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, layer: int) -> Tensor:
         batch, length, _ = x.shape
         start = cache.length
-        q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)
-        q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)     # (B, H, T, D)
-        k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        n_qk = self.num_heads + self.num_kv_heads
+        heads = self.qkv(x).view(batch, length, n_qk + self.num_kv_heads, self.head_dim).transpose(1, 2)
+        qk = apply_rope(heads[:, :n_qk], cos, sin)  # q and k heads rotated together: half the small ops per step
+        q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]                   # (B, H, T, D), (B, Hkv, T, D)
+        v = heads[:, n_qk:]                                                      # (B, Hkv, T, D)
 
         end = start + length
         cache.k[layer, :, :, start:end] = k
@@ -365,30 +365,65 @@ def load_llm(model_dir: str | Path, cfg: ModelConfig, device: str | torch.device
 # Weight-only int8
 
 
+def _cpu_has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _pack_for_fbgemm(weight: Tensor, scales: Tensor, bias: Tensor | None):
+    """Per-row int8 weight -> fbgemm's packed form, or None when this torch/CPU has no x86 int8 engine."""
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return None
+    try:
+        with warnings.catch_warnings():  # quantized tensors are deprecated, the packed kernels are not (torch 2.13)
+            warnings.simplefilter("ignore")
+            quantized = torch._make_per_channel_quantized_tensor(
+                weight, scales.double(), torch.zeros(weight.shape[0], dtype=torch.long), 0)
+            return torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.float())
+    except (RuntimeError, AttributeError):
+        return None
+
+
 class Int8Linear(nn.Module):
     """y = x W^T (+ b) with W stored as int8 rows and one float scale per output channel.
 
-    Decode steps (a few rows) use torch's fused int8 GEMV, which is only fast with bfloat16
-    activations on CPU (float32 falls back to a scalar loop ~15x slower) and crashes for bfloat16
-    unless in_features % 16 == 0 (torch 2.13). Longer inputs (prefill) dequantise the weight once
-    per call: the fused kernel scales badly with rows.
+    On x86 CPUs the weight is packed for fbgemm and each call quantises its input to uint8 on the fly
+    (one scale per call) so the product runs on int8 dot-product instructions: ~2x faster per decode
+    step than dequantising, and much faster for prefill. Without VNNI the input keeps 7 bits, as
+    torch's own dynamic quantisation does, because the older int8 instructions saturate otherwise.
+
+    Elsewhere, decode steps (a few rows) use torch's fused int8 GEMV, which is only fast with
+    bfloat16 activations on CPU and crashes unless in_features % 16 == 0 (torch 2.13); longer inputs
+    dequantise the weight once per call.
     """
 
     KERNEL_MAX_ROWS = 8
+    REDUCE_RANGE = not _cpu_has_vnni()
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0            # (out,)
-        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scales)                                  # float32 (out,)
-        self.register_buffer("scales_bf16", scales.to(torch.bfloat16))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        weight_q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = _pack_for_fbgemm(weight_q, scales, bias) if weight.device.type == "cpu" else None
+        if self.packed is not None:  # the packed copy is the only one kept
+            weight_q = scales = bias = None
+        self.register_buffer("weight", weight_q)
+        self.register_buffer("scales", scales)                                  # float32 (out,)
+        self.register_buffer("scales_bf16", None if scales is None else scales.to(torch.bfloat16))
+        self.register_buffer("bias", bias)
         self.use_kernel = linear.in_features % 16 == 0
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)                                  # (M, in)
+        if self.packed is not None:
+            out = torch.ops.quantized.linear_dynamic(flat.float().contiguous(), self.packed, self.REDUCE_RANGE)
+            return out.to(x.dtype).view(*x.shape[:-1], self.out_features)      # bias already added
         if self.use_kernel and flat.shape[0] <= self.KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16).contiguous(), self.weight,
                                                      self.scales_bf16).to(x.dtype)
