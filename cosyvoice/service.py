@@ -194,13 +194,9 @@ class SynthesisService:
             self._count_failure(request.mode, "refused")
             log.warning(f"refused at {stage}: {err}")
             raise
-        except EngineError as err:
+        except StudioError as err:       # EngineError, ModelDirError: ours to fix, not the user's
             self._count_failure(request.mode, "error")
-            log.error(f"failed during {err.stage}: {err}")
-            raise
-        except StudioError as err:
-            self._count_failure(request.mode, "error")
-            log.error(f"failed at {stage}: {err}")
+            log.error(f"failed during {getattr(err, 'stage', stage)}: {err}")
             raise
         except Exception as err:
             self._count_failure(request.mode, "error")

@@ -92,7 +92,7 @@ class ModelConfig:
     def from_model_dir(cls, path: str | Path) -> "ModelConfig":
         model_dir = Path(path)
         values = _read_yaml(model_dir / YAML_NAME)
-        qwen = _read_json(model_dir / QWEN_DIR_NAME / QWEN_CONFIG_NAME)
+        qwen = read_json_object(model_dir / QWEN_DIR_NAME / QWEN_CONFIG_NAME)
 
         y = _Fields(YAML_NAME, values)
         llm_values = y.mapping("llm")
@@ -172,7 +172,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ModelDirError(f"{path.name}: {err}") from err
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A model-dir JSON file that must hold an object; any problem is a ModelDirError naming it."""
     name = f"{path.parent.name}/{path.name}"
     if not path.is_file():
         raise ModelDirError(f"{name}: not found in {path.parent.parent}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
+from cosyvoice.engines.cosyvoice3.config import read_json_object
 from cosyvoice.errors import ModelDirError
 from cosyvoice.text.special_tokens import ADDED_SPECIAL_TOKENS, SPECIAL_TOKEN_IDS
 
@@ -68,15 +69,9 @@ class CosyVoice3Tokenizer:
 
     def _from_vocab_and_merges(self) -> Tokenizer:
         vocab_path, merges_path = self.token_dir / "vocab.json", self.token_dir / "merges.txt"
-        for path in (vocab_path, merges_path):
-            if not path.is_file():
-                raise ModelDirError(f"{self._name(path.name)}: not found in {self.token_dir.parent}")
-        try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelDirError(f"{self._name('vocab.json')}: cannot be read as JSON ({err})") from err
-        if not isinstance(vocab, dict):
-            raise ModelDirError(f"{self._name('vocab.json')}: expected a token -> id object")
+        vocab = read_json_object(vocab_path)
+        if not merges_path.is_file():
+            raise ModelDirError(f"{self._name(merges_path.name)}: not found in {self.token_dir.parent}")
 
         # Same reading rules as transformers' Qwen2Tokenizer: strip each line, skip blanks and the
         # "#version" header; a later duplicate of a pair keeps the first rank.
