@@ -210,3 +210,18 @@ def test_prompt_without_voice_is_refused(engine):
     noise = (0.01 * rng.standard_normal(16000 * 3)).astype(np.float32)
     with pytest.raises(UserInputError):
         engine.prepare_voice(PromptAudio(noise, 16000, "noise"), None)
+
+
+def test_same_seed_gives_identical_samples_across_processes():
+    """Not just within one process: a restarted server must repeat its audio for the same seed."""
+    import subprocess
+    import sys
+
+    script = ("import hashlib; from cosyvoice.engines.lite import espeak as E; "
+              "out = E.speak('今天天气很好，我们一起去公园散步吧。', E.EspeakParams(voice='cmn'), seed=3); "
+              "out2 = E.speak('今天天气很好，我们一起去公园散步吧。', E.EspeakParams(voice='cmn'), seed=3); "
+              "assert (out.samples == out2.samples).all(); print(hashlib.sha1(out.samples.tobytes()).hexdigest())")
+    root = Path(__file__).resolve().parents[1]
+    digests = {subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(2)}
+    assert len(digests) == 1

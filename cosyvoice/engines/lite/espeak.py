@@ -1,14 +1,16 @@
 """espeak-ng through ctypes, with the library and its data from the `espeakng-loader` wheel.
 
-libespeak-ng keeps global state (current voice, parameters, callback), so every call goes through
-one process-wide lock and sets every parameter it relies on: values persist between calls otherwise.
+libespeak-ng keeps global state (current voice, parameters, callback, and wave-generator state such
+as the pitch-flutter phase that no API call resets), so every call goes through one process-wide
+lock and runs on a freshly loaded library: the same text, parameters and seed then give the same
+samples in any call of any process. Loading and initialising costs about 5 ms.
 """
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import ctypes.util
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +77,8 @@ class _Binding:
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = None
+        lib.espeak_Terminate.argtypes = []
+        lib.espeak_Terminate.restype = ctypes.c_int
 
         libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
         libc.open_memstream.restype = ctypes.c_void_p
@@ -100,48 +104,39 @@ class _Binding:
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0   # 0 = keep going
 
+    def close(self) -> None:
+        """Free espeak's buffers and unload the library, so the next load starts from clean state."""
+        self.lib.espeak_Terminate()
+        _ctypes.dlclose(self.lib._handle)
 
-_binding: _Binding | None = None
+
 _lock = threading.Lock()
-
-
-def _get_binding() -> _Binding:
-    global _binding
-    if _binding is None:
-        _binding = _Binding()
-    return _binding
+_sample_rate: int | None = None
 
 
 def sample_rate() -> int:
+    global _sample_rate
     with _lock:
-        return _get_binding().sample_rate
-
-
-# libespeak-ng keeps wave-generator state between calls that no API call resets (the pitch
-# "flutter" phase, noise history), so the same text can come out a few samples different.
-# Remembering recent outputs keeps repeated requests (and streamed vs whole) sample-identical.
-_CACHE_SIZE = 256
-_cache: OrderedDict[tuple, EspeakOutput] = OrderedDict()
+        if _sample_rate is None:
+            binding = _Binding()
+            _sample_rate = binding.sample_rate
+            binding.close()
+        return _sample_rate
 
 
 def speak(text: str, params: EspeakParams, seed: int = 0, phoneme_input: bool = False) -> EspeakOutput:
     """Synthesise `text` with one voice; returns the samples and the phonemes espeak spoke."""
-    key = (text, params.voice, params.rate, params.pitch, params.pitch_range, params.volume, seed, phoneme_input)
     with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            hit = _cache[key]
-            return EspeakOutput(hit.samples.copy(), hit.sample_rate, hit.phonemes)
-        out = _speak_locked(text, params, seed, phoneme_input)
-        _cache[key] = out
-        if len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-        return EspeakOutput(out.samples.copy(), out.sample_rate, out.phonemes)
+        binding = _Binding()
+        try:
+            return _speak_locked(binding, text, params, seed, phoneme_input)
+        finally:
+            binding.close()
 
 
-def _speak_locked(text: str, params: EspeakParams, seed: int, phoneme_input: bool) -> EspeakOutput:
-    """One espeak_Synth call; the caller holds _lock."""
-    b = _get_binding()
+def _speak_locked(b: _Binding, text: str, params: EspeakParams, seed: int,
+                  phoneme_input: bool) -> EspeakOutput:
+    """One espeak_Synth call on a freshly loaded library; the caller holds _lock."""
     lib, libc = b.lib, b.libc
     if lib.espeak_SetVoiceByName(params.voice.encode()) != 0:
         raise EngineError(f"espeak-ng has no voice '{params.voice}'")
