@@ -150,10 +150,19 @@ def _residue(clause: str, spans: list[tuple[int, int]]) -> str:
     return ""
 
 
+# attribute name -> (Instruction field it scales, step per unit of strength, +1 up / -1 down)
+_SCALINGS: dict[str, tuple[str, float, int]] = {
+    "faster": ("speed", 0.3, 1), "slower": ("speed", 0.3, -1),
+    "louder": ("volume", 0.6, 1), "softer": ("volume", 0.6, -1),
+    "higher": ("pitch", 0.12, 1), "lower": ("pitch", 0.12, -1),
+    "more_expressive": ("expressiveness", 0.4, 1), "less_expressive": ("expressiveness", 0.6, -1),
+}
+
+
 def parse_instruction(text: str) -> Instruction:
     """Recognise style attributes in a Chinese or English instruction; keep what is not understood."""
     body = strip_wrapper(text or "")
-    speed = volume = pitch = spread = 1.0
+    scales = {"speed": 1.0, "volume": 1.0, "pitch": 1.0, "expressiveness": 1.0}
     emotion: str | None = None
     whisper = False
     dialect = written = None
@@ -183,22 +192,10 @@ def parse_instruction(text: str) -> Instruction:
                     continue
                 spans.append(m.span())
                 recognised.append(name)
-                if name == "faster":
-                    speed *= 1.0 + 0.3 * strength
-                elif name == "slower":
-                    speed /= 1.0 + 0.3 * strength
-                elif name == "louder":
-                    volume *= 1.0 + 0.6 * strength
-                elif name == "softer":
-                    volume /= 1.0 + 0.6 * strength
-                elif name == "higher":
-                    pitch *= 1.0 + 0.12 * strength
-                elif name == "lower":
-                    pitch /= 1.0 + 0.12 * strength
-                elif name == "more_expressive":
-                    spread *= 1.0 + 0.4 * strength
-                elif name == "less_expressive":
-                    spread /= 1.0 + 0.6 * strength
+                if name in _SCALINGS:
+                    attribute, step, direction = _SCALINGS[name]
+                    factor = 1.0 + step * strength
+                    scales[attribute] = scales[attribute] * factor if direction > 0 else scales[attribute] / factor
                 elif name in ("happy", "sad", "angry"):
                     emotion = name
                 elif name == "whisper":
@@ -208,6 +205,5 @@ def parse_instruction(text: str) -> Instruction:
         if leftover:
             unrecognised.append(clause)
 
-    return Instruction(text=body, speed=speed, volume=volume, pitch=pitch, expressiveness=spread,
-                       emotion=emotion, whisper=whisper, dialect=dialect, dialect_as_written=written,
+    return Instruction(text=body, **scales, emotion=emotion, whisper=whisper, dialect=dialect, dialect_as_written=written,
                        recognised=tuple(dict.fromkeys(recognised)), unrecognised=tuple(unrecognised))

@@ -32,6 +32,12 @@ OUTPUT_RMS = 0.07                     # speech level of the output before style 
 # warp) lie nearest the prompt's is used for that voice
 BASE_VARIANTS = ("", "m1", "m2", "m3", "f2", "f3", "f4", "f5")
 MIN_PROMPT_VOICED_SECONDS = 0.5
+# emotion -> (F0 factor, F0-spread factor, spectral tilt added, speed factor, volume factor)
+EMOTION_SHAPES: dict[str, tuple[float, float, float, float, float]] = {
+    "happy": (1.08, 1.35, 0.15, 1.06, 1.2),
+    "sad": (0.93, 0.55, -0.25, 0.85, 0.7),
+    "angry": (1.04, 1.4, 0.35, 1.08, 1.6),
+}
 
 
 @dataclass
@@ -157,24 +163,13 @@ class LiteEngine:
         render.volume *= ins.volume
         shaping.pitch *= ins.pitch
         shaping.expressiveness *= ins.expressiveness
-        if ins.emotion == "happy":
-            shaping.pitch *= 1.08
-            shaping.expressiveness *= 1.35
-            shaping.tilt += 0.15
-            render.speed *= 1.06
-            render.volume *= 1.2
-        elif ins.emotion == "sad":
-            shaping.pitch *= 0.93
-            shaping.expressiveness *= 0.55
-            shaping.tilt -= 0.25
-            render.speed *= 0.85
-            render.volume *= 0.7
-        elif ins.emotion == "angry":
-            shaping.pitch *= 1.04
-            shaping.expressiveness *= 1.4
-            shaping.tilt += 0.35
-            render.speed *= 1.08
-            render.volume *= 1.6
+        if ins.emotion in EMOTION_SHAPES:
+            pitch, expressiveness, tilt, speed, volume = EMOTION_SHAPES[ins.emotion]
+            shaping.pitch *= pitch
+            shaping.expressiveness *= expressiveness
+            shaping.tilt += tilt
+            render.speed *= speed
+            render.volume *= volume
         if ins.whisper:
             shaping.whisper = True
         if ins.dialect == "Cantonese":
