@@ -70,13 +70,17 @@ def zh_digits(s: str, one: str = "一") -> str:
     return "".join(one if ch == "1" else ZH_DIGITS[int(ch)] for ch in s if ch.isdigit())
 
 
+def _split_number(s: str) -> tuple[bool, str, str]:
+    """'-1,234.50' -> (negative, '1234', '50'): the parts both languages read."""
+    negative = s[:1] in "-−"
+    whole, _, frac = s[1 if negative else 0:].replace(",", "").partition(".")
+    return negative, whole, frac
+
+
 def zh_number(s: str) -> str:
     """A written number (integer or decimal, maybe signed) as spoken in Chinese."""
-    sign = ""
-    if s[:1] in "-−":
-        sign, s = "负", s[1:]
-    s = s.replace(",", "")
-    whole, _, frac = s.partition(".")
+    negative, whole, frac = _split_number(s)
+    sign = "负" if negative else ""
     if len(whole) > 1 and whole.startswith("0") or len(whole) > 16:
         text = zh_digits(whole)
     else:
@@ -129,11 +133,8 @@ def en_digits(s: str) -> str:
 
 
 def en_number(s: str) -> str:
-    sign = ""
-    if s[:1] in "-−":
-        sign, s = "minus ", s[1:]
-    s = s.replace(",", "")
-    whole, _, frac = s.partition(".")
+    negative, whole, frac = _split_number(s)
+    sign = "minus " if negative else ""
     if len(whole) > 1 and whole.startswith("0") or len(whole) > 15:
         text = en_digits(whole)
     else:
