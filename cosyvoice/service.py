@@ -87,8 +87,6 @@ class SynthesisService:
         self._waiting = 0
         self._active = 0
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
-        self.completed = 0
-        self.failed = 0
 
     # ---- operations -------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -96,7 +94,7 @@ class SynthesisService:
             metrics.BUSY_WORKERS.set(self._active)
             metrics.QUEUE_DEPTH.set(self._waiting)
             return {"busy_workers": self._active, "queue_depth": self._waiting, "workers": self.config.workers,
-                    "queue_size": self.config.queue_size, "completed": self.completed, "failed": self.failed}
+                    "queue_size": self.config.queue_size}
 
     def clean_outputs(self) -> list[Path]:
         return remove_expired(self.config.outputs_dir, self.config.retention_days)
@@ -178,8 +176,6 @@ class SynthesisService:
                 seconds = len(samples) / self.engine.sample_rate
                 rtf = elapsed / max(seconds, 1e-6)
                 log.success(f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
-                with self._lock:
-                    self.completed += 1
                 metrics.REQUESTS.labels(request.mode, "ok").inc()
                 metrics.AUDIO_SECONDS.inc(seconds)
                 metrics.RTF.observe(rtf)
@@ -205,8 +201,6 @@ class SynthesisService:
                               f"logs/runtime.log; please report them.", stage=stage) from err
 
     def _count_failure(self, mode: str, outcome: str) -> None:
-        with self._lock:
-            self.failed += 1
         metrics.REQUESTS.labels(mode if mode in MODES else "unknown", outcome).inc()
 
     # ---- stages -----------------------------------------------------------------------------

@@ -67,9 +67,9 @@ def _arith(expr: str) -> Any:
 
 def _resolve(value: Any, top: dict[str, Any]) -> Any:
     if isinstance(value, _Ref):
-        names = _REF.findall(value)
-        if value.strip() == f"<{names[0]}>" if names else False:
-            return _resolve(top[names[0]], top)
+        whole = _REF.fullmatch(value.strip())
+        if whole:                        # a plain reference keeps the referred value's type
+            return _resolve(top[whole.group(1)], top)
         expr = _REF.sub(lambda m: repr(_resolve(top[m.group(1)], top)), value)
         return _arith(expr)
     if isinstance(value, dict):
