@@ -83,7 +83,7 @@ def test_log_has_every_stage_in_order_ending_in_success(lite_app):
         assert found, f"no '{stage}' line in {lines}"
         positions.append(found[0])
     assert positions == sorted(positions), lines
-    assert "SUCCESS" in lines[-1] and f"saved " in lines[-1] and "RTF" in lines[-1]
+    assert "SUCCESS" in lines[-1] and "saved " in lines[-1] and "RTF" in lines[-1]
     for level in ("INFO", "SUCCESS"):
         assert any(f"| {level}" in line for line in lines)
 

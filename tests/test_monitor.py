@@ -41,8 +41,7 @@ def test_monitor_restarts_a_killed_and_a_hung_app(tmp_path):
     port = free_port()
     args = ["--port", str(port), "--engine", "lite", "--host", "127.0.0.1",
             "--log-dir", str(tmp_path / "logs"), "--outputs-dir", str(tmp_path / "outputs")]
-    env = dict(os.environ, PYTHON=str(ROOT / ".venv" / "bin" / "python3"))
-    monitor = subprocess.Popen([str(ROOT / "monitor.sh"), *args], cwd=ROOT, env=env)
+    monitor = subprocess.Popen([str(ROOT / "monitor.sh"), *args], cwd=ROOT)
     try:
         wait_for_health(port, 180)
         second = subprocess.run([str(ROOT / "monitor.sh"), *args], cwd=ROOT, capture_output=True, text=True,
