@@ -28,25 +28,13 @@ from cosyvoice.engines.registry import DEFAULT_MODEL_DIR, ENGINE_CHOICES, create
 from cosyvoice.errors import StudioError
 from cosyvoice.instruct import PRESETS, strip_wrapper
 from cosyvoice.log import setup_logging
+from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
 from cosyvoice.metrics import REGISTRY
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
 
 ROOT = Path(__file__).resolve().parent
-
-MODE_CHOICES = [("3s极速复刻 (zero-shot)", "zero_shot"), ("跨语种复刻 (cross-lingual)", "cross_lingual"),
-                ("自然语言控制 (instruct)", "instruct")]
-MODE_STEPS = {
-    "zero_shot": "**步骤 Steps:** 1. 上传或录制 3–15 秒参考音频 Upload/record a 3–15 s prompt · "
-                 "2. 输入参考音频的文本 Type its exact transcript · 3. 输入要合成的文本 Type the new text · 4. 生成 Generate",
-    "cross_lingual": "**步骤 Steps:** 1. 上传或录制参考音频 Upload/record a prompt (any language, no transcript needed) · "
-                     "2. 输入要合成的文本 (可为另一种语言) Type the text, in any language · 3. 生成 Generate",
-    "instruct": "**步骤 Steps:** 1. 上传或录制参考音频 Upload/record a prompt (gives the voice) · "
-                "2. 选择或输入指令 Pick or type an instruction (四川话, 更快 faster, 开心 happy …) · "
-                "3. 输入要合成的文本 Type the text · 4. 生成 Generate",
-}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="CosyVoice Studio WebUI")
@@ -114,9 +102,7 @@ class Studio:
         line = (f"**引擎 Engine:** `{self.engine.name}` · **模型 Model:** {self.engine.model_label} · "
                 f"**设备 Device:** {self.engine.device} · **队列 Queue:** {stats['busy_workers']} 合成中 busy, "
                 f"{stats['queue_depth']} 等待 waiting")
-        if self.engine.name == "lite":
-            line += ("  \nℹ️ 内置 lite 引擎只是近似音色 The embedded lite engine only approximates the voice. "
-                     "For real cloning: `python -m cosyvoice download` then `./run.sh --engine cosyvoice3`.")
+        line += "".join(f"  \nℹ️ {notice}" for notice in self.engine.startup_notices())
         return line
 
     # ---- request handlers -------------------------------------------------------------------
@@ -162,8 +148,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         status = gr.Markdown(studio.status_line())
         with gr.Row():
             with gr.Column(scale=3):
-                mode = gr.Radio(MODE_CHOICES, value="zero_shot", label="模式 Mode")
-                steps = gr.Markdown(MODE_STEPS["zero_shot"])
+                mode = gr.Radio([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode")
+                steps = gr.Markdown(MODES[0].steps)
                 text = gr.Textbox(label="合成文本 Text to synthesise", lines=5,
                                   placeholder="输入要合成的文本 Type the text to speak…")
                 with gr.Accordion("发音标注 Pronunciation markup", open=False):
@@ -190,8 +176,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 file_out = gr.File(label="下载 Download", interactive=False)
                 result_md = gr.Markdown()
 
-        mode.change(lambda m: (MODE_STEPS[m], gr.update(visible=m == "instruct"),
-                               gr.update(visible=m == "zero_shot")),
+        mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
+                               gr.update(visible=MODES_BY_ID[m].needs_transcript)),
                     inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False)
         preset.change(lambda label: strip_wrapper(dict(PRESETS)[label]) if label in dict(PRESETS) else gr.skip(),
                       inputs=preset, outputs=instruct_text, queue=False)

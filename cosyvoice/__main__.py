@@ -16,11 +16,12 @@ def _synth(argv: list[str]) -> int:
     from .engines.registry import DEFAULT_MODEL_DIR, ENGINE_CHOICES, create_engine
     from .errors import StudioError
     from .log import flush, setup_logging
+    from .modes import MODE_IDS
     from .service import ServiceConfig, SynthesisRequest, SynthesisService
     from .text.frontend import TextFrontend
 
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
-    parser.add_argument("--mode", choices=("zero_shot", "cross_lingual", "instruct"), default="zero_shot")
+    parser.add_argument("--mode", choices=MODE_IDS, default=MODE_IDS[0])
     parser.add_argument("--text", required=True)
     parser.add_argument("--prompt-wav", required=True)
     parser.add_argument("--prompt-text", default="")

@@ -19,15 +19,14 @@ from typing import Iterator
 import numpy as np
 
 from .audio import load_prompt_audio
-from .engines.base import MODES, Engine, Progress, Style, Voice
+from .engines.base import Engine, Progress, Style, Voice
 from .errors import EngineError, ServerBusyError, StudioError, UserInputError
 from . import metrics
 from .log import request_logger
+from .modes import MODE_IDS, get_mode
 from .outputs import output_path, remove_expired, write_wav_atomic
 from .text.frontend import TextFrontend
 
-MODE_NAMES = {"zero_shot": "3s极速复刻 zero-shot", "cross_lingual": "跨语种复刻 cross-lingual",
-              "instruct": "自然语言控制 instruct"}
 MAX_SEED = 2**32 - 1
 
 
@@ -201,7 +200,7 @@ class SynthesisService:
                               f"logs/runtime.log; please report them.", stage=stage) from err
 
     def _count_failure(self, mode: str, outcome: str) -> None:
-        metrics.REQUESTS.labels(mode if mode in MODES else "unknown", outcome).inc()
+        metrics.REQUESTS.labels(mode if mode in MODE_IDS else "unknown", outcome).inc()
 
     # ---- stages -----------------------------------------------------------------------------
     def _validate(self, request: SynthesisRequest, seed: int) -> None:
@@ -211,18 +210,19 @@ class SynthesisService:
         if len(text) > self.config.max_text_chars:
             raise UserInputError(f"The text is {len(text)} characters long; the limit is {self.config.max_text_chars}. "
                                  f"Shorten it or split it into several requests.")
-        if request.mode not in MODES:
-            raise UserInputError(f"Unknown mode '{request.mode}'. Choose one of: {', '.join(MODES)}.")
-        if request.mode not in self.engine.capabilities().modes:
-            raise UserInputError(f"The {self.engine.name} engine cannot do {MODE_NAMES[request.mode]}.")
+        mode = get_mode(request.mode)
+        if mode is None:
+            raise UserInputError(f"Unknown mode '{request.mode}'. Choose one of: {', '.join(MODE_IDS)}.")
+        if mode.id not in self.engine.capabilities().modes:
+            raise UserInputError(f"The {self.engine.name} engine cannot do {mode.label}.")
         if not request.prompt_wav:
-            raise UserInputError(f"{MODE_NAMES[request.mode]} needs a prompt recording: upload or record "
+            raise UserInputError(f"{mode.label} needs a prompt recording: upload or record "
                                  f"3–15 s of the voice to clone.")
-        if request.mode == "zero_shot" and not request.prompt_text.strip():
-            raise UserInputError("3s极速复刻 (zero-shot) needs the transcript of the prompt recording. Type exactly "
+        if mode.needs_transcript and not request.prompt_text.strip():
+            raise UserInputError(f"{mode.label} needs the transcript of the prompt recording. Type exactly "
                                  "what is said in it, or use 跨语种复刻 (cross-lingual), which needs none.")
-        if request.mode == "instruct" and not request.instruct_text.strip():
-            raise UserInputError("自然语言控制 (instruct) needs an instruction, e.g. 请用四川话说 or "
+        if mode.needs_instruction and not request.instruct_text.strip():
+            raise UserInputError(f"{mode.label} needs an instruction, e.g. 请用四川话说 or "
                                  "'speak very fast'. Pick a preset or type one.")
         if not 0.5 <= float(request.speed) <= 2.0:
             raise UserInputError(f"Speed {request.speed} is out of range; choose between 0.5 and 2.0.")
@@ -238,11 +238,11 @@ class SynthesisService:
 
     def _prepare_voice(self, request: SynthesisRequest, log) -> Voice:
         loaded = load_prompt_audio(request.prompt_wav)
-        rates = "/".join(str(r) for r in getattr(self.engine, "prompt_sample_rates", (self.engine.sample_rate,)))
+        rates = "/".join(str(r) for r in self.engine.capabilities().prompt_sample_rates)
         log.info(f"prompt audio: {loaded.describe()} → {rates} Hz for the engine")
         for warning in loaded.warnings:
             log.warning(warning)
-        prompt_text = self._prepare_transcript(request) if request.mode == "zero_shot" else None
+        prompt_text = self._prepare_transcript(request) if get_mode(request.mode).needs_transcript else None
         key = (self.engine.name, loaded.audio.sha1, prompt_text)
         with self._lock:
             voice = self._voices.get(key)

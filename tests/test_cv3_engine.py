@@ -112,7 +112,7 @@ def test_zero_shot_prompt_text_gets_the_system_prefix(engine, voice, monkeypatch
 @pytest.mark.parametrize("own", [SYSTEM + EOP + ZERO_SHOT_TRANSCRIPT, "Speak warmly." + EOP + ZERO_SHOT_TRANSCRIPT])
 def test_zero_shot_prompt_text_with_users_own_endofprompt_is_kept(engine, voice, monkeypatch, own):
     from cosyvoice.engines.base import Voice
-    own_voice = Voice(voice.key + "own", own, voice.features)
+    own_voice = Voice(own, voice.features)
     inputs = captured_inputs(engine, monkeypatch, TEXT, own_voice, Style("zero_shot"))
     assert inputs.prompt_text_ids[0].tolist() == ids(engine, own)
 

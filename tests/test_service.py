@@ -25,14 +25,17 @@ class ControlledEngine:
         self.prepared = 0
 
     def capabilities(self):
-        return Capabilities()
+        return Capabilities(prompt_sample_rates=(16000,))
+
+    def startup_notices(self):
+        return []
 
     def style_notices(self, style):
         return []
 
     def prepare_voice(self, audio, prompt_text):
         self.prepared += 1
-        return Voice(key=audio.sha1, prompt_text=prompt_text)
+        return Voice(prompt_text=prompt_text)
 
     def synthesize(self, text, voice, style, seed, on_progress, stream=False):
         self.release.wait(timeout=30)

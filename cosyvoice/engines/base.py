@@ -10,15 +10,13 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-MODES = ("zero_shot", "cross_lingual", "instruct")
+from cosyvoice.modes import MODE_IDS
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    modes: tuple[str, ...] = MODES
-    streaming: bool = True
-    markup: bool = True            # renders [h][ào] / [M][AY0] markup as written
-    description: str = ""          # one line for the UI status
+    prompt_sample_rates: tuple[int, ...]   # rates the voice stage takes the prompt at (logged per request)
+    modes: tuple[str, ...] = MODE_IDS      # mode ids this engine renders
 
 
 @dataclass
@@ -36,14 +34,13 @@ class PromptAudio:
 @dataclass
 class Voice:
     """Engine-specific features of a prompt, prepared once and cached by the service."""
-    key: str
     prompt_text: str | None
     features: Any = None
 
 
 @dataclass(frozen=True)
 class Style:
-    mode: str                       # one of MODES
+    mode: str                       # a mode id from cosyvoice.modes
     instruct_text: str = ""         # natural-language instruction (instruct mode)
     speed: float = 1.0
 
@@ -51,7 +48,6 @@ class Style:
 @dataclass
 class Progress:
     message: str                    # e.g. "speech tokens 120/~180"
-    fraction: float | None = None   # 0..1 within the current piece, when known
     notice: bool = False            # something the user asked for that could not be rendered: shown and logged
 
 
@@ -65,6 +61,10 @@ class Engine(Protocol):
     device: str
 
     def capabilities(self) -> Capabilities: ...
+
+    def startup_notices(self) -> list[str]:
+        """What a user should know about this engine as configured (shown at start-up and in the UI)."""
+        ...
 
     def style_notices(self, style: Style) -> list[str]:
         """Plain-words notices for parts of the style this engine cannot render (may be empty)."""

@@ -6,9 +6,9 @@ from pathlib import Path
 from loguru import logger
 
 from .base import Engine
+from .cosyvoice3.model_dir import DEFAULT_MODEL_DIR, download_hint
 
 ENGINE_CHOICES = ("auto", "lite", "cosyvoice3")
-DEFAULT_MODEL_DIR = Path("pretrained_models/Fun-CosyVoice3-0.5B")
 
 
 def resolve_engine_name(name: str, model_dir: Path) -> str:
@@ -19,7 +19,7 @@ def resolve_engine_name(name: str, model_dir: Path) -> str:
     if is_complete(model_dir):
         return "cosyvoice3"
     logger.bind(req="-").info(f"no complete model dir at {model_dir}; using the embedded lite engine "
-                              f"(get the neural engine with: python -m cosyvoice download --model-dir {model_dir})")
+                              f"(get the neural engine with: {download_hint(model_dir)})")
     return "lite"
 
 

@@ -15,7 +15,6 @@ user's own system part and used unchanged.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +78,6 @@ class CosyVoice3Engine:
         config = self.model.config
         self.config = config
         self.sample_rate = config.sample_rate
-        self.prompt_sample_rates = (FEATURE_RATE, config.sample_rate)
         self.model_label = f"CosyVoice3 ({self.model_dir.name})"
         self.tokenizer = CosyVoice3Tokenizer(config.qwen_dir)
         onnx_device = "cuda" if self.placement.device.type == "cuda" else "cpu"
@@ -90,9 +88,10 @@ class CosyVoice3Engine:
     # -- Engine protocol ------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(streaming=True, markup=True,
-                            description=f"CosyVoice3 neural voice cloning on {self.device} "
-                                        f"({self.placement.precision})")
+        return Capabilities(prompt_sample_rates=(FEATURE_RATE, self.mel_config.sample_rate))
+
+    def startup_notices(self) -> list[str]:
+        return [self.placement.notice] if self.placement.notice else []
 
     def style_notices(self, style: Style) -> list[str]:
         return []
@@ -122,8 +121,7 @@ class CosyVoice3Engine:
             mel, tokens = features.align_prompt(mel, tokens, self.config.token_mel_ratio)
         if tokens.shape[1] == 0:
             raise UserInputError("The prompt recording is too short to take a voice from; use 3-15 s of speech.")
-        text_key = hashlib.sha1((prompt_text or "").encode("utf-8")).hexdigest()[:12]
-        return Voice(key=f"{audio.sha1}:{text_key}", prompt_text=prompt_text,
+        return Voice(prompt_text=prompt_text,
                      features=VoiceFeatures(tokens.long(), mel.float().contiguous(), embedding.float(),
                                             audio.seconds))
 

@@ -14,13 +14,14 @@ import numpy as np
 from loguru import logger
 
 from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, PromptAudio, Style, Voice
+from cosyvoice.engines.cosyvoice3.model_dir import DEFAULT_MODEL_DIR, download_hint
 from cosyvoice.errors import UserInputError
 from cosyvoice.instruct import Instruction, parse_instruction
 
 from . import espeak, matching
 from .frontend import ESPEAK_VOICES, Segment, plan_segments
 
-NEURAL_HINT = "python -m cosyvoice download"
+NEURAL_HINT = f"{download_hint(DEFAULT_MODEL_DIR)}, then ./run.sh --engine cosyvoice3"
 # a sentence per language whose espeak rendering defines each base voice's statistics
 REFERENCE_TEXTS = {
     "zh": "重庆是一座美丽的城市，我们明天一起去看看长江和嘉陵江交汇的地方，然后吃一顿正宗的火锅。",
@@ -72,11 +73,12 @@ class LiteEngine:
     # --- interface ---------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            streaming=True, markup=True,
-            description=("lite engine: espeak-ng formant speech moved toward the prompt's pitch and "
-                         "timbre; it will not sound like the speaker. For real voice cloning get the "
-                         f"neural engine: {NEURAL_HINT}"))
+        return Capabilities(prompt_sample_rates=(matching.WORLD_RATE,))
+
+    def startup_notices(self) -> list[str]:
+        return ["内置 lite 引擎只是近似音色 The embedded lite engine only approximates the voice "
+                "(espeak-ng speech moved toward the prompt's pitch and timbre). For real cloning: "
+                f"{NEURAL_HINT}"]
 
     def version_info(self) -> dict[str, Any]:
         import pyworld
@@ -106,7 +108,7 @@ class LiteEngine:
         distances = {v: matching.base_voice_distance(self._reference("zh", v), stats) for v in BASE_VARIANTS}
         variant = min(distances, key=distances.get)
         features = LiteVoiceFeatures(stats=stats, variant=variant)
-        return Voice(key=audio.sha1, prompt_text=prompt_text, features=features)
+        return Voice(prompt_text=prompt_text, features=features)
 
     def synthesize(self, text: str, voice: Voice, style: Style, seed: int,
                    on_progress: ProgressCallback, stream: bool = False) -> Iterator[np.ndarray]:
@@ -116,13 +118,13 @@ class LiteEngine:
             on_progress(Progress(f"the lite engine cannot render {token}; left a short pause", notice=True))
         pending: list[np.ndarray] = []
         for index, segment in enumerate(segments):
-            on_progress(Progress(f"lite segment {index + 1}/{len(segments)}", index / max(len(segments), 1)))
+            on_progress(Progress(f"lite segment {index + 1}/{len(segments)}"))
             audio = self._render_segment(segment, voice, render, seed + index)
             if stream:
                 yield audio
             else:
                 pending.append(audio)
-        on_progress(Progress("lite done", 1.0))
+        on_progress(Progress("lite done"))
         if not stream:
             yield np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
 
