@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,11 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _synth(argv: list[str]) -> int:
-    from .engines.registry import DEFAULT_MODEL_DIR, ENGINE_CHOICES, create_engine
+    from .engines.registry import add_engine_args, engine_from_args
     from .errors import StudioError
     from .log import flush, setup_logging
     from .modes import MODE_IDS
-    from .service import ServiceConfig, SynthesisRequest, SynthesisService
+    from .outputs import copy_atomic
+    from .service import ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
     from .text.frontend import TextFrontend
 
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
@@ -30,23 +30,19 @@ def _synth(argv: list[str]) -> int:
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--no-normalize", action="store_true")
-    parser.add_argument("--out", type=Path, help="also copy the result here")
-    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    parser.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs")
+    parser.add_argument("--out", type=Path, help="also copy the result here (a file, or a folder to copy it into)")
     parser.add_argument("--log-dir", type=Path, default=ROOT / "logs")
-    parser.add_argument("--g2p-dict", type=Path, default=ROOT / "configs" / "G2P_replace_dict.jsonl")
-    parser.add_argument("--max-text-chars", type=int, default=2000)
+    add_engine_args(parser)
+    add_service_args(parser, ROOT)
     args = parser.parse_args(argv)
+    if not Path(args.prompt_wav).is_file():       # the CLI reads the user's own files: say plainly what is missing
+        print(f"error: prompt recording not found: {args.prompt_wav}", file=sys.stderr)
+        return 1
 
     setup_logging(args.log_dir, stdout=False)
     try:
-        engine = create_engine(args.engine, args.model_dir, args.device, args.precision)
-        service = SynthesisService(engine, ServiceConfig(outputs_dir=args.outputs_dir,
-                                                         max_text_chars=args.max_text_chars),
-                                   TextFrontend(args.g2p_dict))
+        engine = engine_from_args(args)
+        service = SynthesisService(engine, ServiceConfig.from_args(args), TextFrontend(args.g2p_dict))
         request = SynthesisRequest(text=args.text, mode=args.mode, prompt_wav=args.prompt_wav,
                                    prompt_text=args.prompt_text, instruct_text=args.instruct, seed=args.seed,
                                    speed=args.speed, stream=args.stream, normalize=not args.no_normalize)
@@ -58,13 +54,16 @@ def _synth(argv: list[str]) -> int:
     flush()
     for notice in result.notices:
         print(f"note: {notice}", file=sys.stderr)
+    print(f"seed: {result.seed}", file=sys.stderr)
     path = result.path
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.partial")
-        shutil.copyfile(result.path, tmp)
-        tmp.replace(args.out)
-        path = args.out
+        target = args.out / result.path.name if args.out.is_dir() else args.out
+        try:
+            path = copy_atomic(result.path, target)
+        except OSError as err:
+            print(f"error: the result is saved as {result.path}, but copying it to {target} failed: "
+                  f"{err.strerror or err}", file=sys.stderr)
+            return 1
     print(path)
     return 0
 

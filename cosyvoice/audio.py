@@ -5,6 +5,9 @@ Every refusal is a UserInputError whose message names the problem and what to do
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +22,13 @@ MIN_SECONDS, MAX_SECONDS = 2.0, 30.0
 BEST_MIN_SECONDS, BEST_MAX_SECONDS = 3.0, 15.0
 SILENCE_DB = 40.0          # frames this far below the loudest frame count as silence
 EDGE_KEEP_SECONDS = 0.15   # keep a little room at both ends so onsets are not clipped
-MAX_FILE_BYTES = 100 * 1024 * 1024
+MAX_FILE_BYTES = 25 * 1024 * 1024   # 30 s of 48 kHz stereo float WAV is 11.5 MB
+MAX_DECODED_SECONDS = 120.0         # decoded length, before trimming: a tiny file can hold hours of silence
+MAX_CHANNELS = 8
+MAX_DECODE_WALL_S = 15.0            # a file that takes longer than this to decode is not a 30 s clip
+STEADY_PEAK_SHARE = 0.6             # more frames than this with one strongest bin: a tone, not speech
 SUPPORTED = ".wav .mp3 .flac .ogg .opus .m4a .aac .webm"
+UNUSABLE = "Prompt audio could not be used. Upload the recording again (" + SUPPORTED + ")."
 
 
 @dataclass
@@ -40,39 +48,72 @@ class LoadedPrompt:
         return f"{self.trimmed_seconds:.2f} s, {self.original_rate} Hz, {channels}{trim}"
 
 
+def _open_regular_file(path: str | Path) -> int:
+    """Open `path` for reading only if it is a plain file reached without a symbolic link.
+
+    Devices, FIFOs, directories, links and missing files all get the same message, so a client
+    cannot learn which server paths exist.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (OSError, ValueError, TypeError):
+        raise UserInputError(UNUSABLE) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserInputError(UNUSABLE)
+    return fd
+
+
 def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """(samples (N, C) float32, sample_rate) from any format soundfile or PyAV can read."""
-    path = Path(path)
-    name = path.name
-    if not path.is_file():
-        raise UserInputError(f"Prompt audio '{name}' was not found. Upload the recording again.")
-    size = path.stat().st_size
-    if size == 0:
-        raise UserInputError(f"Prompt audio '{name}' is an empty file. Upload a real recording ({SUPPORTED}).")
-    if size > MAX_FILE_BYTES:
-        raise UserInputError(f"Prompt audio '{name}' is {size / 2**20:.0f} MB; the limit is "
-                             f"{MAX_FILE_BYTES // 2**20} MB. Upload a 3–15 s clip.")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        return data, int(rate)
-    except Exception:
-        pass
-    try:
-        return _decode_with_av(path)
-    except Exception as err:
-        raise UserInputError(
-            f"Prompt audio '{name}' could not be read as audio ({type(err).__name__}). "
-            f"Is it really a sound file? Supported: {SUPPORTED}.") from err
+    """(samples (N, C) float32, sample_rate) from any format soundfile or PyAV can read, within the limits."""
+    name = Path(path).name
+    fd = _open_regular_file(path)
+    with os.fdopen(fd, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise UserInputError(f"Prompt audio '{name}' is an empty file. Upload a real recording ({SUPPORTED}).")
+        if size > MAX_FILE_BYTES:
+            raise UserInputError(f"Prompt audio '{name}' is {size / 2**20:.0f} MB; the limit is "
+                                 f"{MAX_FILE_BYTES // 2**20} MB. Upload a 3–15 s clip.")
+        try:
+            info = sf.info(handle)
+        except Exception:
+            info = None
+        if info is not None:
+            _check_layout(name, info.channels, info.frames / max(info.samplerate, 1))
+            handle.seek(0)
+            data, rate = sf.read(handle, dtype="float32", always_2d=True)
+            return data, int(rate)
+        handle.seek(0)
+        try:
+            return _decode_with_av(handle, name)
+        except UserInputError:
+            raise
+        except Exception as err:
+            raise UserInputError(
+                f"Prompt audio '{name}' could not be read as audio ({type(err).__name__}). "
+                f"Is it really a sound file? Supported: {SUPPORTED}.") from err
 
 
-def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
+def _check_layout(name: str, channels: int, seconds: float) -> None:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise UserInputError(f"Prompt audio '{name}' says it has {channels} channels; at most {MAX_CHANNELS} "
+                             f"are accepted. Export it as mono or stereo.")
+    if seconds > MAX_DECODED_SECONDS:
+        raise UserInputError(f"Prompt audio '{name}' is {seconds:.0f} s long; at most {MAX_DECODED_SECONDS:.0f} s "
+                             f"are read. Cut a 3–15 s clip of clean speech.")
+
+
+def _decode_with_av(handle, name: str) -> tuple[np.ndarray, int]:
     import av  # optional at import time: only formats soundfile cannot read need it
 
-    with av.open(str(path)) as container:
+    started = time.monotonic()
+    with av.open(handle) as container:
         stream = next(s for s in container.streams if s.type == "audio")
         rate = stream.codec_context.sample_rate
         channels = stream.codec_context.channels
-        frames = []
+        _check_layout(name, channels, 0.0)
+        frames, total = [], 0
         for frame in container.decode(stream):
             array = frame.to_ndarray()
             if array.dtype.kind in "iu":
@@ -82,9 +123,32 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
             else:
                 array = array.reshape(-1, channels)         # interleaved -> (N, C)
             frames.append(array.astype(np.float32))
+            total += len(array)
+            # Checked while decoding: the container's own duration can lie.
+            _check_layout(name, channels, total / max(rate, 1))
+            if time.monotonic() - started > MAX_DECODE_WALL_S:
+                raise UserInputError(f"Prompt audio '{name}' took too long to decode. Upload a 3–15 s clip "
+                                     f"as WAV, FLAC or MP3.")
     if not frames:
         raise ValueError("no audio frames")
     return np.concatenate(frames, axis=0), int(rate)
+
+
+def steady_peak_share(mono: np.ndarray, rate: int) -> float:
+    """Share of the audible 40 ms frames whose strongest frequency bin is the most common one.
+
+    Speech moves its peak with pitch and vowels (0.08–0.15 on our recordings); a steady tone or
+    mains hum keeps it in one bin (1.0).
+    """
+    frame = max(64, rate // 25)
+    n_frames = len(mono) // frame
+    if n_frames < 1:
+        return 0.0
+    frames = mono[: n_frames * frame].reshape(n_frames, frame) * np.hanning(frame)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    total = power.sum(axis=1)
+    peaks = power[total > total.max() * 1e-3].argmax(axis=1)
+    return float(np.bincount(peaks).max() / len(peaks))
 
 
 def trim_silence(mono: np.ndarray, rate: int) -> np.ndarray:
@@ -114,10 +178,14 @@ def load_prompt_audio(path: str | Path) -> LoadedPrompt:
     channels = data.shape[1]
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     mono = np.nan_to_num(mono.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    mono = mono - np.float32(mono.mean())          # a DC offset is not sound
     original_seconds = len(mono) / rate
     peak = float(np.abs(mono).max())
     if peak < 1e-4:
         raise UserInputError(f"Prompt audio '{name}' is silent. Upload a recording of someone speaking.")
+    if steady_peak_share(mono, rate) > STEADY_PEAK_SHARE:
+        raise UserInputError(f"Prompt audio '{name}' is a steady tone or hum, not speech. Upload a recording "
+                             f"of someone speaking.")
     trimmed = trim_silence(mono, rate)
     seconds = len(trimmed) / rate
     if seconds < MIN_SECONDS:
@@ -131,5 +199,9 @@ def load_prompt_audio(path: str | Path) -> LoadedPrompt:
         warnings.append(f"Prompt audio is {seconds:.1f} s; 3–15 s of clean speech works best.")
     if np.mean(np.abs(trimmed) > 0.999) > 0.001:
         warnings.append("Prompt audio is clipped (distorted); a cleaner recording clones better.")
-    sha1 = hashlib.sha1(trimmed.tobytes() + str(rate).encode()).hexdigest()
-    return LoadedPrompt(PromptAudio(trimmed, rate, sha1), rate, channels, original_seconds, seconds, warnings)
+    return LoadedPrompt(prompt_from_samples(trimmed, rate), rate, channels, original_seconds, seconds, warnings)
+
+
+def prompt_from_samples(mono: np.ndarray, rate: int) -> PromptAudio:
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    return PromptAudio(mono, rate, hashlib.sha1(mono.tobytes() + str(rate).encode()).hexdigest())

@@ -27,3 +27,10 @@ class EngineError(StudioError):
 
 class ModelDirError(StudioError):
     """A model directory is missing files or holds files that do not fit the model."""
+
+
+class OutputsError(EngineError):
+    """A result could not be written to the outputs folder (disk full, permissions); the operator fixes it."""
+
+    def __init__(self, message: str):
+        super().__init__(message, stage="save")

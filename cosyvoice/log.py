@@ -2,35 +2,120 @@
 
 Every line carries a short request id (`req=7f3a`, or `req=-` outside a request) so that
 `tail -f logs/runtime.log | grep req=7f3a` follows one request from received to SUCCESS.
+
+The file survives what operators do to it: deleted (or its folder deleted) while we run, it is
+recreated on the next line; full or read-only, lines go to stderr with one warning until it
+can be written again. Logging never takes the service down.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import TextIO
 
 from loguru import logger
 
 LINE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | req={extra[req]} | {message}"
+RETRY_EVERY_S = 5.0
 
-_configured_file: Path | None = None
+
+class ResilientLogFile:
+    """A loguru sink that appends to `path`, reopening it when it is moved or deleted and rotating by size."""
+
+    def __init__(self, path: Path, max_bytes: int = 20 * 2**20, keep: int = 10, fallback: TextIO | None = None):
+        self.path = Path(path)
+        self.max_bytes, self.keep = max_bytes, keep
+        self.fallback = fallback or sys.stderr
+        self._handle: TextIO | None = None
+        self._failing_since: float | None = None
+        self._last_try = 0.0
+        self._lock = threading.Lock()
+
+    def write(self, message: str) -> None:
+        with self._lock:
+            if self._failing_since is not None and time.monotonic() - self._last_try < RETRY_EVERY_S:
+                self._to_fallback(message)
+                return
+            try:
+                if self._handle is None or self._replaced():
+                    self._open()
+                self._handle.write(message)
+                self._handle.flush()
+                if self._failing_since is not None:
+                    self._failing_since = None
+                    self._to_fallback(f"log file {self.path} is writable again; logging there\n")
+                if self._handle.tell() > self.max_bytes:
+                    self._rotate()
+            except OSError as err:
+                self._failed(err, message)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError:
+                pass
+            self._handle = None
+
+    def _replaced(self) -> bool:
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(self._handle.fileno())
+        return (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev)
+
+    def _open(self) -> None:
+        self._close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def _rotate(self) -> None:
+        self._close()
+        for index in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        stale = self.path.with_name(f"{self.path.name}.{self.keep + 1}")
+        stale.unlink(missing_ok=True)
+
+    def _failed(self, err: OSError, message: str) -> None:
+        self._last_try = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = self._last_try
+            self._to_fallback(f"WARNING: cannot write the log file {self.path} ({err.strerror or err}); "
+                              f"logging to stderr until it can be written again (free space or fix permissions)\n")
+        self._close()
+        self._to_fallback(message)
+
+    def _to_fallback(self, message: str) -> None:
+        try:
+            self.fallback.write(message)
+            self.fallback.flush()
+        except (OSError, ValueError):
+            pass
 
 
-def setup_logging(log_dir: str | Path = "logs", level: str = "INFO", *, rotation: str = "20 MB",
-                  retention: int = 10, stdout: bool = True) -> Path:
-    """Send our log to `<log_dir>/runtime.log` (rotated by size, `retention` old files kept) and stdout."""
-    global _configured_file
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "runtime.log"
+def setup_logging(log_dir: str | Path = "logs", level: str = "INFO", *, max_bytes: int = 20 * 2**20,
+                  keep: int = 10, stdout: bool = True) -> Path:
+    """Send our log to `<log_dir>/runtime.log` (rotated by size, `keep` old files kept) and stdout."""
+    path = Path(log_dir) / "runtime.log"
     logger.remove()
     logger.configure(extra={"req": "-"})
     if stdout:
-        logger.add(sys.stdout, format=LINE_FORMAT, level=level, colorize=False, enqueue=False)
-    logger.add(path, format=LINE_FORMAT, level=level, rotation=rotation, retention=retention,
-               encoding="utf-8", enqueue=True)
+        logger.add(sys.stdout, format=LINE_FORMAT, level=level, colorize=False, enqueue=False, catch=True)
+    sink = ResilientLogFile(path, max_bytes=max_bytes, keep=keep)
+    logger.add(sink.write, format=LINE_FORMAT, level=level, enqueue=True, catch=True)
     _keep_third_party_quiet()
-    _configured_file = path
     return path
 
 

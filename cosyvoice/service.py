@@ -1,11 +1,16 @@
-"""The one place a request lives: validate → text → voice → synthesize → save → report.
+"""The one place a request lives: admit → validate → text → voice → synthesize → save → report.
 
 The UI, the Gradio API and the CLI all call `SynthesisService.run`, so every path gets the same
-checks, the same log lines and the same saved files.
+checks, the same messages, the same log lines and the same saved files. Clients hand over raw
+values (whatever JSON or a form carried); `validate_request` is the only place they become typed.
 """
 from __future__ import annotations
 
+import argparse
+import errno
+import math
 import secrets
+import tempfile
 import threading
 import time
 import traceback
@@ -14,45 +19,79 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from .audio import load_prompt_audio
-from .engines.base import Engine, Progress, Style, Voice
-from .errors import EngineError, ServerBusyError, StudioError, UserInputError
 from . import metrics
+from .audio import load_prompt_audio
+from .engines.base import Engine, Progress, PromptAudio, Style, Voice
+from .errors import EngineError, OutputsError, ServerBusyError, StudioError, UserInputError
 from .log import request_logger
-from .modes import MODE_IDS, get_mode
-from .outputs import output_path, remove_expired, write_wav_atomic
+from .modes import MODE_IDS, MODES, Mode, get_mode
+from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
 from .text.frontend import TextFrontend
 
 MAX_SEED = 2**32 - 1
+SPEED_RANGE = (0.5, 2.0)
 
 
 @dataclass
 class SynthesisRequest:
+    """What a client sent, untyped: the service checks every field before using it."""
+    text: Any
+    mode: Any = "zero_shot"
+    prompt_wav: Any = None
+    prompt_text: Any = ""
+    instruct_text: Any = ""
+    seed: Any = None                 # None, "" or negative: pick one (and log it, so it can be repeated)
+    speed: Any = 1.0
+    stream: Any = False
+    normalize: Any = True
+
+
+@dataclass(frozen=True)
+class ValidRequest:
     text: str
-    mode: str = "zero_shot"
-    prompt_wav: str | None = None
-    prompt_text: str = ""
-    instruct_text: str = ""
-    seed: int | None = None          # None or negative: pick one (and log it, so it can be repeated)
-    speed: float = 1.0
-    stream: bool = False
-    normalize: bool = True
+    mode: Mode
+    prompt_wav: str
+    prompt_text: str
+    instruct_text: str
+    seed: int
+    speed: float
+    stream: bool
+    normalize: bool
 
 
 @dataclass
 class ServiceConfig:
     outputs_dir: Path = Path("outputs")
     max_text_chars: int = 2000
+    max_prompt_text_chars: int = 300     # a 30 s prompt holds far fewer characters than this
+    max_instruct_chars: int = 200
     max_piece_chars: int = 80
-    pause_seconds: float = 0.2       # silence between sentence pieces in the joined output
-    workers: int = 2                 # requests synthesised at once
-    queue_size: int = 8              # requests allowed to wait beyond those
+    pause_seconds: float = 0.2           # silence between sentence pieces in the joined output
+    workers: int = 2                     # requests synthesised at once
+    queue_size: int = 8                  # requests allowed to wait beyond those
     retention_days: float = 7.0
     voice_cache_size: int = 16
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ServiceConfig":
+        return cls(outputs_dir=args.outputs_dir, max_text_chars=args.max_text_chars, workers=args.concurrency,
+                   queue_size=args.queue_size, retention_days=args.outputs_retention_days,
+                   pause_seconds=args.pause)
+
+
+def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
+    """Flags every front end (WebUI, CLI) shares for the service; ServiceConfig.from_args reads them."""
+    parser.add_argument("--max-text-chars", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=2, help="requests synthesised at once")
+    parser.add_argument("--queue-size", type=int, default=8, help="requests allowed to wait")
+    parser.add_argument("--outputs-retention-days", type=float, default=7.0)
+    parser.add_argument("--outputs-dir", type=Path, default=root / "outputs")
+    parser.add_argument("--g2p-dict", type=Path, default=root / "configs" / "G2P_replace_dict.jsonl")
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds of silence between sentences")
 
 
 @dataclass
@@ -74,6 +113,105 @@ class Event:
     result: SynthesisResult | None = None
 
 
+@dataclass
+class _Stages:
+    """Where a request is, so a failure can say which stage it happened in."""
+    current: str = "validate"
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
+        yield
+
+
+# ---- validation: raw client values → typed fields, one message per kind of mistake -------------------
+
+def _text_field(value: Any, what: str, limit: int, required: bool) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise UserInputError(f"The {what} must be text (a string), not {type(value).__name__}.")
+    value = value.strip()
+    if required and not value:
+        raise UserInputError(f"The {what} is empty. Type what the voice should say." if what == "text"
+                             else f"The {what} is empty.")
+    if len(value) > limit:
+        raise UserInputError(f"The {what} is {len(value)} characters long; the limit is {limit}. "
+                             f"Shorten it{' or split it into several requests' if what == 'text' else ''}.")
+    return value
+
+
+def _number_field(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise UserInputError(f"The {what} must be a number, not true/false.")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise UserInputError(f"The {what} must be a number; got {value[:20]!r}.") from None
+    if not isinstance(value, (int, float)):
+        raise UserInputError(f"The {what} must be a number, not {type(value).__name__}.")
+    if not math.isfinite(value):
+        raise UserInputError(f"The {what} must be a finite number; got {value}.")
+    return float(value)
+
+
+def _seed_field(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = _number_field(value, "seed")
+    if number != int(number):
+        raise UserInputError(f"Seed {value} is not a whole number; use a whole number from 0 to {MAX_SEED}.")
+    if number < 0:
+        return None
+    if number > MAX_SEED:
+        raise UserInputError(f"Seed {int(number)} is out of range; use a whole number from 0 to {MAX_SEED}.")
+    return int(number)
+
+
+def _switch_field(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise UserInputError(f"The {what} switch must be true or false; got {str(value)[:20]!r}.")
+
+
+def validate_request(request: SynthesisRequest, config: ServiceConfig, engine: Engine) -> ValidRequest:
+    """Every check on what a client sent, in the order a user fills the form."""
+    if not isinstance(request.mode, str) or get_mode(request.mode) is None:
+        raise UserInputError(f"Unknown mode {str(request.mode)[:30]!r}. Choose one of: {', '.join(MODE_IDS)}.")
+    mode = get_mode(request.mode)
+    if mode.id not in engine.capabilities().modes:
+        raise UserInputError(f"The {engine.name} engine cannot do {mode.label}.")
+    text = _text_field(request.text, "text", config.max_text_chars, required=True)
+    if not request.prompt_wav or not isinstance(request.prompt_wav, str):
+        raise UserInputError(f"{mode.label} needs a prompt recording: upload or record 3–15 s of the voice to clone.")
+    prompt_text = _text_field(request.prompt_text, "prompt transcript", config.max_prompt_text_chars,
+                              required=False)
+    if mode.needs_transcript and not prompt_text:
+        raise UserInputError(f"{mode.label} needs the transcript of the prompt recording. Type exactly "
+                             "what is said in it, or use 跨语种复刻 (cross-lingual), which needs none.")
+    instruct_text = _text_field(request.instruct_text, "instruction", config.max_instruct_chars, required=False)
+    if mode.needs_instruction and not instruct_text:
+        raise UserInputError(f"{mode.label} needs an instruction, e.g. 请用四川话说 or "
+                             "'speak very fast'. Pick a preset or type one.")
+    speed = _number_field(request.speed, "speed")
+    if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
+        raise UserInputError(f"Speed {speed:g} is out of range; choose between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}.")
+    seed = _seed_field(request.seed)
+    return ValidRequest(text=text, mode=mode, prompt_wav=request.prompt_wav, prompt_text=prompt_text,
+                        instruct_text=instruct_text, seed=secrets.randbelow(MAX_SEED) if seed is None else seed,
+                        speed=speed, stream=_switch_field(request.stream, "stream"),
+                        normalize=_switch_field(request.normalize, "normalize"))
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class SynthesisService:
     def __init__(self, engine: Engine, config: ServiceConfig | None = None,
                  frontend: TextFrontend | None = None):
@@ -83,24 +221,64 @@ class SynthesisService:
         self.started = time.time()
         self._slots = threading.BoundedSemaphore(self.config.workers)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._waiting = 0
         self._active = 0
+        self._draining = False
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
+        self._outputs_checked: tuple[float, str | None] = (0.0, None)
+        metrics.BUSY_WORKERS.set_function(lambda: self._active)
+        metrics.QUEUE_DEPTH.set_function(lambda: self._waiting)
 
     # ---- operations -------------------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
-            metrics.BUSY_WORKERS.set(self._active)
-            metrics.QUEUE_DEPTH.set(self._waiting)
             return {"busy_workers": self._active, "queue_depth": self._waiting, "workers": self.config.workers,
-                    "queue_size": self.config.queue_size}
+                    "queue_size": self.config.queue_size, "draining": self._draining}
 
     def clean_outputs(self) -> list[Path]:
         return remove_expired(self.config.outputs_dir, self.config.retention_days)
 
+    def remove_stale_partials(self) -> list[Path]:
+        return remove_stale_partials(self.config.outputs_dir)
+
+    def outputs_problem(self, max_age_s: float = 2.0) -> str | None:
+        """Why results cannot be saved right now (None when outputs/ takes a file); checked by a real write."""
+        checked_at, problem = self._outputs_checked
+        if time.monotonic() - checked_at < max_age_s:
+            return problem
+        folder = Path(self.config.outputs_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".ready.", suffix=".partial"):
+                pass
+            problem = None
+        except OSError as err:
+            problem = f"cannot write to {folder}: {_disk_advice(err)}"
+        self._outputs_checked = (time.monotonic(), problem)
+        return problem
+
+    def drain(self) -> None:
+        """Stop admitting requests (shutdown); those already admitted run to the end."""
+        with self._lock:
+            self._draining = True
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._active or self._waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
     @contextmanager
     def _admission(self, log):
         with self._lock:
+            if self._draining:
+                log.warning("refused: the server is shutting down")
+                raise ServerBusyError("The server is shutting down for a restart. Please try again in a minute.")
             if self._waiting >= self.config.queue_size and self._active >= self.config.workers:
                 log.warning(f"refused: server busy ({self._active} synthesising, {self._waiting} waiting)")
                 raise ServerBusyError(
@@ -116,133 +294,121 @@ class SynthesisService:
                 self._active += 1
             yield
         finally:
-            with self._lock:
+            with self._idle:
                 if acquired:
                     self._active -= 1
                 else:
                     self._waiting -= 1
+                self._idle.notify_all()
             if acquired:
                 self._slots.release()
 
+    def warm_up(self, text: str, prompt: PromptAudio, transcript: str) -> float:
+        """One synthesis through the engine, nothing saved or counted, so the first user pays no lazy set-up.
+
+        Returns the seconds of audio made.
+        """
+        mode = MODES[0]
+        voice = self.engine.prepare_voice(prompt, self.frontend.process(transcript).marked
+                                          if mode.needs_transcript else None)
+        samples = 0
+        for piece in self.frontend.process(text).pieces:
+            for chunk in self.engine.synthesize(piece, voice, Style(mode=mode.id), 0, lambda progress: None):
+                samples += len(chunk)
+        return samples / self.engine.sample_rate
+
     # ---- the request ------------------------------------------------------------------------
     def synthesize(self, request: SynthesisRequest, request_id: str | None = None) -> SynthesisResult:
-        result = None
         for event in self.run(request, request_id):
             if event.result is not None:
-                result = event.result
-        assert result is not None
-        return result
+                return event.result
+        raise EngineError("the request ended without a result", stage="report")
 
     def run(self, request: SynthesisRequest, request_id: str | None = None) -> Iterator[Event]:
         """Serve one request, yielding events; raises StudioError subclasses with a user message."""
         request_id = request_id or uuid.uuid4().hex[:6]
         log = request_logger(request_id)
-        seed = request.seed if request.seed is not None and request.seed >= 0 else secrets.randbelow(MAX_SEED)
-        stage = "validate"
+        stage = _Stages()
+        mode_label = request.mode if isinstance(request.mode, str) and request.mode in MODE_IDS else "unknown"
         try:
-            log.info(f"received {request.mode}, text {len(request.text or '')} chars, seed {seed}, "
-                     f"speed {request.speed:g}, stream {'on' if request.stream else 'off'}")
-            self._validate(request, seed)
+            with stage("validate"):
+                valid = validate_request(request, self.config, self.engine)
+            log.info(f"received {valid.mode.id}, text {len(valid.text)} chars, seed {valid.seed}, "
+                     f"speed {valid.speed:g}, stream {'on' if valid.stream else 'off'}")
+            if valid.instruct_text:
+                log.info(f"instruction: {_clip(valid.instruct_text)}")
             with self._admission(log):
-                stage = "text"
-                pieces, text_notices = self._prepare_text(request, log)
-                stage = "voice"
-                voice = self._prepare_voice(request, log)
-                style = Style(mode=request.mode, instruct_text=request.instruct_text.strip(), speed=request.speed)
-                notices = text_notices + self.engine.style_notices(style)
-                for notice in notices:
-                    log.warning(notice)
-                    yield Event(notice=notice)
-                stage = "synthesize"
-                started = time.perf_counter()
-                audio: list[np.ndarray] = []
-                engine_notices: list[str] = []     # filled (and logged) by the engine's progress callback
-                shown = 0
-                for chunk in self._synthesize(pieces, voice, style, seed, request.stream, log, engine_notices):
-                    audio.append(chunk)
-                    for notice in engine_notices[shown:]:
-                        yield Event(notice=notice)
-                    shown = len(engine_notices)
-                    if request.stream:
-                        yield Event(chunk=chunk)
-                samples = np.concatenate(audio) if audio else np.zeros(0, np.float32)
-                elapsed = time.perf_counter() - started
-                if samples.size == 0 or not np.isfinite(samples).all():
-                    raise EngineError("the engine produced no usable audio", stage="synthesize")
-                stage = "save"
-                path = write_wav_atomic(output_path(self.config.outputs_dir, request_id), samples,
-                                        self.engine.sample_rate)
-                seconds = len(samples) / self.engine.sample_rate
-                rtf = elapsed / max(seconds, 1e-6)
-                log.success(f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
-                metrics.REQUESTS.labels(request.mode, "ok").inc()
-                metrics.AUDIO_SECONDS.inc(seconds)
-                metrics.RTF.observe(rtf)
-                if not request.stream:
-                    yield Event(chunk=samples)
-                yield Event(result=SynthesisResult(request_id, path, self.engine.sample_rate, seconds, rtf,
-                                                   seed, notices + engine_notices))
+                yield from self._pipeline(valid, request_id, log, stage)
         except ServerBusyError:
-            self._count_failure(request.mode, "busy")
+            metrics.REQUESTS.labels(mode_label, "busy").inc()
             raise
         except UserInputError as err:
-            self._count_failure(request.mode, "refused")
-            log.warning(f"refused at {stage}: {err}")
+            metrics.REQUESTS.labels(mode_label, "refused").inc()
+            log.warning(f"refused at {stage.current}: {err}")
             raise
-        except StudioError as err:       # EngineError, ModelDirError: ours to fix, not the user's
-            self._count_failure(request.mode, "error")
-            log.error(f"failed during {getattr(err, 'stage', stage)}: {err}")
+        except StudioError as err:       # EngineError, ModelDirError, OutputsError: ours to fix, not the user's
+            metrics.REQUESTS.labels(mode_label, "error").inc()
+            log.error(f"failed during {getattr(err, 'stage', stage.current)}: {err}")
             raise
         except Exception as err:
-            self._count_failure(request.mode, "error")
-            log.error(f"internal error at {stage}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-            raise EngineError(f"Internal error while {stage} (request {request_id}). The details are in "
-                              f"logs/runtime.log; please report them.", stage=stage) from err
+            metrics.REQUESTS.labels(mode_label, "error").inc()
+            log.error(f"internal error at {stage.current}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+            raise EngineError(f"Internal error while {stage.current} (request {request_id}). The details are in "
+                              f"logs/runtime.log; please report them.", stage=stage.current) from err
 
-    def _count_failure(self, mode: str, outcome: str) -> None:
-        metrics.REQUESTS.labels(mode if mode in MODE_IDS else "unknown", outcome).inc()
+    def _pipeline(self, request: ValidRequest, request_id: str, log, stage: _Stages) -> Iterator[Event]:
+        with stage("text"):
+            pieces, notices = self._prepare_text(request, log)
+        with stage("voice"):
+            voice = self._prepare_voice(request, log)
+        style = Style(mode=request.mode.id, instruct_text=request.instruct_text, speed=request.speed)
+        notices += self.engine.style_notices(style)
+        for notice in notices:
+            log.warning(notice)
+            yield Event(notice=notice)
+        with stage("synthesize"):
+            started = time.perf_counter()
+            audio: list[np.ndarray] = []
+            for event in self._synthesize(pieces, voice, style, request.seed, request.stream, log):
+                if event.chunk is not None:
+                    audio.append(event.chunk)
+                    if not request.stream:
+                        continue
+                if event.notice is not None:
+                    notices.append(event.notice)
+                yield event
+            samples = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+            elapsed = time.perf_counter() - started
+            if samples.size == 0 or not np.isfinite(samples).all():
+                raise EngineError("the engine produced no usable audio", stage="synthesize")
+        with stage("save"):
+            path = self._save(request_id, samples)
+        seconds = len(samples) / self.engine.sample_rate
+        rtf = elapsed / max(seconds, 1e-6)
+        log.success(f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
+        metrics.REQUESTS.labels(request.mode.id, "ok").inc()
+        metrics.AUDIO_SECONDS.inc(seconds)
+        metrics.RTF.observe(rtf)
+        if not request.stream:
+            yield Event(chunk=samples)
+        yield Event(result=SynthesisResult(request_id, path, self.engine.sample_rate, seconds, rtf,
+                                           request.seed, notices))
 
     # ---- stages -----------------------------------------------------------------------------
-    def _validate(self, request: SynthesisRequest, seed: int) -> None:
-        text = (request.text or "").strip()
-        if not text:
-            raise UserInputError("The text to synthesise is empty. Type what the voice should say.")
-        if len(text) > self.config.max_text_chars:
-            raise UserInputError(f"The text is {len(text)} characters long; the limit is {self.config.max_text_chars}. "
-                                 f"Shorten it or split it into several requests.")
-        mode = get_mode(request.mode)
-        if mode is None:
-            raise UserInputError(f"Unknown mode '{request.mode}'. Choose one of: {', '.join(MODE_IDS)}.")
-        if mode.id not in self.engine.capabilities().modes:
-            raise UserInputError(f"The {self.engine.name} engine cannot do {mode.label}.")
-        if not request.prompt_wav:
-            raise UserInputError(f"{mode.label} needs a prompt recording: upload or record "
-                                 f"3–15 s of the voice to clone.")
-        if mode.needs_transcript and not request.prompt_text.strip():
-            raise UserInputError(f"{mode.label} needs the transcript of the prompt recording. Type exactly "
-                                 "what is said in it, or use 跨语种复刻 (cross-lingual), which needs none.")
-        if mode.needs_instruction and not request.instruct_text.strip():
-            raise UserInputError(f"{mode.label} needs an instruction, e.g. 请用四川话说 or "
-                                 "'speak very fast'. Pick a preset or type one.")
-        if not 0.5 <= float(request.speed) <= 2.0:
-            raise UserInputError(f"Speed {request.speed} is out of range; choose between 0.5 and 2.0.")
-        if not 0 <= seed <= MAX_SEED:
-            raise UserInputError(f"Seed {seed} is out of range; use a whole number from 0 to {MAX_SEED}.")
-
-    def _prepare_text(self, request: SynthesisRequest, log) -> tuple[list[str], list[str]]:
+    def _prepare_text(self, request: ValidRequest, log) -> tuple[list[str], list[str]]:
         result = self.frontend.process(request.text, normalize=request.normalize,
                                        max_piece_chars=self.config.max_piece_chars)
         chars = sum(len(p) for p in result.pieces)
         log.info(f"text: {len(result.pieces)} piece(s), {chars} chars after normalization")
         return result.pieces, list(result.notices)
 
-    def _prepare_voice(self, request: SynthesisRequest, log) -> Voice:
+    def _prepare_voice(self, request: ValidRequest, log) -> Voice:
         loaded = load_prompt_audio(request.prompt_wav)
         rates = "/".join(str(r) for r in self.engine.capabilities().prompt_sample_rates)
         log.info(f"prompt audio: {loaded.describe()} → {rates} Hz for the engine")
         for warning in loaded.warnings:
             log.warning(warning)
-        prompt_text = self._prepare_transcript(request) if get_mode(request.mode).needs_transcript else None
+        prompt_text = self._prepare_transcript(request) if request.mode.needs_transcript else None
         key = (self.engine.name, loaded.audio.sha1, prompt_text)
         with self._lock:
             voice = self._voices.get(key)
@@ -260,7 +426,7 @@ class SynthesisService:
         log.info(f"voice features ready (cache miss, {time.perf_counter() - started:.2f} s)")
         return voice
 
-    def _prepare_transcript(self, request: SynthesisRequest) -> str:
+    def _prepare_transcript(self, request: ValidRequest) -> str:
         """The prompt transcript is read by the model alongside the text, so it gets the same normalization."""
         try:
             return self.frontend.process(request.prompt_text, normalize=request.normalize,
@@ -269,21 +435,25 @@ class SynthesisService:
             raise UserInputError(f"In the prompt transcript: {err}") from err
 
     def _synthesize(self, pieces: list[str], voice: Voice, style: Style, seed: int, stream: bool,
-                    log, notices: list[str]) -> Iterator[np.ndarray]:
+                    log) -> Iterator[Event]:
         pause = np.zeros(int(self.config.pause_seconds * self.engine.sample_rate), np.float32)
         total = len(pieces)
+        shown: set[str] = set()
         for index, piece in enumerate(pieces, start=1):
-            last_logged = [0.0]
+            pending: list[str] = []
+            last_logged = 0.0
 
-            def on_progress(progress: Progress, index=index, last_logged=last_logged) -> None:
+            def on_progress(progress: Progress) -> None:
+                nonlocal last_logged
                 if progress.notice:
-                    if progress.message not in notices:
+                    if progress.message not in shown:
+                        shown.add(progress.message)
                         log.warning(progress.message)
-                        notices.append(progress.message)
+                        pending.append(progress.message)
                     return
                 now = time.perf_counter()
-                if now - last_logged[0] >= 0.5:    # a steady trickle in the log, not one line per token
-                    last_logged[0] = now
+                if now - last_logged >= 0.5:    # a steady trickle in the log, not one line per token
+                    last_logged = now
                     log.info(f"piece {index}/{total}: {progress.message}")
 
             log.info(f"piece {index}/{total}: synthesising {len(piece)} chars")
@@ -291,9 +461,35 @@ class SynthesisService:
             # Seed per piece: the same piece at the same position gives the same audio, however it is streamed.
             for chunk in self.engine.synthesize(piece, voice, style, (seed + index - 1) % (MAX_SEED + 1),
                                                 on_progress, stream=stream):
+                while pending:
+                    yield Event(notice=pending.pop(0))
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
                 produced += len(chunk)
-                yield chunk
+                yield Event(chunk=chunk)
+            while pending:
+                yield Event(notice=pending.pop(0))
             log.info(f"piece {index}/{total} vocoded ({produced / self.engine.sample_rate:.2f} s audio)")
             if index < total and pause.size:
-                yield pause
+                yield Event(chunk=pause)
+
+    def _save(self, request_id: str, samples: np.ndarray) -> Path:
+        folder = Path(self.config.outputs_dir)
+        try:
+            path = write_wav_atomic(output_path(folder, request_id), samples, self.engine.sample_rate)
+        except OSError as err:
+            self._outputs_checked = (0.0, None)      # let /ready look again now
+            raise OutputsError(f"The result could not be saved: cannot write to {folder}: {_disk_advice(err)} "
+                               f"The server keeps running; the next request works once this is fixed.") from err
+        self._outputs_checked = (time.monotonic(), None)
+        return path
+
+
+def _disk_advice(err: OSError) -> str:
+    """Plain words for the disk errors an operator can fix."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full. Free some space there."
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied (or a read-only disk). Fix the folder's permissions or choose another --outputs-dir."
+    if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return "it is not a folder. Remove what is in its place or choose another --outputs-dir."
+    return f"{err.strerror or err}. Check the folder, or choose another --outputs-dir."

@@ -152,7 +152,7 @@ def test_health_and_version_answer_fast_even_during_synthesis(lite_app):
         response = httpx.get(f"{lite_app.url}/health", timeout=2)
         assert response.status_code == 200
         body = response.json()
-        assert body["status"] == "ok" and body["engine"] == "lite" and body["model_loaded"] is True
+        assert body["status"] == "ok" and body["engine"] == "lite"
         assert {"uptime_s", "queue_depth", "busy_workers"} <= set(body)
         busy_seen = max(busy_seen, body["busy_workers"])
         time.sleep(0.1)

@@ -1,6 +1,7 @@
 """Pick and build the engine: `auto` means cosyvoice3 when a complete model dir exists, else lite."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from loguru import logger
@@ -9,6 +10,20 @@ from .base import Engine
 from .cosyvoice3.model_dir import DEFAULT_MODEL_DIR, download_hint
 
 ENGINE_CHOICES = ("auto", "lite", "cosyvoice3")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every front end (WebUI, CLI, benchmarks) shares for choosing and placing the engine."""
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                        help="auto: cosyvoice3 when --model-dir is complete, else the embedded lite engine")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine:
+    return create_engine(args.engine, args.model_dir, args.device, args.precision)
 
 
 def resolve_engine_name(name: str, model_dir: Path) -> str:

@@ -1,0 +1,478 @@
+"""CosyVoice Studio WebUI: Gradio Blocks on port 7860 with /health and /version.
+
+app.py is thin: it parses flags, builds the engine and the service, lays out the UI and mounts
+the HTTP endpoints. Every request goes through cosyvoice.service.SynthesisService.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from loguru import logger
+
+from cosyvoice import __version__
+from cosyvoice.audio import MAX_FILE_BYTES
+from cosyvoice.engines.registry import add_engine_args, engine_from_args
+from cosyvoice.errors import StudioError
+from cosyvoice.http_guard import GuardConfig, HttpGuard, request_id_of
+from cosyvoice.instruct import PRESETS, strip_wrapper
+from cosyvoice.log import setup_logging
+from cosyvoice.metrics import REGISTRY
+from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
+from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
+from cosyvoice.text.frontend import TextFrontend
+from cosyvoice.text.help import SYNTAX_HELP
+
+ROOT = Path(__file__).resolve().parent
+WARMUP_TEXT = "你好。"
+WARMUP_PROMPT_TEXT = "你好，欢迎使用语音合成工作室。今天天气很好。"
+
+
+def synthetic_prompt():
+    """A spoken prompt made on the spot (espeak-ng), so the warm-up needs no recording on disk."""
+    from cosyvoice.audio import prompt_from_samples
+    from cosyvoice.engines.lite import espeak
+
+    spoken = espeak.speak(WARMUP_PROMPT_TEXT, espeak.EspeakParams(voice="cmn"))
+    return prompt_from_samples(spoken.samples, spoken.sample_rate)
+
+
+class StartupError(Exception):
+    """A flag or the environment makes starting impossible; the message says what to change."""
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """`user:password` → (user, password); anything else is refused rather than silently ignored."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user.strip() or not password:
+        raise StartupError("--auth (or COSYVOICE_AUTH) must look like user:password, with both parts non-empty; "
+                           "the login stays off until it does, so the app will not start without it.")
+    return user.strip(), password
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="CosyVoice Studio WebUI")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (run.sh uses 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=7860)
+    add_engine_args(parser)
+    add_service_args(parser, ROOT)
+    parser.add_argument("--log-dir", type=Path, default=ROOT / "logs")
+    parser.add_argument("--auth", default=os.environ.get("COSYVOICE_AUTH"),
+                        help="user:password to require a login (or env COSYVOICE_AUTH)")
+    parser.add_argument("--public-metrics", action="store_true",
+                        help="with --auth, still serve /metrics and /version without a login (for scrapers)")
+    parser.add_argument("--grace-seconds", type=float, default=30.0,
+                        help="on SIGTERM, how long running requests may take to finish")
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_FILE_BYTES / 2**20,
+                        help="largest upload accepted (refused before it is stored)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="Gradio's upload/cache folder (default .run/gradio-<port>); swept hourly")
+    return parser.parse_args(argv)
+
+
+def git_commit() -> tuple[str | None, str | None]:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H %cI"], capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            commit, when = out.stdout.split()
+            return commit, when
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None, None
+
+
+class Studio:
+    """Everything the UI and the endpoints share: the engine, the service and start-up facts."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.engine = engine_from_args(args)
+        self.service = SynthesisService(self.engine, ServiceConfig.from_args(args), TextFrontend(args.g2p_dict))
+        self.commit, self.commit_time = git_commit()
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.warmed_up = threading.Event()
+        self.warmup_problem: str | None = None
+
+    def health(self) -> dict:
+        stats = self.service.stats()
+        return {"status": "ok", "engine": self.engine.name,
+                "uptime_s": round(time.time() - self.service.started, 1),
+                "queue_depth": stats["queue_depth"], "busy_workers": stats["busy_workers"],
+                "workers": stats["workers"]}
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready = model loaded, one warm-up synthesis done, results can be saved, not shutting down."""
+        if self.service.stats()["draining"]:
+            return False, "shutting down"
+        if not self.warmed_up.is_set():
+            return False, self.warmup_problem or "warming up: the first synthesis has not finished yet"
+        problem = self.service.outputs_problem()
+        if problem:
+            return False, problem
+        return True, "ready"
+
+    def warm_up(self) -> None:
+        """One short synthesis before /ready says yes, so the first user does not pay for lazy set-up."""
+        log = logger.bind(req="warmup")
+        try:
+            started = time.perf_counter()
+            seconds = self.service.warm_up(WARMUP_TEXT, synthetic_prompt(), WARMUP_PROMPT_TEXT)
+            log.info(f"warm-up synthesis done in {time.perf_counter() - started:.2f} s ({seconds:.2f} s audio); "
+                     f"/ready now answers 200")
+        except Exception as err:     # the app still serves; /ready says why it is not ready
+            self.warmup_problem = f"warm-up synthesis failed: {err}"
+            log.error(f"{self.warmup_problem}; /ready stays 503. Check the model and the log above.")
+            return
+        self.warmed_up.set()
+
+    def version(self) -> dict:
+        info = {"app": "cosyvoice-studio", "version": __version__, "git_commit": self.commit,
+                "build_time": self.commit_time or self.started_at, "started_at": self.started_at,
+                "engine": self.engine.name, "model": self.engine.model_label, "device": self.engine.device,
+                "sample_rate": self.engine.sample_rate}
+        info.update(self.engine.version_info())
+        return info
+
+    def status_line(self) -> str:
+        stats = self.service.stats()
+        line = (f"**引擎 Engine:** `{self.engine.name}` · **模型 Model:** {self.engine.model_label} · "
+                f"**设备 Device:** {self.engine.device} · **队列 Queue:** {stats['busy_workers']} 合成中 busy, "
+                f"{stats['queue_depth']} 等待 waiting")
+        line += "".join(f"  \nℹ️ {notice}" for notice in self.engine.startup_notices())
+        return line
+
+    # ---- request handlers: raw values in, the service validates -------------------------------
+    def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
+                    request: gr.Request):
+        """UI handler: streams (rate, chunk) to the player, then offers the saved file."""
+        synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
+                                     instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
+                                     normalize=normalize)
+        request_id = _request_id(request)
+        try:
+            for event in self.service.run(synthesis, request_id):
+                if event.notice:
+                    gr.Warning(event.notice)
+                if event.chunk is not None:
+                    yield (self.engine.sample_rate, event.chunk), gr.skip(), gr.skip()
+                if event.result is not None:
+                    r = event.result
+                    summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
+                               f"seed {r.seed} · req {r.request_id}")
+                    summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
+                    yield gr.skip(), str(r.path), summary
+        except StudioError as err:
+            raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
+
+    def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
+                       prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
+                       stream: bool = False, normalize: bool = True, request: gr.Request = None) -> str:
+        """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct)."""
+        synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
+                                     instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
+                                     normalize=normalize)
+        request_id = _request_id(request)
+        try:
+            return str(self.service.synthesize(synthesis, request_id).path)
+        except StudioError as err:
+            raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
+
+
+def _request_id(request: gr.Request | None) -> str:
+    """An incoming X-Request-ID (from a proxy) names the request in the log; otherwise a fresh id."""
+    headers = getattr(request, "headers", None) or {}
+    raw = [(b"x-request-id", headers["x-request-id"].encode("latin-1"))] if "x-request-id" in headers else []
+    return request_id_of({"headers": raw})
+
+
+class _Raw:
+    """API inputs handed to the service exactly as the client sent them (typed checks live there)."""
+
+    def preprocess(self, payload):
+        return payload
+
+from gradio.events import Dependency
+
+class RawText(_Raw, gr.Textbox):
+    pass
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class RawNumber(_Raw, gr.Number):
+    pass
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class RawSwitch(_Raw, gr.Checkbox):
+    pass
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class RawSlider(_Raw, gr.Slider):
+    pass
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class RawChoice(_Raw, gr.Radio):
+    pass
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def build_ui(studio: Studio) -> gr.Blocks:
+    # delete_cache: uploads and Gradio's copies older than an hour are swept every 10 minutes.
+    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600)) as demo:
+        gr.Markdown("# CosyVoice Studio · 零样本语音克隆 Zero-shot voice cloning")
+        status = gr.Markdown(studio.status_line())
+        with gr.Row():
+            with gr.Column(scale=3):
+                mode = RawChoice([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode")
+                steps = gr.Markdown(MODES[0].steps)
+                text = RawText(label="合成文本 Text to synthesise", lines=5,
+                                  placeholder="输入要合成的文本 Type the text to speak…")
+                with gr.Accordion("发音标注 Pronunciation markup", open=False):
+                    gr.Markdown(SYNTAX_HELP)
+                prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                      label="参考音频 Prompt audio (3–15 s; upload or record)")
+                prompt_text = RawText(label="参考音频文本 Prompt transcript", lines=2,
+                                         placeholder="参考音频里说的话 Exactly what the prompt recording says")
+                with gr.Row(visible=False) as instruct_row:
+                    preset = gr.Dropdown([label for label, _ in PRESETS], label="指令预设 Instruction presets",
+                                         value=None, scale=1)
+                    instruct_text = RawText(label="指令 Instruction", scale=2,
+                                               placeholder="例如 e.g. 请用四川话说 / speak very fast")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    seed = RawNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                     label="随机种子 Seed (same input + seed = same audio)", scale=3)
+                    dice = gr.Button("🎲", scale=1, min_width=60)
+                speed = RawSlider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed")
+                stream = RawSwitch(value=False, label="流式播放 Stream while synthesising")
+                normalize = RawSwitch(value=True, label="文本规范化 Read numbers, dates and symbols as words")
+                generate = gr.Button("生成 Generate", variant="primary")
+                audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
+                file_out = gr.File(label="下载 Download", interactive=False)
+                result_md = gr.Markdown()
+
+        mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
+                               gr.update(visible=MODES_BY_ID[m].needs_transcript)),
+                    inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False)
+        preset.change(lambda label: strip_wrapper(dict(PRESETS)[label]) if label in dict(PRESETS) else gr.skip(),
+                      inputs=preset, outputs=instruct_text, queue=False)
+        dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
+        generate.click(studio.generate_ui,
+                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize],
+                       outputs=[audio_out, file_out, result_md], api_name="generate")
+        # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
+        # Gradio's file machinery: clients send a file and receive the saved WAV.
+        with gr.Column(visible=False):
+            api_inputs = [RawText(), RawText(value="zero_shot"), gr.Audio(type="filepath"), RawText(),
+                          RawText(), RawNumber(value=0, precision=0), RawNumber(value=1.0), RawSwitch(),
+                          RawSwitch(value=True)]
+            api_output = gr.File()
+            api_button = gr.Button()
+        api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
+        gr.Timer(3.0).tick(studio.status_line, outputs=status, queue=False)
+    # The service does its own admission and answers "busy" itself, so Gradio lets every request reach it
+    # (a refusal returns at once); Gradio's own bound only stops a flood far beyond the service's.
+    demo.queue(max_size=256, default_concurrency_limit=studio.args.concurrency + studio.args.queue_size + 32)
+    return demo
+
+
+def ensure_ffmpeg(run_dir: Path = ROOT / ".run" / "bin") -> str | None:
+    """Gradio encodes streamed audio with an `ffmpeg` process; use the one bundled by imageio-ffmpeg
+    (a PyPI wheel) when the system has none, so streaming works without an apt step."""
+    import shutil
+
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        bundled = Path(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError):
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    link = run_dir / "ffmpeg"
+    if not link.exists() or link.resolve() != bundled.resolve():
+        link.unlink(missing_ok=True)
+        link.symlink_to(bundled)
+    os.environ["PATH"] = f"{run_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return str(link)
+
+
+def retention_loop(studio: Studio, every_s: float = 3600.0) -> None:
+    while True:
+        try:
+            removed = studio.service.clean_outputs()
+            if removed:
+                logger.bind(req="-").info(f"removed {len(removed)} output file(s) older than "
+                                          f"{studio.args.outputs_retention_days:g} days")
+        except OSError as err:
+            logger.bind(req="-").warning(f"could not clean outputs/: {err}")
+        time.sleep(every_s)
+
+
+def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
+    auth = parse_auth(args.auth)
+    # Our own upload/cache folder (one per port): the guard admits file payloads from it alone,
+    # and delete_cache sweeps it, so no upload or copy outlives an hour.
+    cache_dir = (args.cache_dir or ROOT / ".run" / f"gradio-{args.port}").resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)
+    studio = Studio(args)
+    app = FastAPI(title="CosyVoice Studio")
+
+    # Plain async handlers that only read counters: they answer while workers synthesise.
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse(studio.health())
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok, reason = studio.readiness()
+        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse(studio.version())
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    demo = build_ui(studio)
+    outputs = Path(args.outputs_dir).resolve()
+    gr.set_static_paths([str(outputs)])          # results are served from outputs/, never copied to the cache
+    app = gr.mount_gradio_app(app, demo, path="", auth=auth, allowed_paths=[str(outputs)],
+                              max_file_size=int(args.max_upload_mb * 2**20))
+    # Gradio checks that file inputs were uploaded only once `has_launched` is set, which launch() does
+    # and mount_gradio_app does not; the guard below refuses such paths first, this is the second lock.
+    demo.has_launched = True
+    gradio_app = next(route.app for route in app.routes if isinstance(getattr(route, "app", None), gr.routes.App))
+
+    def logged_in(scope) -> bool:
+        cookies = _cookies(scope)
+        token = (cookies.get(f"access-token-{gradio_app.cookie_id}")
+                 or cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}"))
+        return token is not None and token in gradio_app.tokens
+
+    app.add_middleware(HttpGuard, config=GuardConfig(
+        upload_folder=lambda: str(cache_dir), max_upload_bytes=int(args.max_upload_mb * 2**20), auth=auth,
+        public_metrics=args.public_metrics, logged_in=logged_in))
+    return app, studio
+
+
+def _cookies(scope) -> dict[str, str]:
+    from http.cookies import SimpleCookie
+
+    jar = SimpleCookie()
+    for key, value in scope.get("headers", ()):
+        if key == b"cookie":
+            try:
+                jar.load(value.decode("latin-1"))
+            except Exception:
+                pass
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+class Server(uvicorn.Server):
+    """uvicorn that, on SIGTERM/SIGINT, first stops the service admitting and lets running requests end."""
+
+    def __init__(self, config: uvicorn.Config, studio: Studio, grace_s: float):
+        super().__init__(config)
+        self.studio, self.grace_s = studio, grace_s
+        self.stop_signal: str | None = None
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signal.Signals(sig).name
+            stats = self.studio.service.stats()
+            logger.bind(req="-").info(
+                f"{self.stop_signal} received: admitting no new requests; {stats['busy_workers']} running and "
+                f"{stats['queue_depth']} waiting may finish within {self.grace_s:g} s")
+            self.studio.service.drain()
+            threading.Thread(target=self._exit_when_idle, daemon=True, name="drain").start()
+        super().handle_exit(sig, frame)
+
+    def _exit_when_idle(self) -> None:
+        self.studio.service.wait_idle(self.grace_s)
+        time.sleep(1.0)              # let the last result reach its client
+        self.force_exit = True       # open idle UI streams need not hold the shutdown for the whole grace
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log_file = setup_logging(args.log_dir)
+    log = logger.bind(req="-")
+    log.info(f"starting CosyVoice Studio {__version__} (engine {args.engine}, log {log_file})")
+    if ensure_ffmpeg() is None:
+        log.warning("no ffmpeg found: streaming playback in the browser will fail; pip install imageio-ffmpeg "
+                    "or apt-get install ffmpeg (saved files are not affected)")
+    try:
+        app, studio = create_app(args)
+    except (StudioError, StartupError) as err:
+        log.error(f"cannot start: {err}")
+        return 2
+    for notice in studio.engine.startup_notices():
+        log.warning(notice)
+    if args.host in ("0.0.0.0", "::") and not args.auth:
+        log.warning(f"listening on all interfaces ({args.host}:{args.port}) without a login: anyone who can reach "
+                    f"this machine can use it. Set --auth user:password or COSYVOICE_AUTH, or bind 127.0.0.1.")
+    removed = studio.service.remove_stale_partials()
+    if removed:
+        log.info(f"removed {len(removed)} partial file(s) a previous run left in {args.outputs_dir}")
+    problem = studio.service.outputs_problem(max_age_s=0)
+    if problem:
+        log.error(f"results cannot be saved: {problem} /ready answers 503 until this is fixed.")
+    threading.Thread(target=retention_loop, args=(studio,), daemon=True, name="outputs-retention").start()
+    threading.Thread(target=studio.warm_up, daemon=True, name="warm-up").start()
+    log.info(f"engine {studio.engine.name} ready ({studio.engine.model_label}, {studio.engine.device}); "
+             f"UI at http://{args.host}:{args.port}")
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                   timeout_graceful_shutdown=args.grace_seconds), studio, args.grace_seconds)
+    server.run()
+    finished = studio.service.wait_idle(0)
+    log.info(f"stopped (signal {server.stop_signal or 'none'}; "
+             + ("no request was cut off)" if finished else "requests still running after the grace period were cut off)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
