@@ -26,7 +26,7 @@ from loguru import logger
 from cosyvoice import __version__
 from cosyvoice.engines.registry import DEFAULT_MODEL_DIR, ENGINE_CHOICES, create_engine
 from cosyvoice.errors import StudioError
-from cosyvoice.instruct import PRESETS, strip_wrapper
+from cosyvoice.instruct import PRESETS
 from cosyvoice.log import setup_logging
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
 from cosyvoice.metrics import REGISTRY
@@ -179,7 +179,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
                     inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False)
-        preset.change(lambda label: strip_wrapper(dict(PRESETS)[label]) if label in dict(PRESETS) else gr.skip(),
+        preset.change(lambda label: dict(PRESETS)[label] if label in dict(PRESETS) else gr.skip(),
                       inputs=preset, outputs=instruct_text, queue=False)
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
         generate.click(studio.generate_ui,
