@@ -168,7 +168,7 @@ def hift_state(values: dict, template_keys: list[str]) -> dict[str, torch.Tensor
 
 
 def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
-    from cosyvoice.engines.cosyvoice3.tiny_onnx import write_tiny_onnx
+    from tests.tiny_onnx import write_tiny_onnx
     from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import torch
 from cosyvoice.audio import load_prompt_audio
 from cosyvoice.engines.base import Style
 from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
-from cosyvoice.engines.cosyvoice3.tiny_onnx import make_tiny_model_dir
+from tiny_onnx import make_tiny_model_dir
 from cosyvoice.errors import EngineError
 
 from conftest import AUDIO, FIXTURE, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT

@@ -11,7 +11,7 @@ import pytest
 
 from cosyvoice import download
 from cosyvoice.engines.cosyvoice3 import model_dir as md
-from cosyvoice.engines.cosyvoice3.tiny_onnx import make_tiny_model_dir
+from tiny_onnx import make_tiny_model_dir
 from cosyvoice.errors import ModelDirError
 from conftest import FIXTURE
 
