@@ -32,9 +32,8 @@ from cosyvoice.engines.cosyvoice3.model_dir import check_model_dir, model_identi
 from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
 from cosyvoice.engines.cosyvoice3.tokenizer import CosyVoice3Tokenizer
 from cosyvoice.errors import UserInputError
+from cosyvoice.text.special_tokens import END_OF_PROMPT, SYSTEM_PROMPT
 
-SYSTEM_PROMPT = "You are a helpful assistant."
-END_OF_PROMPT = "<|endofprompt|>"
 FEATURE_RATE = 16000                 # campplus and the speech tokenizer take 16 kHz audio
 # Speech tokens per LLM text token when the prompt cannot tell us (progress estimate only).
 DEFAULT_TOKENS_PER_TEXT_ID = 7.0
@@ -50,6 +49,7 @@ def cross_lingual_text(text: str) -> str:
 
 
 def instruct_prompt_text(instruction: str) -> str:
+    """The one place a bare instruction (UI presets, the user's text) is wrapped for the model."""
     instruction = instruction.strip()
     if END_OF_PROMPT in instruction:
         return instruction
@@ -83,7 +83,7 @@ class CosyVoice3Engine:
         onnx_device = "cuda" if self.placement.device.type == "cuda" else "cpu"
         self.campplus = CampPlus(self.model_dir / "campplus.onnx", onnx_device)
         self.speech_tokenizer = SpeechTokenizer(self.model_dir / "speech_tokenizer_v3.onnx", onnx_device)
-        self.mel_config = features.PromptMelConfig.from_yaml_values(config.values)
+        self.mel_config = config.prompt_mel
 
     # -- Engine protocol ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -103,7 +103,6 @@ class HopSchedule:
     block: int                 # tokens per flow attention block (yaml chunk_size)
     lookahead: int             # right-context tokens the flow reads past a chunk's end
     n_prompt: int              # flow prompt tokens: they fill the first blocks
-    hops: list[int] = field(default_factory=list)
 
     def first(self) -> int:
         pad = math.ceil(self.n_prompt / self.block) * self.block - self.n_prompt
@@ -133,9 +132,9 @@ class CosyVoice3Model:
              autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> "CosyVoice3Model":
         config = ModelConfig.from_model_dir(model_dir)
         llm = load_llm(model_dir, config, device, dtype)
-        flow = load_flow(Path(model_dir), config.values, device, dtype)
-        hift = load_hift(model_dir, config.values, device, dtype)
-        return cls(config, llm, flow, hift, constructor_noise(config.values), device, autocast)
+        flow = load_flow(Path(model_dir), config.flow, device, dtype)
+        hift = load_hift(model_dir, config.hift, device, dtype)
+        return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, autocast)
 
     # -- tokens -----------------------------------------------------------------------------------
 
