@@ -310,7 +310,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
         save(result)
 
     if "int8" in stages:
-        from cosyvoice.engines.cosyvoice3.llm import quantize_int8
+        from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
 
         reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
         quantize_int8(model.llm)

@@ -31,6 +31,7 @@ from cosyvoice.engines.cosyvoice3.devices import is_out_of_memory
 from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
 from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, load_hift
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, load_llm
+from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
 from cosyvoice.engines.cosyvoice3.noise import ConstructorNoise, constructor_noise
 from cosyvoice.engines.cosyvoice3.sampling import Sampler
 from cosyvoice.errors import EngineError
@@ -131,7 +132,7 @@ class CosyVoice3Model:
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
              autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> "CosyVoice3Model":
         config = ModelConfig.from_model_dir(model_dir)
-        llm = load_llm(model_dir, config, device, dtype)
+        llm = load_llm(Path(model_dir) / LLM_WEIGHTS, config.llm, device, dtype)
         flow = load_flow(Path(model_dir), config.flow, device, dtype)
         hift = load_hift(model_dir, config.hift, device, dtype)
         return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, autocast)

@@ -14,10 +14,11 @@ from cosyvoice.errors import ModelDirError
 
 DEFAULT_MODEL_DIR = Path("pretrained_models") / "Fun-CosyVoice3-0.5B"
 QWEN_DIR = "CosyVoice-BlankEN"
+LLM_WEIGHTS = "llm.pt"                   # the release's LLM checkpoint
 
 REQUIRED_FILES: tuple[str, ...] = (
     "cosyvoice3.yaml",
-    "llm.pt",
+    LLM_WEIGHTS,
     "flow.pt",
     "hift.pt",
     "campplus.onnx",
