@@ -28,7 +28,7 @@ from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, Pro
 from cosyvoice.engines.cosyvoice3 import features
 from cosyvoice.engines.cosyvoice3.devices import autocast, place, release_memory
 from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs, stage
-from cosyvoice.engines.cosyvoice3.model_dir import check_model_dir, model_identity
+from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS, check_model_dir, model_identity
 from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
 from cosyvoice.engines.cosyvoice3.tokenizer import CosyVoice3Tokenizer
 from cosyvoice.errors import UserInputError
@@ -69,12 +69,15 @@ class VoiceFeatures:
 class CosyVoice3Engine:
     name = "cosyvoice3"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32"):
-        self.model_dir = check_model_dir(model_dir)
+    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32",
+                 llm_weights: str = LLM_WEIGHTS):
+        """llm_weights: the LLM checkpoint file in the model dir (llm.pt, or e.g. llm.rl.pt beside it)."""
+        self.model_dir = check_model_dir(model_dir, llm_weights)
+        self.llm_weights = llm_weights
         self.placement = place(device, precision)
         self.device = str(self.placement.device)
         self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, torch.float32,
-                                          autocast=lambda: autocast(self.placement))
+                                          autocast=lambda: autocast(self.placement), llm_weights=llm_weights)
         config = self.model.config
         self.config = config
         self.sample_rate = config.sample_rate
@@ -105,6 +108,7 @@ class CosyVoice3Engine:
             "token_frame_rate": self.config.token_frame_rate,
             "token_mel_ratio": self.config.token_mel_ratio,
             "chunk_size": self.config.chunk_size,
+            "llm_weights": self.llm_weights,
             "precision": self.placement.precision,
             "requested_precision": self.placement.requested_precision,
             "device": self.device,

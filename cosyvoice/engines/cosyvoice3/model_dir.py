@@ -14,11 +14,11 @@ from cosyvoice.errors import ModelDirError
 
 DEFAULT_MODEL_DIR = Path("pretrained_models") / "Fun-CosyVoice3-0.5B"
 QWEN_DIR = "CosyVoice-BlankEN"
-LLM_WEIGHTS = "llm.pt"                   # the release's LLM checkpoint
+LLM_WEIGHTS = "llm.pt"                   # the release's LLM checkpoint; a dir may hold others beside it (llm.rl.pt)
 
 REQUIRED_FILES: tuple[str, ...] = (
     "cosyvoice3.yaml",
-    LLM_WEIGHTS,
+    LLM_WEIGHTS,                         # or the file chosen with llm_weights
     "flow.pt",
     "hift.pt",
     "campplus.onnx",
@@ -30,11 +30,15 @@ REQUIRED_FILES: tuple[str, ...] = (
 )
 
 
-def missing_files(model_dir: str | os.PathLike) -> list[str]:
-    """Required files (relative paths) that are absent or empty, in REQUIRED_FILES order."""
+def missing_files(model_dir: str | os.PathLike, llm_weights: str = LLM_WEIGHTS) -> list[str]:
+    """Required files (relative paths) that are absent or empty, in REQUIRED_FILES order.
+
+    llm_weights: the LLM checkpoint that will be loaded; it stands in for llm.pt in the list.
+    """
     root = Path(model_dir)
     missing = []
     for name in REQUIRED_FILES:
+        name = llm_weights if name == LLM_WEIGHTS else name
         path = root / name
         try:
             ok = path.is_file() and path.stat().st_size > 0
@@ -53,12 +57,14 @@ def download_hint(model_dir: str | os.PathLike) -> str:
     return f"python -m cosyvoice download --model-dir {model_dir}"
 
 
-def check_model_dir(model_dir: str | os.PathLike) -> Path:
+def check_model_dir(model_dir: str | os.PathLike, llm_weights: str = LLM_WEIGHTS) -> Path:
     """Return the dir as a Path, or raise ModelDirError naming everything that is missing."""
     root = Path(model_dir)
     if not root.is_dir():
         raise ModelDirError(f"model dir {root} does not exist; get the model with: {download_hint(root)}")
-    missing = missing_files(root)
+    if not llm_weights or Path(llm_weights).name != llm_weights:
+        raise ModelDirError(f"LLM weights {llm_weights!r}: give a file name inside the model dir, e.g. llm.pt or llm.rl.pt")
+    missing = missing_files(root, llm_weights)
     if missing:
         raise ModelDirError(f"model dir {root} is incomplete, missing: {', '.join(missing)}; "
                             f"get the full model with: {download_hint(root)}")
