@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from cosyvoice.engines.cosyvoice3.config import LLMConfig
+from cosyvoice.engines.cosyvoice3.model_dir import QWEN_DIR
 from cosyvoice.errors import ModelDirError
 
 _GENERATOR_PREFIX = "generator."
@@ -159,7 +160,7 @@ def check_layout(state: dict[str, Tensor], layout: dict[str, tuple[int, ...]], f
             raise ModelDirError(f"{file_name}: key {key!r} is not a floating-point tensor")
         if tuple(value.shape) != layout[key]:
             raise ModelDirError(f"{file_name}: key {key!r} has shape {tuple(value.shape)}, expected {layout[key]} "
-                                "from cosyvoice3.yaml / CosyVoice-BlankEN/config.json")
+                                f"from cosyvoice3.yaml / {QWEN_DIR}/config.json")
     for key, shape in layout.items():
         if key not in state:
             raise ModelDirError(f"{file_name}: missing key {key!r} of shape {shape}")

@@ -103,7 +103,7 @@ class CosyVoice3Engine:
         return {
             "engine": self.name,
             "model_dir": str(self.model_dir),
-            "identity": model_identity(self.model_dir),
+            "identity": model_identity(self.model_dir, self.llm_weights),
             "sample_rate": self.sample_rate,
             "token_frame_rate": self.config.token_frame_rate,
             "token_mel_ratio": self.config.token_mel_ratio,

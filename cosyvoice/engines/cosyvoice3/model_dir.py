@@ -75,10 +75,11 @@ _identity_lock = threading.Lock()
 _identity_cache: dict[tuple, dict] = {}
 
 
-def _stat_signature(root: Path) -> tuple:
+def _stat_signature(root: Path, llm_weights: str) -> tuple:
     # Sizes and mtimes of every required file: a few stat calls, no reading of GB weights.
     signature = []
     for name in REQUIRED_FILES:
+        name = llm_weights if name == LLM_WEIGHTS else name
         try:
             st = (root / name).stat()
             signature.append((name, st.st_size, st.st_mtime_ns))
@@ -87,13 +88,14 @@ def _stat_signature(root: Path) -> tuple:
     return tuple(signature)
 
 
-def model_identity(model_dir: str | os.PathLike) -> dict:
-    """Cheap identity for /version: name, path, yaml sha1, and a hash of file sizes + mtimes.
+def model_identity(model_dir: str | os.PathLike, llm_weights: str = LLM_WEIGHTS) -> dict:
+    """Cheap identity for /version: name, path, yaml sha1, and a hash of file sizes + mtimes
+    (of the LLM checkpoint actually loaded, `llm_weights`, in place of llm.pt).
 
     Only the small yaml is hashed, once per (path, sizes, mtimes); later calls cost ~10 stat calls.
     """
     root = Path(model_dir).resolve()
-    signature = _stat_signature(root)
+    signature = _stat_signature(root, llm_weights)
     key = (str(root), signature)
     with _identity_lock:
         cached = _identity_cache.get(key)
