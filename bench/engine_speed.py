@@ -166,15 +166,16 @@ def hift_state(config, template_keys: list[str]) -> dict[str, torch.Tensor]:
 
 def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
     from cosyvoice.engines.cosyvoice3.config import ModelConfig
+    from cosyvoice.engines.cosyvoice3.model_dir import QWEN_DIR
     from tests.tiny_onnx import write_tiny_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "cosyvoice3.yaml").write_text(full_size_yaml((template / "cosyvoice3.yaml").read_text()))
-    qwen_dir = out / "CosyVoice-BlankEN"
+    qwen_dir = out / QWEN_DIR
     qwen_dir.mkdir(exist_ok=True)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(template / "CosyVoice-BlankEN" / name, qwen_dir / name)
-    qwen = json.loads((template / "CosyVoice-BlankEN" / "config.json").read_text()) | QWEN_FULL
+        shutil.copy(template / QWEN_DIR / name, qwen_dir / name)
+    qwen = json.loads((template / QWEN_DIR / "config.json").read_text()) | QWEN_FULL
     (qwen_dir / "config.json").write_text(json.dumps(qwen, indent=2))
 
     cfg = ModelConfig.from_model_dir(out)         # the sizes just written, read as the engine reads them
