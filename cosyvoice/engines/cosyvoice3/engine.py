@@ -15,7 +15,6 @@ user's own system part and used unchanged.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
