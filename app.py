@@ -28,7 +28,7 @@ from cosyvoice.audio import MAX_FILE_BYTES
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
 from cosyvoice.http_guard import GuardConfig, HttpGuard, request_id_of
-from cosyvoice.instruct import PRESETS, strip_wrapper
+from cosyvoice.instruct import PRESETS
 from cosyvoice.log import setup_logging
 from cosyvoice.metrics import REGISTRY
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
@@ -266,7 +266,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
                     inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False)
-        preset.change(lambda label: strip_wrapper(dict(PRESETS)[label]) if label in dict(PRESETS) else gr.skip(),
+        preset.change(lambda label: dict(PRESETS)[label] if label in dict(PRESETS) else gr.skip(),
                       inputs=preset, outputs=instruct_text, queue=False)
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
         generate.click(studio.generate_ui,

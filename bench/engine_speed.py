@@ -72,13 +72,12 @@ def _matrix(gen: torch.Generator, rows: int, cols: int) -> torch.Tensor:
     return torch.randn(rows, cols, generator=gen) / math.sqrt(cols)
 
 
-def llm_state(values: dict, qwen: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """llm.pt keys of CosyVoice3LM around Qwen2ForCausalLM, lm_head tied to embed_tokens."""
-    h, n_layers, inter = qwen["hidden_size"], qwen["num_hidden_layers"], qwen["intermediate_size"]
-    head_dim = h // qwen["num_attention_heads"]
-    q_size, kv_size = qwen["num_attention_heads"] * head_dim, qwen["num_key_value_heads"] * head_dim
-    speech_rows = int(values["llm"]["speech_token_size"]) + 200
-    embed = torch.randn(qwen["vocab_size"], h, generator=gen) * 0.5
+def llm_state(cfg, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """llm.pt keys of CosyVoice3LM around Qwen2ForCausalLM (sizes from an LLMConfig), lm_head tied to embed_tokens."""
+    h, n_layers, inter = cfg.hidden_size, cfg.num_layers, cfg.intermediate_size
+    q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    speech_rows = cfg.speech_vocab_size
+    embed = torch.randn(cfg.text_vocab_size, h, generator=gen) * 0.5
     state = {"llm.model.model.embed_tokens.weight": embed}
     for i in range(n_layers):
         p = f"llm.model.model.layers.{i}."
@@ -99,16 +98,14 @@ def llm_state(values: dict, qwen: dict, gen: torch.Generator) -> dict[str, torch
     return state
 
 
-def flow_state(values: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """flow.pt keys of CausalMaskedDiffWithDiT (PreLookaheadLayer + DiT estimator)."""
-    flow = values["flow"]
-    est = flow["decoder"]["estimator"]
-    look = flow["pre_lookahead_layer"]
-    n_in, n_out, spk = int(flow["input_size"]), int(flow["output_size"]), int(flow["spk_embed_dim"])
-    channels, lookahead = int(look["channels"]), int(look["pre_lookahead_len"])
-    dim, depth, heads, dim_head = int(est["dim"]), int(est["depth"]), int(est["heads"]), int(est["dim_head"])
-    ff = int(dim * float(est["ff_mult"]))
-    mel, mu, spk_dim, out = int(est["mel_dim"]), int(est["mu_dim"]), int(est["spk_dim"]), int(est["out_channels"])
+def flow_state(cfg, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """flow.pt keys of CausalMaskedDiffWithDiT (PreLookaheadLayer + DiT estimator), sizes from a FlowConfig."""
+    est = cfg.dit
+    n_in, n_out, spk = cfg.token_dim, cfg.mel_dim, cfg.spk_embed_dim
+    channels, lookahead = cfg.lookahead_channels, cfg.lookahead
+    dim, depth, heads, dim_head = est.dim, est.depth, est.heads, est.dim_head
+    ff = int(dim * est.ff_mult)
+    mel, mu, spk_dim, out = est.mel_dim, est.mu_dim, est.spk_dim, est.out_channels
     inner = heads * dim_head
 
     def linear(prefix: str, rows: int, cols: int) -> dict[str, torch.Tensor]:
@@ -119,7 +116,7 @@ def flow_state(values: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
         return {prefix + ".weight": w, prefix + ".bias": 0.02 * torch.randn(c_out, generator=gen)}
 
     e = "decoder.estimator."
-    state = {"input_embedding.weight": torch.randn(int(flow["vocab_size"]), n_in, generator=gen) * 0.5}
+    state = {"input_embedding.weight": torch.randn(cfg.vocab_size, n_in, generator=gen) * 0.5}
     state |= linear("spk_embed_affine_layer", n_out, spk)
     state |= conv("pre_lookahead_layer.conv1", channels, n_in, lookahead + 1)
     state |= conv("pre_lookahead_layer.conv2", n_in, channels, 3)
@@ -142,7 +139,7 @@ def flow_state(values: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
     return state
 
 
-def hift_state(values: dict, template_keys: list[str]) -> dict[str, torch.Tensor]:
+def hift_state(config, template_keys: list[str]) -> dict[str, torch.Tensor]:
     """hift.pt keys as the fixture has them (weight norm as parametrizations), shapes of the full size.
 
     The key set does not depend on the channel counts, so the fixture's keys are the template; shapes
@@ -151,7 +148,7 @@ def hift_state(values: dict, template_keys: list[str]) -> dict[str, torch.Tensor
     from cosyvoice.engines.cosyvoice3 import hift as hift_module
 
     torch.manual_seed(0)
-    ours = hift_module.CausalHiFT(hift_module.HiFTConfig.from_values(values["hift"])).state_dict()
+    ours = hift_module.CausalHiFT(config).state_dict()
     gain, direction = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
     state: dict[str, torch.Tensor] = {}
     for key in template_keys:
@@ -168,24 +165,25 @@ def hift_state(values: dict, template_keys: list[str]) -> dict[str, torch.Tensor
 
 
 def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
-    from cosyvoice.engines.cosyvoice3.tiny_onnx import write_tiny_onnx
-    from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
+    from cosyvoice.engines.cosyvoice3.config import ModelConfig
+    from cosyvoice.engines.cosyvoice3.model_dir import QWEN_DIR
+    from tests.tiny_onnx import write_tiny_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "cosyvoice3.yaml").write_text(full_size_yaml((template / "cosyvoice3.yaml").read_text()))
-    qwen_dir = out / "CosyVoice-BlankEN"
+    qwen_dir = out / QWEN_DIR
     qwen_dir.mkdir(exist_ok=True)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(template / "CosyVoice-BlankEN" / name, qwen_dir / name)
-    qwen = json.loads((template / "CosyVoice-BlankEN" / "config.json").read_text()) | QWEN_FULL
+        shutil.copy(template / QWEN_DIR / name, qwen_dir / name)
+    qwen = json.loads((template / QWEN_DIR / "config.json").read_text()) | QWEN_FULL
     (qwen_dir / "config.json").write_text(json.dumps(qwen, indent=2))
 
-    values = load_yaml_values(out / "cosyvoice3.yaml")
+    cfg = ModelConfig.from_model_dir(out)         # the sizes just written, read as the engine reads them
     gen = torch.Generator().manual_seed(1986)
-    torch.save(llm_state(values, qwen, gen), out / "llm.pt")
-    torch.save(flow_state(values, gen), out / "flow.pt")
+    torch.save(llm_state(cfg.llm, gen), out / "llm.pt")
+    torch.save(flow_state(cfg.flow, gen), out / "flow.pt")
     template_keys = list(torch.load(template / "hift.pt", map_location="cpu", weights_only=True))
-    torch.save(hift_state(values, template_keys), out / "hift.pt")
+    torch.save(hift_state(cfg.hift, template_keys), out / "hift.pt")
     write_tiny_onnx(out)
 
 
@@ -313,7 +311,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
         save(result)
 
     if "int8" in stages:
-        from cosyvoice.engines.cosyvoice3.llm import quantize_int8
+        from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
 
         reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
         quantize_int8(model.llm)

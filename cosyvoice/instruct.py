@@ -1,40 +1,35 @@
 """Natural-language style instructions: the UI presets and a parser shared by both engines.
 
-The neural engine hands the instruction text to CosyVoice3 as is; the lite engine needs to know
-what was asked for (faster, louder, happy, Cantonese, ...) and what it could not understand.
-Presets use the phrasings the official CosyVoice3 instruct list was trained on.
+Instructions are kept bare (no system prompt, no <|endofprompt|>): the neural engine wraps them
+into the form CosyVoice3 was trained on (engines/cosyvoice3/engine.py, instruct_prompt_text); the
+lite engine needs to know what was asked for (faster, louder, happy, Cantonese, ...) and what it
+could not understand. Presets use the phrasings of the official CosyVoice3 instruct list.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-SYSTEM_PREFIX = "You are a helpful assistant."
-END_OF_PROMPT = "<|endofprompt|>"
+from cosyvoice.text.special_tokens import END_OF_PROMPT, SYSTEM_PROMPT
 
-
-def _official(body: str) -> str:
-    return f"{SYSTEM_PREFIX} {body}{END_OF_PROMPT}"
-
-
-# (label shown in the UI, instruction text) -- the UI dropdown
+# (label shown in the UI, bare instruction) -- the UI dropdown
 PRESETS: list[tuple[str, str]] = [
-    ("粤语 / Cantonese", _official("请用广东话表达。")),
-    ("四川话 / Sichuanese", _official("请用四川话表达。")),
-    ("上海话 / Shanghainese", _official("请用上海话表达。")),
-    ("东北话 / Northeastern Mandarin", _official("请用东北话表达。")),
-    ("闽南话 / Hokkien", _official("请用闽南话表达。")),
-    ("天津话 / Tianjin dialect", _official("请用天津话表达。")),
-    ("大声 / Louder", _official("Please say a sentence as loudly as possible.")),
-    ("轻声 / Softer", _official("Please say a sentence in a very soft voice.")),
-    ("慢速 / Slower", _official("请用尽可能慢地语速说一句话。")),
-    ("快速 / Faster", _official("请用尽可能快地语速说一句话。")),
-    ("开心 / Happy", _official("请非常开心地说一句话。")),
-    ("伤心 / Sad", _official("请非常伤心地说一句话。")),
-    ("生气 / Angry", _official("请非常生气地说一句话。")),
-    ("耳语 / Whisper", _official("请用耳语的方式轻声说一句话。")),
-    ("小猪佩奇 / Peppa Pig style", _official("我想体验一下小猪佩奇风格，可以吗？")),
-    ("机器人 / Robot", _official("你可以尝试用机器人的方式解答吗？")),
+    ("粤语 / Cantonese", "请用广东话表达。"),
+    ("四川话 / Sichuanese", "请用四川话表达。"),
+    ("上海话 / Shanghainese", "请用上海话表达。"),
+    ("东北话 / Northeastern Mandarin", "请用东北话表达。"),
+    ("闽南话 / Hokkien", "请用闽南话表达。"),
+    ("天津话 / Tianjin dialect", "请用天津话表达。"),
+    ("大声 / Louder", "Please say a sentence as loudly as possible."),
+    ("轻声 / Softer", "Please say a sentence in a very soft voice."),
+    ("慢速 / Slower", "请用尽可能慢地语速说一句话。"),
+    ("快速 / Faster", "请用尽可能快地语速说一句话。"),
+    ("开心 / Happy", "请非常开心地说一句话。"),
+    ("伤心 / Sad", "请非常伤心地说一句话。"),
+    ("生气 / Angry", "请非常生气地说一句话。"),
+    ("耳语 / Whisper", "请用耳语的方式轻声说一句话。"),
+    ("小猪佩奇 / Peppa Pig style", "我想体验一下小猪佩奇风格，可以吗？"),
+    ("机器人 / Robot", "你可以尝试用机器人的方式解答吗？"),
 ]
 
 
@@ -112,22 +107,14 @@ class Instruction:
     recognised: tuple[str, ...] = ()            # attribute names understood, in order
     unrecognised: tuple[str, ...] = field(default=())   # parts of the text nobody understood
 
-    @property
-    def is_plain(self) -> bool:
-        return not self.recognised and not self.unrecognised
+
+# A user may paste an instruction in the model's own form: "<system prompt> ...<|endofprompt|>".
+_SYSTEM_PROMPT_AT_START = re.compile(r"^\s*" + re.escape(SYSTEM_PROMPT.rstrip(".")) + r"\.?", flags=re.I)
 
 
-def strip_wrapper(text: str) -> str:
-    """Remove the model's system prefix and end-of-prompt token, if present."""
-    text = text.replace(END_OF_PROMPT, " ")
-    text = re.sub(r"^\s*you are a helpful assistant\.?", "", text.strip(), flags=re.I)
-    return text.strip()
-
-
-def model_instruction(text: str) -> str:
-    """The instruction in the form CosyVoice3 was trained on: system prefix ... <|endofprompt|>."""
-    body = strip_wrapper(text)
-    return _official(body) if body else ""
+def _strip_wrapper(text: str) -> str:
+    """Remove the model's system prompt and end-of-prompt token, if present."""
+    return _SYSTEM_PROMPT_AT_START.sub("", text.replace(END_OF_PROMPT, " ").strip()).strip()
 
 
 def _clauses(text: str) -> list[str]:
@@ -161,7 +148,7 @@ _SCALINGS: dict[str, tuple[str, float, int]] = {
 
 def parse_instruction(text: str) -> Instruction:
     """Recognise style attributes in a Chinese or English instruction; keep what is not understood."""
-    body = strip_wrapper(text or "")
+    body = _strip_wrapper(text or "")
     scales = {"speed": 1.0, "volume": 1.0, "pitch": 1.0, "expressiveness": 1.0}
     emotion: str | None = None
     whisper = False

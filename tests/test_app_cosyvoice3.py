@@ -13,7 +13,7 @@ import soundfile as sf
 from gradio_client import handle_file
 
 from conftest import AUDIO, FIXTURE, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app
-from cosyvoice.engines.cosyvoice3.tiny_onnx import make_tiny_model_dir
+from tiny_onnx import make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -66,9 +66,17 @@ def test_fixture_config_matches_its_files() -> None:
         assert getattr(cfg.sampling, key) == values["llm"]["sampling"][key]
     for key in ("sample_rate", "token_frame_rate", "token_mel_ratio", "chunk_size", "spk_embed_dim"):
         assert getattr(cfg, key) == values[key]
-    # the flow and HiFT engines read their own sections from the value tree
-    assert cfg.values["flow"]["_tag"].endswith("CausalMaskedDiffWithDiT")
-    assert cfg.values["hift"]["_tag"].endswith("CausalHiFTGenerator")
+    # the flow, vocoder and prompt-mel sections are read here too, typed, so no module below reads the yaml
+    estimator = values["flow"]["decoder"]["estimator"]
+    assert (cfg.flow.dit.dim, cfg.flow.dit.depth, cfg.flow.dit.heads) == \
+        (estimator["dim"], estimator["depth"], estimator["heads"])
+    assert cfg.flow.vocab_size == values["flow"]["vocab_size"]
+    assert cfg.flow.lookahead_channels == values["flow"]["pre_lookahead_layer"]["channels"]
+    assert cfg.hift.base_channels == values["hift"]["base_channels"]
+    assert cfg.hift.f0_cond_channels == values["hift"]["f0_predictor"]["cond_channels"]
+    assert cfg.hift.samples_per_frame == 480
+    assert (cfg.prompt_mel.n_mels, cfg.prompt_mel.hop) == \
+        (values["feat_extractor"]["num_mels"], values["feat_extractor"]["hop_size"])
 
 
 def test_sizes_follow_the_directory_not_constants(tmp_path: Path) -> None:
@@ -129,6 +137,18 @@ def test_missing_referenced_yaml_value_is_named(tmp_path: Path) -> None:
     model_dir = _copy_config_files(tmp_path)
     _edit_yaml(model_dir, "token_mel_ratio: 2\n", "")
     with pytest.raises(ModelDirError, match=r"cosyvoice3.yaml: refers to 'token_mel_ratio'"):
+        ModelConfig.from_model_dir(model_dir)
+
+
+@pytest.mark.parametrize("old,new,section", [
+    ("    vocab_size: 6561\n", "", "flow"),
+    ("base_channels: 64", "base_channels: many", "hift"),
+    ("num_mels: 80", "num_mels: [80]", "feat_extractor"),
+])
+def test_broken_model_section_is_named(tmp_path: Path, old: str, new: str, section: str) -> None:
+    model_dir = _copy_config_files(tmp_path)
+    _edit_yaml(model_dir, old, new)
+    with pytest.raises(ModelDirError, match=rf"cosyvoice3.yaml: {section} section is incomplete or malformed"):
         ModelConfig.from_model_dir(model_dir)
 
 

@@ -10,8 +10,8 @@ import torch
 from cosyvoice.audio import load_prompt_audio
 from cosyvoice.engines.base import Style
 from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
-from cosyvoice.engines.cosyvoice3.tiny_onnx import make_tiny_model_dir
-from cosyvoice.errors import EngineError
+from tiny_onnx import make_tiny_model_dir
+from cosyvoice.errors import EngineError, ModelDirError
 
 from conftest import AUDIO, FIXTURE, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT
 
@@ -215,9 +215,27 @@ def test_version_info_names_model_and_rates(engine):
     assert info["token_frame_rate"] == 25
     assert info["device"] == "cpu" and info["precision"] == "fp32"
     assert info["identity"]["yaml_sha1"]
+    assert info["llm_weights"] == "llm.pt"
     caps = engine.capabilities()
-    assert set(caps.modes) == {"zero_shot", "cross_lingual", "instruct"} and caps.streaming and caps.markup
+    assert set(caps.modes) == {"zero_shot", "cross_lingual", "instruct"}
+    assert caps.prompt_sample_rates == (16000, 24000)       # speech tokenizer/campplus, then the flow's prompt mel
     assert engine.style_notices(Style("instruct", instruct_text=INSTRUCT)) == []
+
+
+def test_llm_weights_picks_the_checkpoint_the_llm_loads(engine, tmp_path):
+    # The release may ship llm.rl.pt beside llm.pt; the engine loads whichever file it is told to.
+    model_dir = make_tiny_model_dir(FIXTURE, tmp_path / "model")
+    state = torch.load(FIXTURE / "llm.pt", map_location="cpu", weights_only=True)
+    state["llm_decoder.weight"] = -state["llm_decoder.weight"]          # another LLM of the same layout
+    torch.save(state, model_dir / "llm.rl.pt")
+    other = CosyVoice3Engine(model_dir, device="cpu", precision="fp32", llm_weights="llm.rl.pt")
+    assert other.version_info()["llm_weights"] == "llm.rl.pt"
+    assert torch.equal(other.model.llm.llm_decoder.weight, state["llm_decoder.weight"])
+    assert not torch.equal(other.model.llm.llm_decoder.weight, engine.model.llm.llm_decoder.weight)
+    with pytest.raises(ModelDirError, match=r"llm\.dpo\.pt"):
+        CosyVoice3Engine(model_dir, device="cpu", llm_weights="llm.dpo.pt")
+    with pytest.raises(ModelDirError, match="file name inside the model dir"):
+        CosyVoice3Engine(model_dir, device="cpu", llm_weights="../llm.pt")
 
 
 def _rss_mib() -> float:

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from cosyvoice.engines.cosyvoice3 import features
+from cosyvoice.engines.cosyvoice3.config import PromptMelConfig
 from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 from cosyvoice.parity import FRONTEND_TOLERANCE, load_case
 from cosyvoice.parity import frontend as frontend_parity
@@ -68,7 +69,7 @@ def test_whisper_log_mel_matches_official(case):
 
 
 def test_prompt_mel_matches_official_with_yaml_settings(case):
-    config = features.PromptMelConfig.from_yaml_values(load_yaml_values(FIXTURE / "cosyvoice3.yaml"))
+    config = PromptMelConfig.from_yaml(load_yaml_values(FIXTURE / "cosyvoice3.yaml"))
     ours = features.prompt_mel_from_config(case["wav_24k"], config).transpose(1, 2)
     assert ours.shape[1] == int(case["prompt_mel_24k_len"][0])
     assert _max_err(ours, case["prompt_mel_24k"]) <= FRONTEND_TOLERANCE
@@ -78,7 +79,7 @@ def test_prompt_mel_settings_come_from_the_yaml(tmp_path, case):
     text = (FIXTURE / "cosyvoice3.yaml").read_text()
     text = text.replace("num_mels: 80", "num_mels: 64").replace("hop_size: 480", "hop_size: 240")
     (tmp_path / "cosyvoice3.yaml").write_text(text)
-    config = features.PromptMelConfig.from_yaml_values(load_yaml_values(tmp_path / "cosyvoice3.yaml"))
+    config = PromptMelConfig.from_yaml(load_yaml_values(tmp_path / "cosyvoice3.yaml"))
     assert (config.n_mels, config.hop, config.n_fft, config.sample_rate) == (64, 240, 1920, 24000)
     mel = features.prompt_mel_from_config(case["wav_24k"], config)
     assert mel.shape == (1, 64, case["wav_24k"].shape[1] // 240)

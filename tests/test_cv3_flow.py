@@ -7,13 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosyvoice.engines.cosyvoice3.flow import FlowConfig, load_flow
+from cosyvoice.engines.cosyvoice3.config import FlowConfig
+from cosyvoice.engines.cosyvoice3.flow import load_flow
 from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 from cosyvoice.errors import EngineError, ModelDirError
 from cosyvoice.parity import flow as flow_parity
 from cosyvoice.parity import float64_tolerance, load_case
 
 FIXTURE = Path("/work/shared/fixtures/cosyvoice3-tiny")
+
+
+def _fixture_config(values: dict | None = None) -> FlowConfig:
+    return FlowConfig.from_yaml(values or load_yaml_values(FIXTURE / "cosyvoice3.yaml"))
 
 
 def _official_noise() -> torch.Tensor:
@@ -24,7 +29,7 @@ def _official_noise() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def flow():
     torch.set_num_threads(2)
-    return load_flow(FIXTURE, load_yaml_values(FIXTURE / "cosyvoice3.yaml"))
+    return load_flow(FIXTURE, _fixture_config())
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +45,7 @@ def test_parity_family_passes() -> None:
 
 def test_config_follows_the_yaml(tmp_path: Path) -> None:
     values = load_yaml_values(FIXTURE / "cosyvoice3.yaml")
-    cfg = FlowConfig.from_values(values)
-    assert FlowConfig.from_values(values["flow"]) == cfg
+    cfg = FlowConfig.from_yaml(values)
     estimator = values["flow"]["decoder"]["estimator"]
     assert (cfg.dit.dim, cfg.dit.depth, cfg.dit.heads) == (estimator["dim"], estimator["depth"], estimator["heads"])
     assert cfg.lookahead_channels == values["flow"]["pre_lookahead_layer"]["channels"]
@@ -51,17 +55,17 @@ def test_yaml_that_does_not_fit_the_checkpoint_is_refused(tmp_path: Path) -> Non
     values = load_yaml_values(FIXTURE / "cosyvoice3.yaml")
     values["flow"]["decoder"]["estimator"]["depth"] += 1
     with pytest.raises(ModelDirError, match=r"flow\.pt.*missing key 'estimator\.blocks\.2\."):
-        load_flow(FIXTURE, values)
+        load_flow(FIXTURE, _fixture_config(values))
     values["flow"]["decoder"]["estimator"]["depth"] -= 1
     values["flow"]["pre_lookahead_layer"]["channels"] *= 2
     with pytest.raises(ModelDirError, match=r"flow\.pt.*pre_lookahead_layer\.conv1\.weight.*shape"):
-        load_flow(FIXTURE, values)
+        load_flow(FIXTURE, _fixture_config(values))
 
 
 def test_missing_flow_checkpoint_is_a_model_dir_error(tmp_path: Path) -> None:
     shutil.copy(FIXTURE / "cosyvoice3.yaml", tmp_path / "cosyvoice3.yaml")
     with pytest.raises(ModelDirError, match=r"flow\.pt"):
-        load_flow(tmp_path, load_yaml_values(tmp_path / "cosyvoice3.yaml"))
+        load_flow(tmp_path, _fixture_config())
 
 
 def test_streaming_chunk_frames_survive_into_the_final_call(flow, noise) -> None:
@@ -116,4 +120,4 @@ def test_checkpoint_missing_one_attention_projection_is_named(tmp_path: Path) ->
     del state["decoder.estimator.transformer_blocks.1.attn.to_k.bias"]
     torch.save(state, tmp_path / "flow.pt")
     with pytest.raises(ModelDirError, match=r"flow\.pt.*transformer_blocks\.1\.attn\.to_k\.bias"):
-        load_flow(tmp_path, load_yaml_values(FIXTURE / "cosyvoice3.yaml"))
+        load_flow(tmp_path, _fixture_config())

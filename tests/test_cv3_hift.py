@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, HiFTConfig, load_hift
+from cosyvoice.engines.cosyvoice3.config import FlowConfig, HiFTConfig
+from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, load_hift
 from cosyvoice.engines.cosyvoice3.noise import constructor_noise
 from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 from cosyvoice.errors import ModelDirError
@@ -22,13 +23,13 @@ def values() -> dict:
 
 @pytest.fixture(scope="module")
 def noise(values: dict):
-    return constructor_noise(values)
+    return constructor_noise(FlowConfig.from_yaml(values), HiFTConfig.from_yaml(values))
 
 
 @pytest.fixture(scope="module")
 def hift(values: dict):
     torch.set_num_threads(2)
-    return load_hift(FIXTURE, values, "cpu", torch.float32)
+    return load_hift(FIXTURE, HiFTConfig.from_yaml(values), "cpu", torch.float32)
 
 
 def _max_err(ours: torch.Tensor, expected: torch.Tensor) -> float:
@@ -83,10 +84,13 @@ def test_does_not_use_or_advance_the_global_rng(hift, noise) -> None:
 
 
 def test_config_comes_from_the_yaml(values: dict) -> None:
-    config = HiFTConfig.from_values(values["hift"])
+    config = HiFTConfig.from_yaml(values)
     assert config.base_channels == values["hift"]["base_channels"]
     assert config.f0_cond_channels == values["hift"]["f0_predictor"]["cond_channels"]
     assert config.samples_per_frame == 480
+    # keys the yaml leaves out take the official constructor defaults
+    bare = HiFTConfig.from_yaml({"hift": {"sampling_rate": 24000}})
+    assert (bare.base_channels, bare.upsample_rates, bare.n_fft) == (512, (8, 8), 16)
 
 
 def _model_dir_copy(tmp_path: Path, hift_state: dict | None = None, yaml_edit=None) -> Path:
@@ -110,7 +114,7 @@ def test_old_style_weight_norm_keys_load_to_the_same_vocoder(tmp_path: Path, hif
         key = key.replace(".parametrizations.weight.original0", ".weight_g")
         renamed[key.replace(".parametrizations.weight.original1", ".weight_v")] = value
     model_dir = _model_dir_copy(tmp_path, renamed)
-    other = load_hift(model_dir, load_yaml_values(model_dir / "cosyvoice3.yaml"))
+    other = load_hift(model_dir, HiFTConfig.from_yaml(load_yaml_values(model_dir / "cosyvoice3.yaml")))
     mel = load_case(FIXTURE, "hift_finalize.pt")["mel"][:, :, :16]
     assert torch.equal(other.inference(mel, noise, finalize=True)[0], hift.inference(mel, noise, finalize=True)[0])
 
@@ -118,7 +122,7 @@ def test_old_style_weight_norm_keys_load_to_the_same_vocoder(tmp_path: Path, hif
 def test_checkpoint_that_does_not_fit_the_yaml_is_a_model_dir_error(tmp_path: Path) -> None:
     model_dir = _model_dir_copy(tmp_path, yaml_edit=lambda text: text.replace("base_channels: 64", "base_channels: 128"))
     with pytest.raises(ModelDirError, match="hift.pt"):
-        load_hift(model_dir, load_yaml_values(model_dir / "cosyvoice3.yaml"))
+        load_hift(model_dir, HiFTConfig.from_yaml(load_yaml_values(model_dir / "cosyvoice3.yaml")))
 
 
 def test_missing_tensor_is_a_model_dir_error(tmp_path: Path) -> None:
@@ -126,18 +130,18 @@ def test_missing_tensor_is_a_model_dir_error(tmp_path: Path) -> None:
     del state["conv_post.bias"]
     model_dir = _model_dir_copy(tmp_path, state)
     with pytest.raises(ModelDirError, match="conv_post.bias"):
-        load_hift(model_dir, load_yaml_values(model_dir / "cosyvoice3.yaml"))
+        load_hift(model_dir, HiFTConfig.from_yaml(load_yaml_values(model_dir / "cosyvoice3.yaml")))
 
 
 def test_unsupported_harmonic_count_is_refused(values: dict) -> None:
     hift_values = dict(values["hift"], nb_harmonics=7)
     with pytest.raises(ModelDirError, match="nb_harmonics"):
-        HiFTConfig.from_values(hift_values)
+        HiFTConfig.from_yaml({"hift": hift_values})
 
 
 def test_released_sizes_build_and_run(values: dict, noise) -> None:
-    config = HiFTConfig.from_values(dict(values["hift"], base_channels=512,
-                                         f0_predictor=dict(values["hift"]["f0_predictor"], cond_channels=512)))
+    config = HiFTConfig.from_yaml({"hift": dict(values["hift"], base_channels=512,
+                                                f0_predictor=dict(values["hift"]["f0_predictor"], cond_channels=512))})
     model = CausalHiFT(config).eval()
     model.f0_predictor.double()
     mel = load_case(FIXTURE, "hift_finalize.pt")["mel"][:, :, :12]
@@ -148,7 +152,7 @@ def test_released_sizes_build_and_run(values: dict, noise) -> None:
 
 def test_time_major_and_plain_layouts_give_the_same_waveform(values: dict, hift, noise) -> None:
     # CPU runs time-major weights/activations; other devices keep the plain layout. Both must agree.
-    plain = load_hift(FIXTURE, values, "cpu", torch.float32)
+    plain = load_hift(FIXTURE, HiFTConfig.from_yaml(values), "cpu", torch.float32)
     for module in plain.modules():
         if isinstance(module, torch.nn.Conv1d):
             module.weight.data = module.weight.data.contiguous()

@@ -9,11 +9,12 @@ import torch
 
 from conftest import FIXTURE
 from cosyvoice.engines.cosyvoice3.config import ModelConfig, SamplingConfig
-from cosyvoice.engines.cosyvoice3 import llm as llm_module
-from cosyvoice.engines.cosyvoice3.llm import load_llm, quantize_int8
+from cosyvoice.engines.cosyvoice3 import quantize as quantize_module
+from cosyvoice.engines.cosyvoice3.llm import load_llm
+from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
 from cosyvoice.errors import ModelDirError
 from cosyvoice.parity import llm as llm_parity
-from cosyvoice.parity import load_case
+from cosyvoice.parity import float64_tolerance, load_case
 
 torch.set_num_threads(2)
 
@@ -27,7 +28,7 @@ def cfg() -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def model(cfg: ModelConfig):
-    return load_llm(FIXTURE, cfg)
+    return load_llm(FIXTURE / "llm.pt", cfg.llm)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def _fixture_state() -> dict:
 
 
 def _load(model_dir: Path) -> None:
-    load_llm(model_dir, ModelConfig.from_model_dir(model_dir))
+    load_llm(model_dir / "llm.pt", ModelConfig.from_model_dir(model_dir).llm)
 
 
 def test_missing_key(tmp_path: Path) -> None:
@@ -187,10 +188,10 @@ def test_int8_keeps_predictions(cfg: ModelConfig, packed: bool, monkeypatch: pyt
     if packed and torch.backends.quantized.engine not in ("x86", "fbgemm"):
         pytest.skip("this torch build has no x86 int8 engine")
     if not packed:
-        monkeypatch.setattr(llm_module, "_pack_for_fbgemm", lambda *args: None)
+        monkeypatch.setattr(quantize_module, "_pack_for_fbgemm", lambda *args: None)
     case = load_case(FIXTURE, "llm_teacher_forced.pt")
     forced = case["forced_tokens"].tolist()
-    quantized = quantize_int8(load_llm(FIXTURE, cfg))
+    quantized = quantize_int8(load_llm(FIXTURE / "llm.pt", cfg.llm))
     assert (quantized.layers[0].mlp.down.packed is not None) == packed
     logits: list[torch.Tensor] = []
     list(quantized.generate(case["text"], case["prompt_text"], case["prompt_speech_token"], sampling=cfg.sampling,
@@ -201,3 +202,30 @@ def test_int8_keeps_predictions(cfg: ModelConfig, packed: bool, monkeypatch: pyt
     expected = case["logits"]
     assert (ours - expected).abs().max() < 0.1 * expected.abs().max()
     assert (ours.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
+
+
+# ---- the prefill / decode_one_token seam ----------------------------------------------------
+
+def _teacher_forced_logits(model, case: dict, capacity: int) -> torch.Tensor:
+    """Official teacher-forced decoding driven through prefill() and decode_one_token() directly,
+    the way a scheduler would drive them (no generate loop)."""
+    embeds = model.prefill_embeddings(case["text"], case["prompt_text"], case["prompt_speech_token"])
+    cache = model.new_cache(capacity)
+    steps = [model.prefill(embeds, cache)[0]]
+    position = embeds.shape[1]
+    for token in case["forced_tokens"].tolist()[:-1]:
+        steps.append(model.decode_one_token(torch.tensor([[token]]), position, cache)[0])
+        position += 1
+    return torch.stack(steps)
+
+
+def test_prefill_and_decode_one_token_reproduce_the_official_logits(model) -> None:
+    case = load_case(FIXTURE, "llm_teacher_forced.pt")
+    tolerance = float64_tolerance(FIXTURE, "llm_teacher_forced", "logits")
+    n_prompt = case["text"].shape[1] + case["prompt_text"].shape[1] + case["prompt_speech_token"].shape[1] + 2
+    roomy = _teacher_forced_logits(model, case, capacity=n_prompt + 512)
+    assert roomy.shape == case["logits"].shape
+    assert (roomy - case["logits"]).abs().max() <= tolerance
+    # A cache that starts too small grows while decoding and must give the same numbers.
+    tight = _teacher_forced_logits(model, case, capacity=1)
+    assert torch.equal(tight, roomy)

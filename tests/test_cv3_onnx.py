@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from cosyvoice.engines.cosyvoice3 import features, tiny_onnx
+import tiny_onnx
+from cosyvoice.engines.cosyvoice3 import features
 from cosyvoice.engines.cosyvoice3.model_dir import REQUIRED_FILES, is_complete
 from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
 from cosyvoice.errors import ModelDirError, UserInputError
@@ -109,7 +110,7 @@ def test_cuda_request_without_cuda_runs_on_cpu(tiny_dir):
 
 def test_cli_makes_a_complete_model_dir(tmp_path):
     out = tmp_path / "tiny"
-    done = subprocess.run([PYTHON, "-m", "cosyvoice.engines.cosyvoice3.tiny_onnx", "--fixture", str(FIXTURE),
+    done = subprocess.run([PYTHON, "tests/tiny_onnx.py", "--fixture", str(FIXTURE),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert done.returncode == 0, done.stderr

@@ -1,19 +1,22 @@
-"""Natural-language instructions: presets in the official CosyVoice3 form, and what parsing finds."""
+"""Natural-language instructions: bare presets that the neural engine wraps into the official
+CosyVoice3 form, and what parsing finds."""
 from __future__ import annotations
 
 import pytest
 
-from cosyvoice.instruct import PRESETS, model_instruction, parse_instruction, strip_wrapper
+from cosyvoice.engines.cosyvoice3.engine import instruct_prompt_text
+from cosyvoice.instruct import PRESETS, parse_instruction
 
 
-def test_presets_are_in_the_form_cosyvoice3_was_trained_on():
+def test_presets_are_bare_and_wrapped_into_the_form_cosyvoice3_was_trained_on():
     assert len(PRESETS) >= 12
     for label, text in PRESETS:
         assert "/" in label, label                          # Chinese / English label
-        assert text.startswith("You are a helpful assistant. ") and text.endswith("<|endofprompt|>")
+        # bare: what the UI shows in the instruction box, no system prompt or control token
+        assert "helpful assistant" not in text and "<|" not in text, text
+        assert instruct_prompt_text(text) == f"You are a helpful assistant. {text}<|endofprompt|>"
     texts = [t for _, t in PRESETS]
-    assert "You are a helpful assistant. 请用广东话表达。<|endofprompt|>" in texts
-    assert "You are a helpful assistant. 请用四川话表达。<|endofprompt|>" in texts
+    assert "请用广东话表达。" in texts and "请用四川话表达。" in texts
 
 
 @pytest.mark.parametrize("label_part,attribute", [
@@ -73,8 +76,7 @@ def test_what_is_not_understood_is_kept(text, part):
     assert any(part in u for u in ins.unrecognised)
 
 
-def test_wrapper_handling():
-    assert strip_wrapper("You are a helpful assistant. 请用四川话表达。<|endofprompt|>") == "请用四川话表达。"
-    assert model_instruction("请用四川话表达。") == "You are a helpful assistant. 请用四川话表达。<|endofprompt|>"
-    assert model_instruction(PRESETS[0][1]) == PRESETS[0][1]
-    assert parse_instruction("").is_plain
+def test_an_instruction_pasted_in_the_model_form_parses_like_the_bare_one():
+    wrapped = parse_instruction("You are a helpful assistant. 请用四川话表达。<|endofprompt|>")
+    assert wrapped == parse_instruction("请用四川话表达。")
+    assert wrapped.text == "请用四川话表达。" and wrapped.dialect == "Sichuanese"

@@ -11,7 +11,7 @@ import pytest
 
 from cosyvoice import download
 from cosyvoice.engines.cosyvoice3 import model_dir as md
-from cosyvoice.engines.cosyvoice3.tiny_onnx import make_tiny_model_dir
+from tiny_onnx import make_tiny_model_dir
 from cosyvoice.errors import ModelDirError
 from conftest import FIXTURE
 
@@ -65,6 +65,22 @@ def test_identity_names_the_model_and_changes_with_its_files(complete_dir):
     assert second["files_sha1"] != first["files_sha1"]
     assert second["yaml_sha1"] == first["yaml_sha1"]
 
+
+
+def test_a_chosen_llm_checkpoint_stands_in_for_llm_pt(complete_dir):
+    shutil.copy(complete_dir / "llm.pt", complete_dir / "llm.rl.pt")
+    (complete_dir / "llm.pt").unlink()
+    assert md.missing_files(complete_dir) == ["llm.pt"]
+    assert md.missing_files(complete_dir, llm_weights="llm.rl.pt") == []
+    assert md.check_model_dir(complete_dir, llm_weights="llm.rl.pt") == complete_dir
+    with pytest.raises(ModelDirError, match="missing: llm.dpo.pt"):
+        md.check_model_dir(complete_dir, llm_weights="llm.dpo.pt")
+    # the identity follows the file that is loaded
+    before = md.model_identity(complete_dir, llm_weights="llm.rl.pt")
+    assert before["complete"]
+    with (complete_dir / "llm.rl.pt").open("ab") as f:
+        f.write(b"\0")
+    assert md.model_identity(complete_dir, llm_weights="llm.rl.pt")["files_sha1"] != before["files_sha1"]
 
 def test_identity_is_cached_and_reads_no_weights(complete_dir, monkeypatch):
     md.model_identity(complete_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 from loguru import logger
 
 from .base import Engine
-from .cosyvoice3.model_dir import DEFAULT_MODEL_DIR, download_hint
+from .cosyvoice3.model_dir import DEFAULT_MODEL_DIR, LLM_WEIGHTS, download_hint
 
 ENGINE_CHOICES = ("auto", "lite", "cosyvoice3")
 PRECISION_CHOICES = ("fp32", "fp16", "bf16")
@@ -20,10 +20,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
+    parser.add_argument("--llm-weights", default=LLM_WEIGHTS,
+                        help="LLM checkpoint in the model dir: llm.pt, or llm.rl.pt where the dir has it")
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    return create_engine(args.engine, args.model_dir, args.device, args.precision)
+    return create_engine(args.engine, args.model_dir, args.device, args.precision, args.llm_weights)
 
 
 def resolve_engine_name(name: str, model_dir: Path) -> str:
@@ -39,7 +41,7 @@ def resolve_engine_name(name: str, model_dir: Path) -> str:
 
 
 def create_engine(name: str = "auto", model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto",
-                  precision: str = "fp32") -> Engine:
+                  precision: str = "fp32", llm_weights: str = LLM_WEIGHTS) -> Engine:
     name = resolve_engine_name(name, Path(model_dir))
     if name == "lite":
         from .lite import LiteEngine
@@ -48,5 +50,5 @@ def create_engine(name: str = "auto", model_dir: Path = DEFAULT_MODEL_DIR, devic
     if name == "cosyvoice3":
         from .cosyvoice3 import CosyVoice3Engine
 
-        return CosyVoice3Engine(Path(model_dir), device=device, precision=precision)
+        return CosyVoice3Engine(Path(model_dir), device=device, precision=precision, llm_weights=llm_weights)
     raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_CHOICES)}")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
 from cosyvoice.engines.cosyvoice3.noise import constructor_noise
-from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 
 from . import CaseResult, compare, exact, float64_tolerance, load_case
 
@@ -20,13 +20,13 @@ def run_case(flow: CausalFlow, case: dict, noise: torch.Tensor) -> tuple[torch.T
     """Our mel for one case plus the traced debug values named as in the case files."""
     seen: dict = {"n_estimator_calls": 0}
 
-    def trace(event: str, values: dict) -> None:
+    def trace(event: str, tensors: dict) -> None:
         if event == "pre_lookahead":
-            seen["pre_lookahead_out"] = values["out"].clone()
+            seen["pre_lookahead_out"] = tensors["out"].clone()
         elif event == "estimator":
             seen["n_estimator_calls"] += 1
-            if values["step"] == 0:
-                seen.update({f"est0_{name}": values[name].clone() for name in ESTIMATOR_INPUTS})
+            if tensors["step"] == 0:
+                seen.update({f"est0_{name}": tensors[name].clone() for name in ESTIMATOR_INPUTS})
 
     mel = flow.inference(case["token"], case["prompt_token"], case["prompt_feat"], case["embedding"], noise,
                          streaming=bool(case["streaming"]), finalize=bool(case["finalize"]),
@@ -37,9 +37,9 @@ def run_case(flow: CausalFlow, case: dict, noise: torch.Tensor) -> tuple[torch.T
 def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    values = load_yaml_values(model_dir / "cosyvoice3.yaml")
-    flow = load_flow(model_dir, values)
-    noise = constructor_noise(values).flow_z
+    cfg = ModelConfig.from_model_dir(model_dir)
+    flow = load_flow(model_dir, cfg.flow)
+    noise = constructor_noise(cfg.flow, cfg.hift).flow_z
     for name in CASES:
         case = load_case(model_dir, f"{name}.pt")
         mel, seen = run_case(flow, case, noise)

@@ -33,9 +33,9 @@ LENGTH_ENTRIES = ("whisper_logmel_len", "prompt_mel_24k_len")
 def compute_features(model_dir: Path, wav_path: Path) -> dict[str, torch.Tensor]:
     """Our version of every frontend_features entry, from the model dir's yaml and one audio file."""
     from cosyvoice.engines.cosyvoice3 import features
-    from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
+    from cosyvoice.engines.cosyvoice3.config import ModelConfig
 
-    config = features.PromptMelConfig.from_yaml_values(load_yaml_values(Path(model_dir) / "cosyvoice3.yaml"))
+    config = ModelConfig.from_model_dir(model_dir).prompt_mel
     wav_16k = features.load_mono(str(wav_path), 16000)
     wav_24k = features.load_mono(str(wav_path), config.sample_rate)
     log_mel = features.whisper_log_mel(wav_16k, n_mels=128)

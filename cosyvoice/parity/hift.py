@@ -6,9 +6,9 @@ from typing import Iterator
 
 import torch
 
+from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.hift import load_hift
 from cosyvoice.engines.cosyvoice3.noise import constructor_noise
-from cosyvoice.engines.cosyvoice3.yaml_values import load_yaml_values
 from cosyvoice.parity import CaseResult, compare, exact, float64_tolerance, load_case
 
 CASES = ("hift_finalize", "hift_stream_chunk")
@@ -21,8 +21,8 @@ F0_FLOAT64_RELATIVE = 1e-12
 def run(model_dir: Path, audio_dir: Path) -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    values = load_yaml_values(model_dir / "cosyvoice3.yaml")
-    noise = constructor_noise(values)
+    cfg = ModelConfig.from_model_dir(model_dir)
+    noise = constructor_noise(cfg.flow, cfg.hift)
 
     finalize_case = load_case(model_dir, "hift_finalize.pt")
     flow_case = load_case(model_dir, "flow_nonstream.pt")
@@ -34,7 +34,7 @@ def run(model_dir: Path, audio_dir: Path) -> Iterator[CaseResult]:
     for row in range(est0_x.shape[0]):
         yield _bitwise(f"noise.flow_z (est0_x[{row}])", noise.flow_z[:, :, :est0_x.shape[2]], est0_x[row:row + 1])
 
-    hift = load_hift(model_dir, values, "cpu", torch.float32)
+    hift = load_hift(model_dir, cfg.hift, "cpu", torch.float32)
     for case_name in CASES:
         case = finalize_case if case_name == "hift_finalize" else load_case(model_dir, f"{case_name}.pt")
         mel, finalize = case["mel"], bool(case["finalize"])

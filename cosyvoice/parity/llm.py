@@ -9,6 +9,7 @@ import torch
 
 from cosyvoice.engines.cosyvoice3.config import ModelConfig, SamplingConfig
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, decode_length_limits, load_llm
+from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
 from cosyvoice.engines.cosyvoice3.sampling import ras_pick
 from cosyvoice.parity import CaseResult, compare, exact, float64_tolerance, load_case
 
@@ -43,7 +44,7 @@ class Run:
 def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
     cfg = ModelConfig.from_model_dir(model_dir)
-    model = load_llm(model_dir, cfg)
+    model = load_llm(model_dir / LLM_WEIGHTS, cfg.llm)
 
     case = load_case(model_dir, "llm_teacher_forced.pt")
     forced = case["forced_tokens"].tolist()

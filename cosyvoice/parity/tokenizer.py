@@ -5,14 +5,14 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from cosyvoice.engines.cosyvoice3.config import QWEN_DIR_NAME
+from cosyvoice.engines.cosyvoice3.model_dir import QWEN_DIR
 from cosyvoice.engines.cosyvoice3.tokenizer import CosyVoice3Tokenizer
 from cosyvoice.parity import CaseResult, exact
 
 
 def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
     fixture = json.loads((Path(model_dir) / "cases" / "tokenizer_cases.json").read_text(encoding="utf-8"))
-    tokenizer = CosyVoice3Tokenizer(Path(model_dir) / QWEN_DIR_NAME)
+    tokenizer = CosyVoice3Tokenizer(Path(model_dir) / QWEN_DIR)
 
     expected_ids = fixture["special_token_ids"]
     ours = {token: tokenizer.special_token_ids.get(token) for token in expected_ids}

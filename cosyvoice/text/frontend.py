@@ -18,7 +18,7 @@ from cosyvoice.text.markup import Item, MarkupError, Tag, TextRun, parse, render
 from cosyvoice.text.normalize import normalize_text
 from cosyvoice.text.split import split_items
 
-END_OF_PROMPT = "<|endofprompt|>"
+from cosyvoice.text.special_tokens import END_OF_PROMPT
 
 
 @dataclass

@@ -9,9 +9,14 @@ from __future__ import annotations
 BASE_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 FIRST_ADDED_ID = 151646
 
+# CosyVoice3's prompt convention: a system part, then END_OF_PROMPT, then what is to be spoken.
+# The released model was trained with SYSTEM_PROMPT (plus an instruction in instruct mode) as that part.
+END_OF_PROMPT = "<|endofprompt|>"
+SYSTEM_PROMPT = "You are a helpful assistant."
+
 # Control tokens and paralinguistic tags.
-TAG_TOKENS = tuple("""
-    <|endofprompt|> [breath] <strong> </strong> [noise] [laughter] [cough] [clucking] [accent]
+TAG_TOKENS = (END_OF_PROMPT,) + tuple("""
+    [breath] <strong> </strong> [noise] [laughter] [cough] [clucking] [accent]
     [quick_breath] <laughter> </laughter> [hissing] [sigh] [vocalized-noise] [lipsmack] [mn]
     <|endofsystem|>
 """.split())

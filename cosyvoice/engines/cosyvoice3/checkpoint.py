@@ -3,6 +3,11 @@
 Every tensor in a checkpoint must land in exactly one parameter/buffer of the same shape and every
 parameter/buffer must be filled; anything else is a ModelDirError that names the file and the key,
 so a wrong or damaged model directory fails at load time instead of producing noise.
+
+One file reader (`read_state_dict`) serves all three. flow.pt and hift.pt are then matched against
+the module (`load_strict`); llm.pt is checked against the official key layout its config implies
+and renamed/fused into our parameter names (`read_llm_params`), because the LLM is built on the
+meta device and adopts those tensors instead of copying into a second full-size copy.
 """
 from __future__ import annotations
 
@@ -12,18 +17,23 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cosyvoice.engines.cosyvoice3.config import LLMConfig
+from cosyvoice.engines.cosyvoice3.model_dir import QWEN_DIR
 from cosyvoice.errors import ModelDirError
 
 _GENERATOR_PREFIX = "generator."
 
 
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """The flat name -> tensor dict saved in `path` (CPU, as stored); a leading "generator." is dropped."""
+def read_state_dict(path: Path, mmap: bool = False) -> dict[str, Tensor]:
+    """The flat name -> tensor dict saved in `path` (CPU, as stored); a leading "generator." is dropped.
+
+    mmap: tensors stay backed by the file and pages are read as they are used (for the ~2 GB llm.pt).
+    """
     path = Path(path)
     if not path.is_file():
-        raise ModelDirError(f"{path.name}: file not found at {path}")
+        raise ModelDirError(f"{path.name}: not found in {path.parent}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # the unpickler raises many types on garbage input (IndexError, EOFError, ...)
         raise ModelDirError(f"{path.name}: not a readable torch checkpoint (truncated or damaged?): {err}") from err
     if not isinstance(loaded, dict) or not loaded:
@@ -110,3 +120,85 @@ def load_strict(module: nn.Module, state_dict: dict[str, Tensor], file_name: str
         if target not in mapped:
             raise ModelDirError(f"{file_name}: missing key {target!r} of shape {tuple(expected[target].shape)}")
     module.load_state_dict(mapped, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# llm.pt: official Qwen2 naming -> our fused CosyVoice3LM names
+
+_QWEN = "llm.model.model."
+
+
+def llm_checkpoint_layout(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
+    """Every key llm.pt must hold, with its shape, in the official naming."""
+    h, hd, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
+    layout = {f"{_QWEN}embed_tokens.weight": (cfg.text_vocab_size, h)}
+    for n in range(cfg.num_layers):
+        p = f"{_QWEN}layers.{n}."
+        layout.update({
+            f"{p}self_attn.q_proj.weight": (q, h), f"{p}self_attn.q_proj.bias": (q,),
+            f"{p}self_attn.k_proj.weight": (kv, h), f"{p}self_attn.k_proj.bias": (kv,),
+            f"{p}self_attn.v_proj.weight": (kv, h), f"{p}self_attn.v_proj.bias": (kv,),
+            f"{p}self_attn.o_proj.weight": (h, q),
+            f"{p}mlp.gate_proj.weight": (i, h), f"{p}mlp.up_proj.weight": (i, h), f"{p}mlp.down_proj.weight": (h, i),
+            f"{p}input_layernorm.weight": (h,), f"{p}post_attention_layernorm.weight": (h,),
+        })
+    layout[f"{_QWEN}norm.weight"] = (h,)
+    layout["llm.model.lm_head.weight"] = (cfg.text_vocab_size, h)  # accepted, never used
+    layout["llm_decoder.weight"] = (cfg.speech_vocab_size, h)
+    layout["speech_embedding.weight"] = (cfg.speech_vocab_size, h)
+    return layout
+
+
+def check_layout(state: dict[str, Tensor], layout: dict[str, tuple[int, ...]], file_name: str) -> None:
+    """Demand exactly the keys of `layout`, each a floating-point tensor of the listed shape."""
+    for key, value in state.items():
+        if key not in layout:
+            raise ModelDirError(f"{file_name}: unexpected key {key!r}; the file does not belong to a CosyVoice3 "
+                                "LLM with this configuration")
+        if not value.is_floating_point():
+            raise ModelDirError(f"{file_name}: key {key!r} is not a floating-point tensor")
+        if tuple(value.shape) != layout[key]:
+            raise ModelDirError(f"{file_name}: key {key!r} has shape {tuple(value.shape)}, expected {layout[key]} "
+                                f"from cosyvoice3.yaml / {QWEN_DIR}/config.json")
+    for key, shape in layout.items():
+        if key not in state:
+            raise ModelDirError(f"{file_name}: missing key {key!r} of shape {shape}")
+
+
+def read_llm_params(path: Path, cfg: LLMConfig, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """llm.pt (or another LLM checkpoint file) checked key by key, as CosyVoice3LM parameters.
+
+    q/k/v and gate/up are concatenated into one tensor each (one matmul per step instead of three /
+    two); every tensor is a fresh copy of `dtype` on `device`, none stays backed by the mapped file.
+    The tied lm_head duplicate is dropped.
+    """
+    path = Path(path)
+    state = read_state_dict(path, mmap=True)
+    check_layout(state, llm_checkpoint_layout(cfg), path.name)
+
+    def own(key: str) -> Tensor:
+        return state[key].to(device=device, dtype=dtype, copy=True)
+
+    def joined(keys: list[str]) -> Tensor:
+        return torch.cat([state[k].to(device=device, dtype=dtype) for k in keys], dim=0)
+
+    params = {
+        "embed_tokens.weight": own(f"{_QWEN}embed_tokens.weight"),
+        "norm.weight": own(f"{_QWEN}norm.weight"),
+        "speech_embedding.weight": own("speech_embedding.weight"),
+        "llm_decoder.weight": own("llm_decoder.weight"),
+    }
+    for n in range(cfg.num_layers):
+        p, ours = f"{_QWEN}layers.{n}.", f"layers.{n}."
+        params.update({
+            f"{ours}attn_norm.weight": own(f"{p}input_layernorm.weight"),
+            f"{ours}attn.qkv.weight": joined([f"{p}self_attn.{x}_proj.weight" for x in "qkv"]),
+            f"{ours}attn.qkv.bias": joined([f"{p}self_attn.{x}_proj.bias" for x in "qkv"]),
+            f"{ours}attn.out.weight": own(f"{p}self_attn.o_proj.weight"),
+            f"{ours}mlp_norm.weight": own(f"{p}post_attention_layernorm.weight"),
+            f"{ours}mlp.gate_up.weight": joined([f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"]),
+            f"{ours}mlp.down.weight": own(f"{p}mlp.down_proj.weight"),
+        })
+    return params

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -72,11 +71,3 @@ def release_memory(device: torch.device) -> None:
     """Return cached blocks to the driver so one long request does not starve the next."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def memory_released(device: torch.device) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        release_memory(device)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cosyvoice.engines.cosyvoice3.config import DiTConfig
 from cosyvoice.errors import ModelDirError
 
 TIME_FEATURES = 256     # sinusoid size fed to the time MLP
@@ -22,38 +23,6 @@ POS_CONV_KERNEL = 31
 POS_CONV_GROUPS = 16
 NORM_EPS = 1e-6
 ROPE_BASE = 10000.0
-
-
-@dataclass(frozen=True)
-class DiTConfig:
-    dim: int
-    depth: int
-    heads: int
-    dim_head: int
-    ff_mult: float
-    mel_dim: int
-    mu_dim: int
-    spk_dim: int
-    out_channels: int
-    static_chunk_size: int   # frames per attention block when streaming
-
-    @classmethod
-    def from_values(cls, estimator: dict) -> "DiTConfig":
-        mel_dim = int(estimator.get("mel_dim", 80))
-        mu_dim = estimator.get("mu_dim")
-        out_channels = estimator.get("out_channels")
-        return cls(
-            dim=int(estimator["dim"]),
-            depth=int(estimator.get("depth", 8)),
-            heads=int(estimator.get("heads", 8)),
-            dim_head=int(estimator.get("dim_head", 64)),
-            ff_mult=float(estimator.get("ff_mult", 4)),
-            mel_dim=mel_dim,
-            mu_dim=mel_dim if mu_dim is None else int(mu_dim),
-            spk_dim=int(estimator.get("spk_dim") or 0),
-            out_channels=mel_dim if out_channels is None else int(out_channels),
-            static_chunk_size=int(estimator.get("static_chunk_size", 50)),
-        )
 
 
 def time_features(t: Tensor, size: int = TIME_FEATURES) -> Tensor:

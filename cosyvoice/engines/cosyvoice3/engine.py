@@ -15,7 +15,6 @@ user's own system part and used unchanged.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,13 +27,12 @@ from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, Pro
 from cosyvoice.engines.cosyvoice3 import features
 from cosyvoice.engines.cosyvoice3.devices import autocast, place, release_memory
 from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs, stage
-from cosyvoice.engines.cosyvoice3.model_dir import check_model_dir, model_identity
+from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS, check_model_dir, model_identity
 from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
 from cosyvoice.engines.cosyvoice3.tokenizer import CosyVoice3Tokenizer
 from cosyvoice.errors import UserInputError
+from cosyvoice.text.special_tokens import END_OF_PROMPT, SYSTEM_PROMPT
 
-SYSTEM_PROMPT = "You are a helpful assistant."
-END_OF_PROMPT = "<|endofprompt|>"
 FEATURE_RATE = 16000                 # campplus and the speech tokenizer take 16 kHz audio
 # Speech tokens per LLM text token when the prompt cannot tell us (progress estimate only).
 DEFAULT_TOKENS_PER_TEXT_ID = 7.0
@@ -50,6 +48,7 @@ def cross_lingual_text(text: str) -> str:
 
 
 def instruct_prompt_text(instruction: str) -> str:
+    """The one place a bare instruction (UI presets, the user's text) is wrapped for the model."""
     instruction = instruction.strip()
     if END_OF_PROMPT in instruction:
         return instruction
@@ -69,12 +68,15 @@ class VoiceFeatures:
 class CosyVoice3Engine:
     name = "cosyvoice3"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32"):
-        self.model_dir = check_model_dir(model_dir)
+    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32",
+                 llm_weights: str = LLM_WEIGHTS):
+        """llm_weights: the LLM checkpoint file in the model dir (llm.pt, or e.g. llm.rl.pt beside it)."""
+        self.model_dir = check_model_dir(model_dir, llm_weights)
+        self.llm_weights = llm_weights
         self.placement = place(device, precision)
         self.device = str(self.placement.device)
         self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, torch.float32,
-                                          autocast=lambda: autocast(self.placement))
+                                          autocast=lambda: autocast(self.placement), llm_weights=llm_weights)
         config = self.model.config
         self.config = config
         self.sample_rate = config.sample_rate
@@ -83,7 +85,7 @@ class CosyVoice3Engine:
         onnx_device = "cuda" if self.placement.device.type == "cuda" else "cpu"
         self.campplus = CampPlus(self.model_dir / "campplus.onnx", onnx_device)
         self.speech_tokenizer = SpeechTokenizer(self.model_dir / "speech_tokenizer_v3.onnx", onnx_device)
-        self.mel_config = features.PromptMelConfig.from_yaml_values(config.values)
+        self.mel_config = config.prompt_mel
 
     # -- Engine protocol ------------------------------------------------------------------------
 
@@ -100,11 +102,12 @@ class CosyVoice3Engine:
         return {
             "engine": self.name,
             "model_dir": str(self.model_dir),
-            "identity": model_identity(self.model_dir),
+            "identity": model_identity(self.model_dir, self.llm_weights),
             "sample_rate": self.sample_rate,
             "token_frame_rate": self.config.token_frame_rate,
             "token_mel_ratio": self.config.token_mel_ratio,
             "chunk_size": self.config.chunk_size,
+            "llm_weights": self.llm_weights,
             "precision": self.placement.precision,
             "requested_precision": self.placement.requested_precision,
             "device": self.device,

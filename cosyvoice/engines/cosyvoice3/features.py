@@ -14,14 +14,14 @@ float32, the same reductions, the same padding).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from cosyvoice.engines.cosyvoice3.config import PromptMelConfig
 
 # ---------------------------------------------------------------------------------------------
 # Resampling
@@ -239,34 +239,6 @@ def whisper_log_mel(wav_16k: Tensor, n_mels: int = 128) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Matcha mel (flow prompt features)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PromptMelConfig:
-    """The yaml's `feat_extractor` arguments (matcha.utils.audio.mel_spectrogram)."""
-    sample_rate: int = 24000
-    n_fft: int = 1920
-    hop: int = 480
-    win: int = 1920
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float | None = None
-    center: bool = False
-
-    @classmethod
-    def from_yaml_values(cls, values: dict[str, Any]) -> "PromptMelConfig":
-        """Read `values["feat_extractor"]` (load_yaml_values output); defaults where absent."""
-        section = values.get("feat_extractor") or {}
-        base = cls()
-        fmax = section.get("fmax", base.fmax)
-        return cls(sample_rate=int(section.get("sampling_rate", values.get("sample_rate", base.sample_rate))),
-                   n_fft=int(section.get("n_fft", base.n_fft)),
-                   hop=int(section.get("hop_size", base.hop)),
-                   win=int(section.get("win_size", base.win)),
-                   n_mels=int(section.get("num_mels", base.n_mels)),
-                   fmin=float(section.get("fmin", base.fmin)),
-                   fmax=None if fmax is None else float(fmax),
-                   center=bool(section.get("center", base.center)))
 
 
 def prompt_mel(wav_24k: Tensor, sample_rate: int = 24000, n_fft: int = 1920, hop: int = 480,

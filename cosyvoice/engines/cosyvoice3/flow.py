@@ -9,66 +9,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cosyvoice.errors import EngineError, ModelDirError
+from cosyvoice.errors import EngineError
 
 from . import checkpoint
-from .dit import DiT, DiTConfig, checkpoint_key as dit_checkpoint_key, stack_qkv
+from .config import FlowConfig
+from .dit import DiT, checkpoint_key as dit_checkpoint_key, stack_qkv
 
 # trace(event, tensors): optional observer of intermediate values, for parity checks only.
 # Events: "pre_lookahead" {"out"}; "estimator" {"step", "x", "mask", "mu", "t", "spks", "cond", "out"}
 # with the batch-of-2 (conditional, unconditional) tensors the official code feeds its estimator.
 Trace = Callable[[str, dict], None]
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    vocab_size: int
-    token_dim: int            # token embedding width (= mu channels)
-    mel_dim: int
-    spk_embed_dim: int        # speaker vector from campplus
-    token_mel_ratio: int
-    lookahead: int            # tokens of right context the PreLookaheadLayer reads
-    lookahead_channels: int
-    cfg_rate: float           # classifier-free guidance strength at inference
-    t_scheduler: str          # "cosine" or "linear"
-    dit: DiTConfig
-
-    @classmethod
-    def from_values(cls, values: dict) -> "FlowConfig":
-        """Build from load_yaml_values() output (the whole tree, or just its "flow" section)."""
-        flow = values["flow"] if "flow" in values else values
-        try:
-            decoder = flow["decoder"]
-            cfm = decoder["cfm_params"]
-            cfm = cfm.get("content", cfm)          # omegaconf.DictConfig(content=...) wrapper
-            lookahead_layer = flow["pre_lookahead_layer"]
-            solver = str(cfm.get("solver", "euler"))
-            if solver != "euler":
-                raise ModelDirError(f"cosyvoice3.yaml: flow solver {solver!r} is not supported (only 'euler')")
-            cfg = cls(
-                vocab_size=int(flow["vocab_size"]),
-                token_dim=int(flow["input_size"]),
-                mel_dim=int(flow["output_size"]),
-                spk_embed_dim=int(flow["spk_embed_dim"]),
-                token_mel_ratio=int(flow.get("token_mel_ratio", values.get("token_mel_ratio", 2))),
-                lookahead=int(flow.get("pre_lookahead_len", lookahead_layer.get("pre_lookahead_len", 3))),
-                lookahead_channels=int(lookahead_layer["channels"]),
-                cfg_rate=float(cfm["inference_cfg_rate"]),
-                t_scheduler=str(cfm.get("t_scheduler", "cosine")),
-                dit=DiTConfig.from_values(decoder["estimator"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ModelDirError(f"cosyvoice3.yaml: flow section is incomplete or malformed ({err!r})") from err
-        if cfg.dit.mel_dim != cfg.mel_dim or cfg.dit.mu_dim != cfg.token_dim:
-            raise ModelDirError("cosyvoice3.yaml: flow output_size/input_size disagree with the estimator's mel_dim/mu_dim")
-        return cfg
 
 
 class PreLookaheadLayer(nn.Module):
@@ -194,10 +150,10 @@ def checkpoint_key(key: str) -> str:
     return key
 
 
-def load_flow(model_dir: Path, values: dict, device: torch.device | str = "cpu",
+def load_flow(model_dir: Path, cfg: FlowConfig, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> CausalFlow:
-    """CausalFlow sized from the yaml values, weights from <model_dir>/flow.pt (strict), in eval mode."""
-    model = CausalFlow(FlowConfig.from_values(values))
+    """CausalFlow sized by `cfg`, weights from <model_dir>/flow.pt (strict), in eval mode."""
+    model = CausalFlow(cfg)
     state = stack_qkv(checkpoint.read_state_dict(Path(model_dir) / "flow.pt"), "flow.pt")
     checkpoint.load_strict(model, state, "flow.pt", key_map=checkpoint_key)
     return model.to(device=device, dtype=dtype).eval()

@@ -18,7 +18,6 @@ on CPU are kept time-major so oneDNN convolves them without layout reorders
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,109 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosyvoice.engines.cosyvoice3.checkpoint import fold_weight_norm, load_strict, read_state_dict
-from cosyvoice.engines.cosyvoice3.noise import SINE_NOISE_COLUMNS, ConstructorNoise
-from cosyvoice.errors import ModelDirError
+from cosyvoice.engines.cosyvoice3.config import F0_FIRST_KERNEL, HiFTConfig
+from cosyvoice.engines.cosyvoice3.noise import ConstructorNoise
 
 HIFT_FILE = "hift.pt"
 SNAKE_EPS = 1e-9
 MAGNITUDE_LIMIT = 1e2
 POST_LRELU_SLOPE = 0.01  # the activation before conv_post uses torch's default slope, not lrelu_slope
-
-
-@dataclass
-class HiFTConfig:
-    in_channels: int = 80
-    base_channels: int = 512
-    nb_harmonics: int = 8
-    sampling_rate: int = 22050
-    nsf_alpha: float = 0.1            # sine amplitude
-    nsf_sigma: float = 0.003          # noise amplitude in voiced regions
-    nsf_voiced_threshold: float = 10  # Hz
-    upsample_rates: list[int] = field(default_factory=lambda: [8, 8])
-    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16])
-    n_fft: int = 16
-    hop_len: int = 4
-    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
-    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
-    source_resblock_kernel_sizes: list[int] = field(default_factory=lambda: [7, 11])
-    source_resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 2)
-    lrelu_slope: float = 0.1
-    audio_limit: float = 0.99
-    conv_pre_look_right: int = 4
-    f0_in_channels: int = 80
-    f0_cond_channels: int = 512
-    f0_num_class: int = 1
-
-    @property
-    def samples_per_frame(self) -> int:
-        """Waveform samples per mel frame (480 at 24 kHz)."""
-        return math.prod(self.upsample_rates) * self.hop_len
-
-    @property
-    def f0_look_right(self) -> int:
-        """Right-context frames of the F0 predictor's first conv (kernel 4)."""
-        return F0Predictor.FIRST_KERNEL - 1
-
-    @classmethod
-    def from_values(cls, hift: dict) -> "HiFTConfig":
-        """From the yaml's `hift` mapping; missing keys take the official constructor defaults."""
-        default = cls()
-        f0 = hift.get("f0_predictor") or {}
-        istft = hift.get("istft_params") or {}
-        config = cls(
-            in_channels=int(hift.get("in_channels", default.in_channels)),
-            base_channels=int(hift.get("base_channels", default.base_channels)),
-            nb_harmonics=int(hift.get("nb_harmonics", default.nb_harmonics)),
-            sampling_rate=int(hift.get("sampling_rate", default.sampling_rate)),
-            nsf_alpha=float(hift.get("nsf_alpha", default.nsf_alpha)),
-            nsf_sigma=float(hift.get("nsf_sigma", default.nsf_sigma)),
-            nsf_voiced_threshold=float(hift.get("nsf_voiced_threshold", default.nsf_voiced_threshold)),
-            upsample_rates=[int(r) for r in hift.get("upsample_rates", default.upsample_rates)],
-            upsample_kernel_sizes=[int(k) for k in hift.get("upsample_kernel_sizes", default.upsample_kernel_sizes)],
-            n_fft=int(istft.get("n_fft", default.n_fft)),
-            hop_len=int(istft.get("hop_len", default.hop_len)),
-            resblock_kernel_sizes=[int(k) for k in hift.get("resblock_kernel_sizes", default.resblock_kernel_sizes)],
-            resblock_dilation_sizes=[[int(d) for d in ds] for ds in
-                                     hift.get("resblock_dilation_sizes", default.resblock_dilation_sizes)],
-            source_resblock_kernel_sizes=[int(k) for k in hift.get("source_resblock_kernel_sizes",
-                                                                   default.source_resblock_kernel_sizes)],
-            source_resblock_dilation_sizes=[[int(d) for d in ds] for ds in
-                                            hift.get("source_resblock_dilation_sizes",
-                                                     default.source_resblock_dilation_sizes)],
-            lrelu_slope=float(hift.get("lrelu_slope", default.lrelu_slope)),
-            audio_limit=float(hift.get("audio_limit", default.audio_limit)),
-            conv_pre_look_right=int(hift.get("conv_pre_look_right", default.conv_pre_look_right)),
-            f0_in_channels=int(f0.get("in_channels", default.f0_in_channels)),
-            f0_cond_channels=int(f0.get("cond_channels", default.f0_cond_channels)),
-            f0_num_class=int(f0.get("num_class", default.f0_num_class)),
-        )
-        config.check()
-        return config
-
-    def check(self) -> None:
-        def bad(key: str, problem: str) -> ModelDirError:
-            return ModelDirError(f"cosyvoice3.yaml: 'hift.{key}' {problem}")
-        if self.sampling_rate == 22050:
-            # The official generator switches to its non-causal sine source at 22.05 kHz (CosyVoice1).
-            raise bad("sampling_rate", "is 22050: that is the CosyVoice1 vocoder, not supported here")
-        if self.nb_harmonics + 1 != SINE_NOISE_COLUMNS:
-            raise bad("nb_harmonics", f"is {self.nb_harmonics}; the causal sine source's fixed noise has "
-                                      f"{SINE_NOISE_COLUMNS} columns, so it must be {SINE_NOISE_COLUMNS - 1}")
-        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
-            raise bad("upsample_kernel_sizes", "must have one entry per upsample rate")
-        n_stages = len(self.upsample_rates)
-        if len(self.source_resblock_kernel_sizes) != n_stages or len(self.source_resblock_dilation_sizes) != n_stages:
-            raise bad("source_resblock_kernel_sizes", "must have one entry per upsample rate")
-        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
-            raise bad("resblock_dilation_sizes", "must have one entry per resblock kernel size")
-        if not all(self.resblock_dilation_sizes) or not all(self.source_resblock_dilation_sizes):
-            raise bad("resblock_dilation_sizes", "must not contain an empty list of dilations")
-        if self.base_channels % (2 ** n_stages):
-            raise bad("base_channels", f"must be divisible by 2**{n_stages}")
-        if self.f0_num_class != 1:
-            raise bad("f0_predictor.num_class", "must be 1 (one F0 value per frame)")
-        if self.in_channels != self.f0_in_channels:
-            raise bad("f0_predictor.in_channels", "must equal hift.in_channels (both read the mel)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +210,7 @@ class F0Predictor(nn.Module):
     in float64 permanently and do the same.
     """
 
-    FIRST_KERNEL = 4
+    FIRST_KERNEL = F0_FIRST_KERNEL
     KERNEL = 3
     N_CONVS = 5
 
@@ -490,13 +393,12 @@ def _key_map(key: str) -> str:
     return key
 
 
-def load_hift(model_dir: str | Path, values: dict, device: torch.device | str = "cpu",
+def load_hift(model_dir: str | Path, config: HiFTConfig, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> CausalHiFT:
-    """Build the vocoder from the yaml values and load `hift.pt` strictly (weight norm folded).
+    """Build the vocoder for `config` and load `hift.pt` strictly (weight norm folded).
 
     The F0 predictor stays in float64 whatever `dtype` is (see F0Predictor).
     """
-    config = HiFTConfig.from_values(values["hift"])
     model = CausalHiFT(config)
     raw = read_state_dict(Path(model_dir) / HIFT_FILE)
     # Fold the F0 predictor's weight norm from float64 copies: the official code computes that weight in float64.

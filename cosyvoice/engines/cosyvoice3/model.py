@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -31,6 +31,7 @@ from cosyvoice.engines.cosyvoice3.devices import is_out_of_memory
 from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
 from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, load_hift
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, load_llm
+from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
 from cosyvoice.engines.cosyvoice3.noise import ConstructorNoise, constructor_noise
 from cosyvoice.engines.cosyvoice3.sampling import Sampler
 from cosyvoice.errors import EngineError
@@ -103,7 +104,6 @@ class HopSchedule:
     block: int                 # tokens per flow attention block (yaml chunk_size)
     lookahead: int             # right-context tokens the flow reads past a chunk's end
     n_prompt: int              # flow prompt tokens: they fill the first blocks
-    hops: list[int] = field(default_factory=list)
 
     def first(self) -> int:
         pad = math.ceil(self.n_prompt / self.block) * self.block - self.n_prompt
@@ -130,12 +130,14 @@ class CosyVoice3Model:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> "CosyVoice3Model":
+             autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+             llm_weights: str = LLM_WEIGHTS) -> "CosyVoice3Model":
+        """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt)."""
         config = ModelConfig.from_model_dir(model_dir)
-        llm = load_llm(model_dir, config, device, dtype)
-        flow = load_flow(Path(model_dir), config.values, device, dtype)
-        hift = load_hift(model_dir, config.values, device, dtype)
-        return cls(config, llm, flow, hift, constructor_noise(config.values), device, autocast)
+        llm = load_llm(Path(model_dir) / llm_weights, config.llm, device, dtype)
+        flow = load_flow(Path(model_dir), config.flow, device, dtype)
+        hift = load_hift(model_dir, config.hift, device, dtype)
+        return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, autocast)
 
     # -- tokens -----------------------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ from cosyvoice.errors import ModelDirError
 
 DEFAULT_MODEL_DIR = Path("pretrained_models") / "Fun-CosyVoice3-0.5B"
 QWEN_DIR = "CosyVoice-BlankEN"
+LLM_WEIGHTS = "llm.pt"                   # the release's LLM checkpoint; a dir may hold others beside it (llm.rl.pt)
 
 REQUIRED_FILES: tuple[str, ...] = (
     "cosyvoice3.yaml",
-    "llm.pt",
+    LLM_WEIGHTS,                         # or the file chosen with llm_weights
     "flow.pt",
     "hift.pt",
     "campplus.onnx",
@@ -29,11 +30,15 @@ REQUIRED_FILES: tuple[str, ...] = (
 )
 
 
-def missing_files(model_dir: str | os.PathLike) -> list[str]:
-    """Required files (relative paths) that are absent or empty, in REQUIRED_FILES order."""
+def missing_files(model_dir: str | os.PathLike, llm_weights: str = LLM_WEIGHTS) -> list[str]:
+    """Required files (relative paths) that are absent or empty, in REQUIRED_FILES order.
+
+    llm_weights: the LLM checkpoint that will be loaded; it stands in for llm.pt in the list.
+    """
     root = Path(model_dir)
     missing = []
     for name in REQUIRED_FILES:
+        name = llm_weights if name == LLM_WEIGHTS else name
         path = root / name
         try:
             ok = path.is_file() and path.stat().st_size > 0
@@ -52,12 +57,14 @@ def download_hint(model_dir: str | os.PathLike) -> str:
     return f"python -m cosyvoice download --model-dir {model_dir}"
 
 
-def check_model_dir(model_dir: str | os.PathLike) -> Path:
+def check_model_dir(model_dir: str | os.PathLike, llm_weights: str = LLM_WEIGHTS) -> Path:
     """Return the dir as a Path, or raise ModelDirError naming everything that is missing."""
     root = Path(model_dir)
     if not root.is_dir():
         raise ModelDirError(f"model dir {root} does not exist; get the model with: {download_hint(root)}")
-    missing = missing_files(root)
+    if not llm_weights or Path(llm_weights).name != llm_weights:
+        raise ModelDirError(f"LLM weights {llm_weights!r}: give a file name inside the model dir, e.g. llm.pt or llm.rl.pt")
+    missing = missing_files(root, llm_weights)
     if missing:
         raise ModelDirError(f"model dir {root} is incomplete, missing: {', '.join(missing)}; "
                             f"get the full model with: {download_hint(root)}")
@@ -68,10 +75,11 @@ _identity_lock = threading.Lock()
 _identity_cache: dict[tuple, dict] = {}
 
 
-def _stat_signature(root: Path) -> tuple:
+def _stat_signature(root: Path, llm_weights: str) -> tuple:
     # Sizes and mtimes of every required file: a few stat calls, no reading of GB weights.
     signature = []
     for name in REQUIRED_FILES:
+        name = llm_weights if name == LLM_WEIGHTS else name
         try:
             st = (root / name).stat()
             signature.append((name, st.st_size, st.st_mtime_ns))
@@ -80,13 +88,14 @@ def _stat_signature(root: Path) -> tuple:
     return tuple(signature)
 
 
-def model_identity(model_dir: str | os.PathLike) -> dict:
-    """Cheap identity for /version: name, path, yaml sha1, and a hash of file sizes + mtimes.
+def model_identity(model_dir: str | os.PathLike, llm_weights: str = LLM_WEIGHTS) -> dict:
+    """Cheap identity for /version: name, path, yaml sha1, and a hash of file sizes + mtimes
+    (of the LLM checkpoint actually loaded, `llm_weights`, in place of llm.pt).
 
     Only the small yaml is hashed, once per (path, sizes, mtimes); later calls cost ~10 stat calls.
     """
     root = Path(model_dir).resolve()
-    signature = _stat_signature(root)
+    signature = _stat_signature(root, llm_weights)
     key = (str(root), signature)
     with _identity_lock:
         cached = _identity_cache.get(key)

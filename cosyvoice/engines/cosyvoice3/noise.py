@@ -7,7 +7,7 @@ draws still advance the generator), and the sine source's phase offsets and addi
 tensors are used as-is at every inference call, so synthesis is deterministic. We replay the same
 sequence of draws on our own `torch.Generator` so that the global RNG is never touched.
 
-Draw order (each item is one torch call on the generator; sizes from the yaml):
+Draw order (each item is one torch call on the generator; sizes from the flow and HiFT configs):
   1. flow_z            randn(1, 80, 15000)                     (the CFM's rand_noise)
   2. flow embedding    normal_   (vocab_size, input_size)      (nn.Embedding init)
   3. spk affine        uniform_  (output_size, spk_embed_dim), uniform_ (output_size)   (nn.Linear init)
@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from cosyvoice.engines.cosyvoice3.config import SINE_NOISE_COLUMNS, FlowConfig, HiFTConfig
+
 SEED = 0
 # Hard-coded in the official constructors, independent of the yaml.
 FLOW_NOISE_SHAPE = (1, 80, 50 * 300)
 SINE_NOISE_SAMPLES = 300 * 24000
-SINE_NOISE_COLUMNS = 9
 # Lazy growth step for the sine noise cache: 10 s at 24 kHz, so short streaming calls do not redraw often.
 _GROWTH_SAMPLES = 240_000
 
@@ -62,37 +63,22 @@ class ConstructorNoise:
                 self._sine_prefix = torch.cat([self._sine_prefix, extension], dim=1)
             return self._sine_prefix[:, :n_samples]
 
-    @property
-    def sine_waves(self) -> Tensor:
-        """The whole (1, 7_200_000, 9) tensor (259 MB once materialised; inference only needs a prefix)."""
-        return self.sine_waves_prefix(SINE_NOISE_SAMPLES)
 
-    @property
-    def sine_waves_drawn(self) -> int:
-        return self._sine_prefix.shape[1]
-
-
-def constructor_noise(values: dict) -> ConstructorNoise:
-    """Replay the official constructor draws for the model described by `values` (the whole yaml tree)."""
-    flow, hift = values["flow"], values["hift"]
-    f0 = hift.get("f0_predictor") or {}
+def constructor_noise(flow: FlowConfig, hift: HiFTConfig) -> ConstructorNoise:
+    """Replay the official constructor draws for a model with these flow and vocoder sizes."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(SEED)
 
     flow_z = torch.randn(FLOW_NOISE_SHAPE, generator=gen)
 
-    # Defaults are the official constructors' defaults, for keys a yaml may leave out.
-    vocab_size, input_size = int(flow.get("vocab_size", 4096)), int(flow.get("input_size", 512))
-    spk_embed_dim, output_size = int(flow.get("spk_embed_dim", 192)), int(flow.get("output_size", 80))
-    torch.empty(vocab_size, input_size).normal_(generator=gen)
-    _skip_default_init(gen, (output_size, spk_embed_dim))
+    torch.empty(flow.vocab_size, flow.token_dim).normal_(generator=gen)
+    _skip_default_init(gen, (flow.mel_dim, flow.spk_embed_dim))
 
-    in_channels, cond_channels = int(f0.get("in_channels", 80)), int(f0.get("cond_channels", 512))
-    num_class = int(f0.get("num_class", 1))
-    _skip_default_init(gen, (cond_channels, in_channels, 4))
+    cond_channels = hift.f0_cond_channels
+    _skip_default_init(gen, (cond_channels, hift.f0_in_channels, 4))
     for _ in range(4):
         _skip_default_init(gen, (cond_channels, cond_channels, 3))
-    _skip_default_init(gen, (num_class, cond_channels))
+    _skip_default_init(gen, (hift.f0_num_class, cond_channels))
 
     rand_ini = torch.rand(1, SINE_NOISE_COLUMNS, generator=gen)
     rand_ini[:, 0] = 0

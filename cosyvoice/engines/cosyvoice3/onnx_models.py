@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cosyvoice.engines.cosyvoice3.model_dir import download_hint
 from cosyvoice.errors import ModelDirError, UserInputError
 
 MAX_PROMPT_SECONDS = 30.0
 WHISPER_FRAMES_PER_SECOND = 100
-SPEECH_TOKEN_VOCAB = 6561
 
 
 def _providers(device: str) -> list:
@@ -53,7 +53,7 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelDirError(f"{self.path.name} is missing from {self.path.parent} "
-                                f"(get the model with: python -m cosyvoice download --model-dir {self.path.parent})")
+                                f"(get the model with: {download_hint(self.path.parent)})")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or _default_threads()
@@ -65,7 +65,7 @@ class OnnxModel:
         except Exception as err:  # onnxruntime raises its own exception types for bad files
             raise ModelDirError(f"{self.path.name} in {self.path.parent} cannot be loaded by onnxruntime "
                                 f"({type(err).__name__}: {str(err).strip()[:200]}); download it again with: "
-                                f"python -m cosyvoice download --model-dir {self.path.parent}") from err
+                                f"{download_hint(self.path.parent)}") from err
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()

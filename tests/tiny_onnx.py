@@ -3,7 +3,9 @@
 They have the released models' signatures (names, dtypes, ranks, output lengths) but fixed
 random weights, so a fixture model dir plus these two files is a complete CosyVoice3 model dir:
 
-    python -m cosyvoice.engines.cosyvoice3.tiny_onnx --fixture FIXTURE_DIR --out OUT_DIR
+    python tests/tiny_onnx.py --fixture FIXTURE_DIR --out OUT_DIR
+
+Test-only, so it lives with the tests (bench/engine_speed.py imports it too), not in the engine.
 
 * campplus:  input (B, T, 80) float32 -> output (B, 192) float32
              = 4 * tanh((mean over time of |x|) @ W[80, 192])
@@ -176,7 +178,7 @@ def make_tiny_model_dir(fixture_dir: str | os.PathLike, out_dir: str | os.PathLi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosyvoice.engines.cosyvoice3.tiny_onnx",
+    parser = argparse.ArgumentParser(prog="python tests/tiny_onnx.py",
                                      description="Make a complete tiny CosyVoice3 model dir from a fixture dir.")
     parser.add_argument("--fixture", required=True, type=Path, help="fixture model dir (cosyvoice3.yaml, *.pt, ...)")
     parser.add_argument("--out", required=True, type=Path, help="model dir to create")
