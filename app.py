@@ -6,6 +6,7 @@ the HTTP endpoints. Every request goes through cosyvoice.service.SynthesisServic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -387,7 +388,11 @@ def _cookies(scope) -> dict[str, str]:
 
 
 class Server(uvicorn.Server):
-    """uvicorn that, on SIGTERM/SIGINT, first stops the service admitting and lets running requests end."""
+    """uvicorn that, on SIGTERM/SIGINT, drains first: no new requests, /ready 503, running ones finish.
+
+    It keeps listening while it drains, because a client fetches its finished file with a second
+    request; a second signal stops at once.
+    """
 
     def __init__(self, config: uvicorn.Config, studio: Studio, grace_s: float):
         super().__init__(config)
@@ -395,20 +400,34 @@ class Server(uvicorn.Server):
         self.stop_signal: str | None = None
 
     def handle_exit(self, sig: int, frame) -> None:
-        if self.stop_signal is None:
-            self.stop_signal = signal.Signals(sig).name
-            stats = self.studio.service.stats()
-            logger.bind(req="-").info(
-                f"{self.stop_signal} received: admitting no new requests; {stats['busy_workers']} running and "
-                f"{stats['queue_depth']} waiting may finish within {self.grace_s:g} s")
-            self.studio.service.drain()
-            threading.Thread(target=self._exit_when_idle, daemon=True, name="drain").start()
+        if self.stop_signal is not None:
+            return super().handle_exit(sig, frame)
+        self.stop_signal = signal.Signals(sig).name
+        stats = self.studio.service.stats()
+        logger.bind(req="-").info(
+            f"{self.stop_signal} received: admitting no new requests; {stats['busy_workers']} running and "
+            f"{stats['queue_depth']} waiting may finish within {self.grace_s:g} s")
+        self.studio.service.drain()
+        threading.Thread(target=self._stop_when_idle, args=(sig, frame), daemon=True, name="drain").start()
+
+    def _stop_when_idle(self, sig: int, frame) -> None:
+        self.studio.service.wait_idle(self.grace_s)
+        time.sleep(2.0)              # time for the last client to fetch its file
         super().handle_exit(sig, frame)
 
-    def _exit_when_idle(self) -> None:
-        self.studio.service.wait_idle(self.grace_s)
-        time.sleep(1.0)              # let the last result reach its client
-        self.force_exit = True       # open idle UI streams need not hold the shutdown for the whole grace
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # uvicorn's own version re-raises the signal once it has shut down, which would kill the
+        # process before main() can log "stopped"; a drained stop is a clean exit (code 0).
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=studio.warm_up, daemon=True, name="warm-up").start()
     log.info(f"engine {studio.engine.name} ready ({studio.engine.model_label}, {studio.engine.device}); "
              f"UI at http://{args.host}:{args.port}")
+    # Requests are drained before uvicorn is told to stop, so its own wait only covers idle streams.
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                   timeout_graceful_shutdown=args.grace_seconds), studio, args.grace_seconds)
+                                   timeout_graceful_shutdown=3), studio, args.grace_seconds)
     server.run()
     finished = studio.service.wait_idle(0)
     log.info(f"stopped (signal {server.stop_signal or 'none'}; "

@@ -1,30 +1,54 @@
 #!/usr/bin/env bash
 # Watchdog: keeps the app (started through run.sh) alive and answering.
-#   ./monitor.sh [run.sh flags…]        e.g. ./monitor.sh --port 7861 --engine lite
+#   ./monitor.sh [run.sh flags…]        e.g. ./monitor.sh --port 7861 --engine lite --log-dir logs/7861
 # - one monitor per port (lock file); starts the app if it is not running;
 # - probes http://127.0.0.1:PORT/health every 5 s (MONITOR_INTERVAL);
 # - restarts on process exit, and after 3 failed probes in a row (a hang), with back-off;
-# - logs every action to logs/monitor.log; SIGTERM/SIGINT stops the app cleanly and exits.
+#   the reason (the app's last ERROR line) goes into the monitor log;
+# - a crash loop (MONITOR_CRASH_LIMIT exits within MONITOR_CRASH_WINDOW s) is logged as ERROR and
+#   retried slowly (every MONITOR_SLOW_RETRY s) until it starts working again;
+# - logs every action to <log dir>/monitor.log (never a password: --auth values are masked), and
+#   recreates the log folder if it disappears; SIGTERM/SIGINT stops the app cleanly and exits.
 set -uo pipefail
 cd "$(dirname "$0")"
-mkdir -p logs .run
+mkdir -p .run
 
 INTERVAL=${MONITOR_INTERVAL:-5}
 MAX_FAILS=${MONITOR_MAX_FAILS:-3}
 PROBE_TIMEOUT=${MONITOR_PROBE_TIMEOUT:-2}
 STARTUP_GRACE=${MONITOR_STARTUP_GRACE:-600}   # first start may install requirements
 BACKOFF_MAX=${MONITOR_BACKOFF_MAX:-60}
+CRASH_LIMIT=${MONITOR_CRASH_LIMIT:-5}
+CRASH_WINDOW=${MONITOR_CRASH_WINDOW:-600}
+SLOW_RETRY=${MONITOR_SLOW_RETRY:-300}
+STOP_TIMEOUT=${MONITOR_STOP_TIMEOUT:-45}       # the app's --grace-seconds (30) plus room to exit
 
 port=7860
+log_dir=logs
 prev=""
+shown=()        # the arguments as they may be written down: --auth values masked
 for arg in "$@"; do
-    case "$arg" in --port=*) port=${arg#--port=} ;; esac
+    case "$arg" in
+        --port=*) port=${arg#--port=} ;;
+        --log-dir=*) log_dir=${arg#--log-dir=} ;;
+    esac
     [ "$prev" = "--port" ] && port=$arg
+    [ "$prev" = "--log-dir" ] && log_dir=$arg
+    case "$prev:$arg" in
+        --auth:*) shown+=("***") ;;
+        *:--auth=*) shown+=("--auth=***") ;;
+        *) shown+=("$arg") ;;
+    esac
     prev=$arg
 done
 
-LOG=logs/monitor.log
-log() { printf '%s | %-7s | port %s | %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$1" "$port" "$2" >> "$LOG"; }
+LOG=$log_dir/monitor.log
+log() {
+    mkdir -p "$log_dir" 2>/dev/null
+    local line
+    line=$(printf '%s | %-7s | port %s | %s' "$(date '+%Y-%m-%d %H:%M:%S')" "$1" "$port" "$2")
+    printf '%s\n' "$line" >> "$LOG" 2>/dev/null || printf '%s\n' "$line" >&2
+}
 
 exec 9> ".run/monitor-$port.lock"
 if ! flock -n 9; then
@@ -51,6 +75,7 @@ listening() {
 }
 
 app_pid=""
+sleep_pid=""
 alive() {
     # A dead child stays a zombie until reaped: read its state rather than trusting kill -0.
     [ -n "$app_pid" ] || return 1
@@ -59,12 +84,34 @@ alive() {
     [ -n "$state" ] && [ "$state" != "Z" ] && [ "$state" != "X" ]
 }
 
+pause() {   # an interruptible sleep: SIGTERM ends it at once and leaves no sleeping child behind
+    sleep "$1" &
+    sleep_pid=$!
+    wait "$sleep_pid" 2>/dev/null
+    sleep_pid=""
+}
+
+last_error() {   # the app's own reason for exiting: its last ERROR line, as one short line
+    local file
+    for file in "$log_dir/runtime.log" "$log_dir/app.out"; do
+        if [ -f "$file" ]; then
+            tail -n 200 "$file" 2>/dev/null | grep -E '\| (ERROR|CRITICAL) ' | tail -n 1 | cut -c1-400 && return
+        fi
+    done
+}
+
 start_app() {
-    ./run.sh "$@" >> logs/app.out 2>&1 &
+    # The app's output goes to <log dir>/app.out when the folder can be (re)made; the app starts either way.
+    local out=/dev/null
+    if mkdir -p "$log_dir" 2>/dev/null && : >> "$log_dir/app.out" 2>/dev/null; then
+        out=$log_dir/app.out
+    fi
+    ./run.sh "$@" >> "$out" 2>&1 &
     app_pid=$!
     started_at=$(date +%s)
     healthy_once=0
-    log INFO "started app (pid $app_pid): ./run.sh $*"
+    log INFO "started app (pid $app_pid): ./run.sh ${shown[*]}"
+    [ "$out" = /dev/null ] && log WARNING "cannot write $log_dir/app.out; the app's own output is discarded"
 }
 
 stop_app() {   # stop_app [kill]: "kill" skips the polite SIGTERM (a hung app cannot shut down)
@@ -74,9 +121,9 @@ stop_app() {   # stop_app [kill]: "kill" skips the polite SIGTERM (a hung app ca
     elif alive; then
         kill -CONT "$app_pid" 2>/dev/null   # a stopped process cannot act on SIGTERM
         kill -TERM "$app_pid" 2>/dev/null
-        for _ in $(seq 1 50); do alive || break; sleep 0.2; done
+        for _ in $(seq 1 $(( STOP_TIMEOUT * 5 ))); do alive || break; sleep 0.2; done
         if alive; then
-            log WARNING "app (pid $app_pid) ignored SIGTERM for 10 s; killing it"
+            log WARNING "app (pid $app_pid) ignored SIGTERM for ${STOP_TIMEOUT} s; killing it"
             kill -KILL "$app_pid" 2>/dev/null
         fi
     fi
@@ -85,6 +132,7 @@ stop_app() {   # stop_app [kill]: "kill" skips the polite SIGTERM (a hung app ca
 }
 
 shutdown() {
+    [ -n "$sleep_pid" ] && kill "$sleep_pid" 2>/dev/null
     log INFO "monitor stopping (signal); stopping app"
     stop_app
     log INFO "monitor stopped"
@@ -102,19 +150,22 @@ fi
 backoff=1
 fails=0
 last_restart=0
+crashes=()      # times of recent exits, for crash-loop detection
 start_app "$@"
 while true; do
-    sleep "$INTERVAL" & wait $!
+    pause "$INTERVAL"
     now=$(date +%s)
     reason=""
     if ! alive; then
         wait "$app_pid" 2>/dev/null; code=$?
-        reason="app exited (pid $app_pid, code $code)"
+        why=$(last_error)
+        reason="app exited (pid $app_pid, code $code)${why:+; its last error: $why}"
+        crashes+=("$now")
     elif probe; then
         if [ "$healthy_once" = 0 ]; then log INFO "app is healthy ($(( now - started_at )) s after start)"; fi
         healthy_once=1
         fails=0
-        if [ $(( now - last_restart )) -gt 120 ]; then backoff=1; fi
+        if [ $(( now - last_restart )) -gt 120 ]; then backoff=1; crashes=(); fi
         continue
     elif [ "$healthy_once" = 0 ] && ! listening && [ $(( now - started_at )) -lt "$STARTUP_GRACE" ]; then
         continue   # not listening yet: installing requirements or loading the model
@@ -124,9 +175,18 @@ while true; do
         [ "$fails" -ge "$MAX_FAILS" ] && reason="app not answering /health ($fails failed probes in a row; hung?)"
     fi
     if [ -n "$reason" ]; then
-        log ERROR "$reason; restarting in ${backoff}s"
+        recent=()
+        for t in "${crashes[@]}"; do [ $(( now - t )) -le "$CRASH_WINDOW" ] && recent+=("$t"); done
+        crashes=("${recent[@]}")
+        wait_s=$backoff
+        if [ "${#crashes[@]}" -ge "$CRASH_LIMIT" ]; then
+            wait_s=$SLOW_RETRY
+            log ERROR "$reason; crash loop: ${#crashes[@]} exits within ${CRASH_WINDOW} s. Fix the cause above; retrying only every ${SLOW_RETRY} s"
+        else
+            log ERROR "$reason; restarting in ${wait_s}s"
+        fi
         stop_app kill
-        sleep "$backoff" & wait $!
+        pause "$wait_s"
         backoff=$(( backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : backoff * 2 ))
         fails=0
         last_restart=$(date +%s)

@@ -9,7 +9,9 @@ cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
 VENV=.venv
-mkdir -p logs outputs .run
+mkdir -p .run
+# The app recreates (or does without) logs/ and outputs/ itself; a missing or read-only one must not stop it here.
+mkdir -p logs outputs 2>/dev/null || true
 
 stamp_of() { sha1sum requirements.txt | cut -d' ' -f1; }
 
