@@ -13,7 +13,7 @@ import soundfile as sf
 from cosyvoice.engines.base import PromptAudio, Style
 from cosyvoice.engines.lite import LiteEngine
 
-AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+from conftest import AUDIO
 PROMPTS = ["zero_shot_prompt", "cross_lingual_prompt", "f5_basic_ref_en", "f5_basic_ref_zh"]
 ZH = "今天天气很好，我们一起去公园散步吧。"
 EN = "The weather is nice today, so we will walk in the park."

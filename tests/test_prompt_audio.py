@@ -95,3 +95,64 @@ def test_borderline_lengths_are_accepted_with_advice(tmp_path, seconds, warned):
     assert bool(loaded.warnings) == warned
     if warned:
         assert "3–15 s" in loaded.warnings[0]
+
+
+def test_a_steady_tone_or_a_dc_offset_is_not_taken_as_a_voice(tmp_path):
+    rate = 24000
+    t = np.arange(5 * rate) / rate
+    for name, signal in (("sine.wav", 0.3 * np.sin(2 * np.pi * 220 * t)),
+                         ("hum.wav", 0.2 * np.sin(2 * np.pi * 50 * t) + 0.1 * np.sin(2 * np.pi * 100 * t)),
+                         ("dc.wav", np.full_like(t, 0.5))):
+        path = tmp_path / name
+        sf.write(path, signal.astype(np.float32), rate)
+        with pytest.raises(UserInputError, match="tone or hum|silent"):
+            load_prompt_audio(path)
+
+
+def test_a_header_with_absurd_channels_is_refused_by_its_layout(tmp_path):
+    import struct
+
+    channels, rate, frames = 1000, 16000, 1600
+    data = np.zeros(frames * channels, np.int16).tobytes()
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16) + b"data" + struct.pack("<I", len(data))
+    path = tmp_path / "many.wav"
+    path.write_bytes(header + data)
+    with pytest.raises(UserInputError, match="1000 channels; at most 8"):
+        load_prompt_audio(path)
+
+
+def test_devices_fifos_directories_links_and_missing_files_get_one_message(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.wav"
+    link.symlink_to(ZERO_SHOT_PROMPT)
+    messages = set()
+    for path in ("/dev/zero", fifo, tmp_path, link, tmp_path / "missing.wav"):
+        with pytest.raises(UserInputError) as refused:
+            load_prompt_audio(path)
+        messages.add(str(refused.value))
+    assert len(messages) == 1 and "Upload the recording again" in messages.pop()
+
+
+def test_decoded_length_is_bounded_for_every_decoder(tmp_path):
+    import av
+
+    rate = 16000
+    flac = tmp_path / "long.flac"                 # read by soundfile: refused from its header
+    sf.write(flac, np.zeros(rate * 200, np.float32), rate, format="FLAC")
+    m4a = tmp_path / "long.m4a"                   # only PyAV reads it: refused while it decodes
+    with av.open(str(m4a), "w") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        for _ in range(200):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, rate), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    for path in (flac, m4a):
+        with pytest.raises(UserInputError, match="at most 120 s are read"):
+            load_prompt_audio(path)
