@@ -120,7 +120,7 @@ def test_instruction_prefix_leads_every_piece(frontend):
     result = frontend.process("用四川话说<|endofprompt|>今天有2个好消息。[pause:0.5]明天还有3个坏消息。")
     assert result.items == ["用四川话说<|endofprompt|>今天有两个好消息。", Pause(0.5),
                             "用四川话说<|endofprompt|>明天还有三个坏消息。"]
-    assert result.piece_units == [8, 8]               # the instruction is not counted
+    assert result.piece_units == [9, 10]              # the instruction is not counted
 
 
 def test_fast_after_warm_up(frontend):
