@@ -160,3 +160,11 @@ def test_pause_inside_a_span_keeps_both_pieces_valid():
     for piece in pieces:
         if isinstance(piece, str):
             parse(piece)
+
+
+def test_line_breaks_end_sentences_but_are_not_read():
+    assert _split("第一行的内容\n第二行的内容") == ["第一行的内容第二行的内容。"]
+    assert _split("标题 Hello\nWorld 正文") == ["标题 Hello World 正文。"]
+    assert _split("First line\nsecond line", lang="en") == ["First line second line."]
+    rules = Packing(max_piece_units=6, min_piece_units=5, merge_units=0)
+    assert _split("第一行的内容\n第二行的内容", rules) == ["第一行的内容", "第二行的内容。"]

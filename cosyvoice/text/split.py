@@ -24,8 +24,8 @@ Where this differs from the official code, on purpose:
   piece and reopened at the start of the next, so every piece is valid markup on its own.
 - Repeated marks ("?!", "。。") stay with the sentence (the official code drops all but the first);
   closing brackets 」』’）) and closing tags stay too, not only " and ”.
-- "." followed directly by a letter or digit (3.5, e.g., www.x.com) is not a sentence end; a line
-  break is one.
+- "." followed directly by a letter or digit (3.5, e.g., www.x.com) is not a sentence end. A line
+  break is one, but is not read: Chinese lines are joined directly, English ones with a space.
 """
 from __future__ import annotations
 
@@ -115,6 +115,8 @@ class _Atom:
 def _zh_units(text: str, i: int) -> int:
     """A character counts one, except a space the official frontend removes (replace_blank keeps
     only a single space between two ASCII non-space characters, as in "It takes")."""
+    if text[i] == "\n":
+        return 0
     if not text[i].isspace():
         return 1
     before, after = text[i - 1:i], text[i + 1:i + 2]
@@ -276,7 +278,20 @@ def _paragraph(atoms: list[_Atom], lang: str, measure: _Measure, rules: Packing)
     return _pack(sentences, measure, rules)
 
 
-def _render(group: list[_Atom], reopen: list[str]) -> tuple[str, list[str]]:
+_BREAK_BETWEEN_WORDS = re.compile(r"(?<=[A-Za-z0-9])[ \t]*\n\s*(?=[A-Za-z0-9])")
+
+
+def _join_lines(text: str, lang: str) -> str:
+    """A line break ends a sentence but is not read: the official frontend removes it from Chinese
+    text, so Chinese lines join directly (a space only between two Latin words), English with a space."""
+    if "\n" not in text:
+        return text
+    if lang == "en":
+        return re.sub(r"\s*\n\s*", " ", text)
+    return re.sub(r"\s*\n\s*", "", _BREAK_BETWEEN_WORDS.sub(" ", text))
+
+
+def _render(group: list[_Atom], reopen: list[str], lang: str) -> tuple[str, list[str]]:
     """Render one piece, closing spans left open and reporting them for the next piece."""
     open_tags = list(reopen)
     text = "".join(reopen)
@@ -287,7 +302,7 @@ def _render(group: list[_Atom], reopen: list[str]) -> tuple[str, list[str]]:
             elif atom.item.token in _OPEN_OF and open_tags and open_tags[-1] == _OPEN_OF[atom.item.token]:
                 open_tags.pop()
         text += atom.text
-    text = text.strip()
+    text = _join_lines(text.strip(), lang)
     closing = "".join(_CLOSE_OF[t] for t in reversed(open_tags))
     return text + closing, open_tags
 
@@ -314,7 +329,7 @@ def split_items(items: list[Item], lang: str = "zh", rules: Packing = Packing(),
             out.append(paragraph)
             continue
         for group in _paragraph(paragraph, lang, measure, rules):
-            text, reopen = _render(group, reopen)
+            text, reopen = _render(group, reopen, lang)
             if has_speech(group):
                 out.append(Piece(text, measure(group)))
     return out
