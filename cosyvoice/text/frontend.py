@@ -77,7 +77,8 @@ def _unreadable(items: list[Item]) -> str:
     for item in items:
         if isinstance(item, TextRun):
             for ch in item.text:
-                if unicodedata.category(ch)[0] in "LNS" and ch not in seen:
+                category = unicodedata.category(ch)
+                if (category[0] in "LN" or category == "So") and ch not in seen:
                     seen.append(ch)
     return "".join(seen[:8])
 
@@ -145,9 +146,9 @@ class TextFrontend:
         if not pieces:
             odd = _unreadable(body)
             if odd:
-                raise UserInputError(f"Nothing to read: this text has no Chinese or English words the voices "
-                                     f"can read (it has {odd}, e.g. emoji or another script such as Arabic). "
-                                     f"Write it in Chinese or English.")
+                raise UserInputError(f'Nothing to read: this text has no Chinese or English words the voices '
+                                     f'can read, only "{odd}" (emoji, or a script such as Arabic). '
+                                     f'Write it in Chinese or English.')
             raise UserInputError("Nothing to read: the text has no words, only punctuation, spaces, pauses or tags.")
         for piece in pieces:        # a piece the engines could not parse back is our bug; say so now
             parse(piece.text)

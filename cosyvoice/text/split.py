@@ -47,8 +47,9 @@ _OPEN_OF = {close: open_ for open_, close in PAIRED_TAGS.items()}
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff\u3007]")
 
 DEFAULT_MAX_PIECE_UNITS = 80
-# About 40 s of Mandarin speech, i.e. ~1000 speech tokens at 25 Hz: well inside what the LLM
-# decodes in one go. The engine may set its own from the LLM's maximum length.
+# 200 Chinese characters are about 40-50 s of speech (~1000-1250 speech tokens at 25 Hz), 200
+# English tokens about a minute: well inside what the LLM decodes in one go. The engine may set
+# its own from the LLM's maximum length.
 DEFAULT_MAX_SENTENCE_UNITS = 200
 
 TokenCounter = Callable[[str], int]
@@ -98,7 +99,7 @@ def estimate_tokens(text: str) -> int:
     count = 0
     for match in _PRE_TOKEN.finditer(text):
         word = match.group(0)
-        if word[0].isalpha() and not word.startswith("'"):
+        if word[0].isalpha():
             count += 1 + math.ceil(max(0, len(word) - 9) / 4)
         else:
             count += 1
