@@ -196,3 +196,29 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["坏的[zzz]标注"]) == 1
     assert '"[zzz]" at character 3' in capsys.readouterr().err
     assert main(["好", "--g2p-dict", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def _printed_pieces(out):
+    return [line.split(") ", 1)[1] for line in out.splitlines() if line.startswith("  ") and ") " in line]
+
+
+def test_cli_prints_the_official_pieces_for_a_chinese_paragraph(capsys):
+    # 8 sentences of 29, 19, 20, 4 (妈妈说：), 9 (“早点回家吃饭。”), 6, 28, 5 and 2 characters:
+    # the first piece stops at 72 because the quote would make it 81; the rest (50) is one piece
+    first = ("春天来了，公园里的花都开了，红的像火，粉的像霞，白的像雪。孩子们在草地上奔跑，笑声传得很远很远。"
+             "老人们坐在长椅上，慢慢地聊着过去的事情。妈妈说：")
+    second = "“早点回家吃饭。”我们答应了。太阳慢慢落山了，天边的云被染成了金色，整个城市安静下来。晚饭很香！好。"
+    assert main([first + second]) == 0
+    out = capsys.readouterr().out
+    assert _printed_pieces(out) == [first, second]
+    assert "1. (72) " in out and "2. (50) " in out
+
+
+def test_cli_prints_the_official_pieces_for_an_english_paragraph(capsys):
+    first = ('The morning was cold and bright. We walked to the old harbour together. '
+             'My sister said: "Look at the boats!" Nobody answered her.')
+    second = "The water was calm; the gulls were loud. We stayed there until noon. Then we went home. Fine."
+    assert main([first + " " + second, "--tokenizer", TOKENIZER_DIR, "--no-normalize"]) == 0
+    out = capsys.readouterr().out
+    assert _printed_pieces(out) == [first, second]
+    assert "1. (74) " in out                          # fixture tokenizer tokens, as in test_text_split

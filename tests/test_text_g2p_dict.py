@@ -122,3 +122,10 @@ def test_example_dictionary_loads_as_an_opt_in(capsys):
     from cosyvoice.text.cli import main
     assert main(["还有", "--g2p-dict", str(example)]) == 0
     assert "markup:     [h][ái]有" in capsys.readouterr().out
+
+
+def test_replacement_with_a_pause_is_skipped(tmp_path):
+    path = _write(tmp_path / "p.jsonl", ['{"重庆": "[ch][óng][pause:0.5]庆"}', '{"银行": "银[h][áng]"}'])
+    d = G2PDictionary(path)
+    assert list(d.entries) == ["银行"]
+    assert any("p.jsonl line 1" in n and "cannot hold a pause" in n for n in d.notices)
