@@ -222,3 +222,9 @@ def test_cli_prints_the_official_pieces_for_an_english_paragraph(capsys):
     out = capsys.readouterr().out
     assert _printed_pieces(out) == [first, second]
     assert "1. (74) " in out                          # fixture tokenizer tokens, as in test_text_split
+
+
+def test_chinese_instruction_does_not_make_english_count_in_characters(frontend):
+    result = frontend.process("请用欢快的语气说<|endofprompt|>We walked home. It was late.")
+    assert result.language == "en" and result.unit == "estimated tokens"
+    assert result.pieces == ["请用欢快的语气说<|endofprompt|>We walked home. It was late."]

@@ -36,7 +36,7 @@ class FrontendResult:
     piece_units: list[int]          # length of each piece as packed, in `unit` (prefix not counted)
     unit: str = "characters"        # "characters" | "tokens" | "estimated tokens"
     notices: list[str] = field(default_factory=list)   # e.g. dictionary lines skipped
-    language: str = "zh"            # detect_language(marked): "zh" | "en" | "yue" | "mixed"
+    language: str = "zh"            # of the text to read (instruction aside): "zh" | "en" | "yue" | "mixed"
 
     @property
     def pieces(self) -> list[str]:
@@ -136,8 +136,9 @@ class TextFrontend:
 
         body = _merge_runs(self.dictionary.apply(body))
         prefix_text = render(prefix)
-        marked = prefix_text + render([it for it in body if not isinstance(it, Pause)])
-        language = detect_language(marked)
+        spoken = render([it for it in body if not isinstance(it, Pause)])
+        marked = prefix_text + spoken
+        language = detect_language(spoken)     # the instruction's language does not decide the counting
         rules = Packing(max_piece_units=max(1, max_piece_units), min_piece_units=min_piece_units,
                         merge_units=merge_units, max_sentence_units=self.max_sentence_units,
                         comma_split=comma_split)
