@@ -168,3 +168,9 @@ def test_line_breaks_end_sentences_but_are_not_read():
     assert _split("First line\nsecond line", lang="en") == ["First line second line."]
     rules = Packing(max_piece_units=6, min_piece_units=5, merge_units=0)
     assert _split("第一行的内容\n第二行的内容", rules) == ["第一行的内容", "第二行的内容。"]
+
+
+def test_trailing_chinese_commas_become_a_full_stop():
+    assert _split("我们走吧，，") == ["我们走吧。"]
+    assert _split("我们走吧、<strong>好</strong>，[breath]") == ["我们走吧、<strong>好</strong>。[breath]"]
+    assert _split("We go,", lang="en") == ["We go,."]            # the official frontend leaves English as it is

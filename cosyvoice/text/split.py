@@ -2,7 +2,8 @@
 CosyVoice frontend (`split_paragraph`, called with token_max_n=80, token_min_n=60, merge_len=20)
 does it:
 
-1. A paragraph that does not end in sentence punctuation gets one ("。" for zh, "." for en).
+1. A paragraph that does not end in sentence punctuation gets one ("。" for zh, "." for en);
+   trailing Chinese commas (，,、) become "。".
 2. It is cut after each sentence mark: zh `。？！；：、.?!;`, en `.?!;:` (plus `，,` with
    comma_split). A closing quote right after the mark stays with its sentence.
 3. Sentences are joined in order; a new piece starts only when adding the next sentence would pass
@@ -207,6 +208,19 @@ def _needs_final_mark(atoms: list[_Atom], marks: frozenset[str]) -> bool:
     return i < 0 or not (tail[i].item is None and tail[i].text in marks and tail[i].text != "\n")
 
 
+def _trailing_commas_to_stop(atoms: list[_Atom]) -> list[_Atom]:
+    """Chinese text ending in ，/,/、 ends in 。 instead, as the official frontend rewrites it."""
+    end = len(atoms)
+    while end and (atoms[end - 1].text.isspace() or isinstance(atoms[end - 1].item, Tag)):
+        end -= 1
+    start = end
+    while start and atoms[start - 1].item is None and atoms[start - 1].text in "，,、":
+        start -= 1
+    if start == end:
+        return atoms
+    return atoms[:start] + [_Atom("。", 1, None)] + atoms[end:]
+
+
 class _Measure:
     """Length of a run of atoms in the units of the paragraph's language."""
 
@@ -273,6 +287,8 @@ def _paragraph(atoms: list[_Atom], lang: str, measure: _Measure, rules: Packing)
     if not has_speech(atoms):
         return [atoms] if atoms else []         # kept only so its tags stay balanced
     marks = SENTENCE_MARKS[lang] | (COMMA_MARKS if rules.comma_split else frozenset())
+    if lang == "zh":
+        atoms = _trailing_commas_to_stop(atoms)
     if _needs_final_mark(atoms, marks):
         atoms = atoms + [_Atom(FINAL_MARK[lang], 1, None)]
     sentences = [chunk for sentence in _cut_after(atoms, marks) for chunk in _fit(sentence, measure, rules)]
