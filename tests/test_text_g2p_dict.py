@@ -106,14 +106,26 @@ def test_missing_file_is_a_notice(tmp_path):
     assert any("not found" in n for n in result.notices)
 
 
-def test_starter_dictionary():
+def test_shipped_dictionary_is_small_and_clean():
     d = G2PDictionary(DEFAULT_G2P_DICT)
     assert d.notices == []
-    assert len(d.entries) >= 100
     for line in DEFAULT_G2P_DICT.read_text(encoding="utf-8").splitlines():
         assert len(json.loads(line)) == 1                  # one word per line, GLM-TTS style
-    for word in ("重庆", "银行", "行长", "音乐", "长大", "朝阳", "了解", "还有", "觉得"):
-        assert word in d.entries
-    assert _apply(d, "我觉得重庆的银行行长还有音乐梦想，想了解长大以后的事。") == (
-        "我[j][ué]得[ch][óng]庆的银[h][áng][h][áng][zh][ǎng][h][ái]有音[y][uè]梦想，想[l][iǎo]解"
-        "[zh][ǎng]大以后的事。")
+    assert _apply(d, "我觉得重庆的银行还有音乐梦想。") == "我觉得[ch][óng]庆的银[h][áng]还有音乐梦想。"
+
+
+def test_example_dictionary_loads_as_an_opt_in(capsys):
+    example = DEFAULT_G2P_DICT.parent / "examples" / "G2P_replace_dict.example.jsonl"
+    d = G2PDictionary(example)
+    assert d.notices == [] and len(d.entries) > 100
+    assert _apply(d, "我觉得还有快乐。") == "我[j][ué]得[h][ái]有快[l][è]。"
+    from cosyvoice.text.cli import main
+    assert main(["还有", "--g2p-dict", str(example)]) == 0
+    assert "markup:     [h][ái]有" in capsys.readouterr().out
+
+
+def test_replacement_with_a_pause_is_skipped(tmp_path):
+    path = _write(tmp_path / "p.jsonl", ['{"重庆": "[ch][óng][pause:0.5]庆"}', '{"银行": "银[h][áng]"}'])
+    d = G2PDictionary(path)
+    assert list(d.entries) == ["银行"]
+    assert any("p.jsonl line 1" in n and "cannot hold a pause" in n for n in d.notices)

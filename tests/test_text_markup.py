@@ -118,3 +118,12 @@ def test_error_messages(text, piece, position, words):
 
 def test_case_count():
     assert len(CONVERSIONS) + len(ERRORS) >= 30
+
+
+def test_pauses_parse_in_both_forms_and_render_canonically():
+    from cosyvoice.text.markup import Pause, render
+    items = parse('一[pause:0.8]二<break time="250ms"/>三[Pause: 2s]<break time=\'1.5s\'>')
+    assert [i for i in items if isinstance(i, Pause)] == [Pause(0.8), Pause(0.25), Pause(2.0), Pause(1.5)]
+    assert render(items) == "一[pause:0.8]二[pause:0.25]三[pause:2][pause:1.5]"
+    with pytest.raises(MarkupError, match="Unknown markup token"):      # not a pause, as before
+        parse("[pausing]")

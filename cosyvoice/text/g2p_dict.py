@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosyvoice.text.markup import Item, MarkupError, TextRun, parse
+from cosyvoice.text.markup import Item, MarkupError, Pause, TextRun, parse
 
 DEFAULT_G2P_DICT = Path(__file__).resolve().parents[2] / "configs" / "G2P_replace_dict.jsonl"
 
@@ -32,7 +32,10 @@ def parse_replacement(value: str) -> tuple[Item, ...]:
     """Replacement text -> items; "chong2 qing4" is taken as a sequence of syllables."""
     if _WHOLE_NUMERIC_PINYIN.fullmatch(value):
         value = "{" + value.strip() + "}"
-    return tuple(parse(value))
+    items = tuple(parse(value))
+    if any(isinstance(item, Pause) for item in items):
+        raise MarkupError("a replacement cannot hold a pause; put pauses in the text itself.")
+    return items
 
 
 class G2PDictionary:

@@ -6,6 +6,8 @@ Canonical form (what the CosyVoice3 tokenizer knows as special tokens):
                              syllables, a bare final ([ài], [ér]).
   CMU      [M][AY0][N][UW1][T]
   tags     [breath] [laughter] ... <strong>…</strong> <laughter>…</laughter> <|endofprompt|>
+  pauses   [pause:0.8]  <break time="800ms"/>  <break time="1.5s"/>   (0.05–10 s of silence;
+           the frontend cuts the text there, so no pause ever reaches an engine as text)
 
 Friendlier input accepted by `parse` and rewritten by `to_markup`:
   {hao4} [hao4] [hào] {chong2 qing4} [lv4] [lü4] [ma5] [ma0]    numeric or tone-marked pinyin
@@ -45,7 +47,16 @@ class Tag:
     token: str                      # exactly as the tokenizer knows it: "[breath]", "<strong>", "<|endofprompt|>"
 
 
-Item = TextRun | PinyinSyllable | CmuWord | Tag
+@dataclass(frozen=True)
+class Pause:
+    seconds: float                  # silence the service inserts between the pieces around it
+
+
+Item = TextRun | PinyinSyllable | CmuWord | Tag | Pause
+
+PAUSE_MIN_SECONDS = 0.05
+PAUSE_MAX_SECONDS = 10.0
+PAUSE_FORMS = '[pause:0.8] (seconds) or <break time="800ms"/> (also time="1.5s")'
 
 
 class MarkupError(UserInputError):
@@ -206,7 +217,8 @@ def _syllable_from_tokens(initial: str, final: str, piece: str, position: int) -
 # --- scanning -------------------------------------------------------------------------------
 
 _CANDIDATE = re.compile(r"""
-    (?P<special><\|[^<>|\s]{1,40}\|>)
+    (?P<pause>(?i:\[\s*pause\b[^\[\]\n]{0,40}\]|<\s*break\b[^<>\n]{0,80}>))
+  | (?P<special><\|[^<>|\s]{1,40}\|>)
   | (?P<angle></?[A-Za-z][A-Za-z_\-]{0,30}>)
   | (?P<square>\[[^\[\]\n]{1,60}\])
   | (?P<brace>\{[^{}\n]{1,200}\})
@@ -250,11 +262,33 @@ def _words_markup(content: str, start: int, piece: str, braces: bool) -> list[_T
     return None
 
 
+_PAUSE_SECONDS = re.compile(r"\[\s*pause\s*:\s*(\d+(?:\.\d+)?|\.\d+)\s*s?\s*\]", re.IGNORECASE)
+_BREAK_TIME = re.compile(r"""<\s*break\s+time\s*=\s*(["'])\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s)\s*\1\s*/?\s*>""",
+                         re.IGNORECASE)
+
+
+def pause_seconds(piece: str, position: int = 0) -> float:
+    """"[pause:0.8]" / '<break time="800ms"/>' -> 0.8, or MarkupError saying the forms and the range."""
+    seconds: float | None = None
+    if (m := _PAUSE_SECONDS.fullmatch(piece)) is not None:
+        seconds = float(m.group(1))
+    elif (m := _BREAK_TIME.fullmatch(piece)) is not None:
+        seconds = float(m.group(2)) / (1000.0 if m.group(3).lower() == "ms" else 1.0)
+    if seconds is None or not PAUSE_MIN_SECONDS <= seconds <= PAUSE_MAX_SECONDS:
+        what = "is not a pause the frontend understands" if seconds is None else f"asks for {seconds:g} s"
+        raise MarkupError(f'"{piece}" at character {position} {what}: a pause lasts '
+                          f"{PAUSE_MIN_SECONDS:g}–{PAUSE_MAX_SECONDS:g} seconds, written {PAUSE_FORMS}.",
+                          piece, position)
+    return seconds
+
+
 def _classify(match: re.Match) -> list[_Token]:
     piece = match.group(0)
     start, end = match.span()
     position = start + 1
     kind = match.lastgroup
+    if kind == "pause":
+        return [_Token("pause", pause_seconds(piece, position), start, end, piece)]
     if kind in ("special", "angle"):
         if piece not in TAG_SET:
             raise MarkupError(f'Unknown tag "{piece}" at character {position}. Known tags: '
@@ -314,6 +348,8 @@ def parse(marked_text: str) -> list[Item]:
             items.append(_syllable_from_tokens("", str(tok.value), tok.piece, position))
         elif tok.kind == "syllable":
             items.append(tok.value)  # type: ignore[arg-type]
+        elif tok.kind == "pause":
+            items.append(Pause(float(tok.value)))  # type: ignore[arg-type]
         elif tok.kind == "cmu":
             phones = tuple(tok.value)  # type: ignore[arg-type]
             prev = tokens[i - 1] if i else None
@@ -367,6 +403,8 @@ def render_item(item: Item) -> str:
         return (f"[{item.initial}]" if item.initial else "") + f"[{item.final}]"
     if isinstance(item, CmuWord):
         return "".join(f"[{p}]" for p in item.phones)
+    if isinstance(item, Pause):
+        return f"[pause:{item.seconds:g}]"
     return item.token
 
 
