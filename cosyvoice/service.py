@@ -30,7 +30,7 @@ from .errors import EngineError, OutputsError, ServerBusyError, StudioError, Use
 from .log import request_logger
 from .modes import MODE_IDS, MODES, Mode, get_mode
 from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
-from .text.frontend import TextFrontend
+from .text.frontend import Pause, TextFrontend
 
 MAX_SEED = 2**32 - 1
 SPEED_RANGE = (0.5, 2.0)
@@ -69,8 +69,7 @@ class ServiceConfig:
     max_text_chars: int = 2000
     max_prompt_text_chars: int = 300     # a 30 s prompt holds far fewer characters than this
     max_instruct_chars: int = 200
-    max_piece_chars: int = 80
-    pause_seconds: float = 0.2           # silence between sentence pieces in the joined output
+    max_piece_units: int = 80            # the official packing: pieces of up to 80 units (zh chars, en tokens)
     workers: int = 2                     # requests synthesised at once
     queue_size: int = 8                  # requests allowed to wait beyond those
     retention_days: float = 7.0
@@ -79,8 +78,7 @@ class ServiceConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServiceConfig":
         return cls(outputs_dir=args.outputs_dir, max_text_chars=args.max_text_chars, workers=args.concurrency,
-                   queue_size=args.queue_size, retention_days=args.outputs_retention_days,
-                   pause_seconds=args.pause)
+                   queue_size=args.queue_size, retention_days=args.outputs_retention_days)
 
 
 def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
@@ -91,7 +89,6 @@ def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
     parser.add_argument("--outputs-retention-days", type=float, default=7.0)
     parser.add_argument("--outputs-dir", type=Path, default=root / "outputs")
     parser.add_argument("--g2p-dict", type=Path, default=root / "configs" / "G2P_replace_dict.jsonl")
-    parser.add_argument("--pause", type=float, default=0.2, help="seconds of silence between sentences")
 
 
 @dataclass
@@ -218,6 +215,8 @@ class SynthesisService:
         self.engine = engine
         self.config = config or ServiceConfig()
         self.frontend = frontend or TextFrontend()
+        if self.frontend.count_tokens is None:       # English pieces are packed in the model's own tokens
+            self.frontend.count_tokens = engine.text_token_counter()
         self.started = time.time()
         self._slots = threading.BoundedSemaphore(self.config.workers)
         self._lock = threading.Lock()
@@ -358,7 +357,7 @@ class SynthesisService:
 
     def _pipeline(self, request: ValidRequest, request_id: str, log, stage: _Stages) -> Iterator[Event]:
         with stage("text"):
-            pieces, notices = self._prepare_text(request, log)
+            items, notices = self._prepare_text(request, log)
         with stage("voice"):
             voice = self._prepare_voice(request, log)
         style = Style(mode=request.mode.id, instruct_text=request.instruct_text, speed=request.speed)
@@ -369,7 +368,7 @@ class SynthesisService:
         with stage("synthesize"):
             started = time.perf_counter()
             audio: list[np.ndarray] = []
-            for event in self._synthesize(pieces, voice, style, request.seed, request.stream, log):
+            for event in self._synthesize(items, voice, style, request.seed, request.stream, log):
                 if event.chunk is not None:
                     audio.append(event.chunk)
                     if not request.stream:
@@ -395,12 +394,13 @@ class SynthesisService:
                                            request.seed, notices))
 
     # ---- stages -----------------------------------------------------------------------------
-    def _prepare_text(self, request: ValidRequest, log) -> tuple[list[str], list[str]]:
+    def _prepare_text(self, request: ValidRequest, log) -> tuple[list[str | Pause], list[str]]:
         result = self.frontend.process(request.text, normalize=request.normalize,
-                                       max_piece_chars=self.config.max_piece_chars)
-        chars = sum(len(p) for p in result.pieces)
-        log.info(f"text: {len(result.pieces)} piece(s), {chars} chars after normalization")
-        return result.pieces, list(result.notices)
+                                       max_piece_units=self.config.max_piece_units)
+        pauses = f", {len(result.pauses)} pause(s)" if result.pauses else ""
+        log.info(f"text: {len(result.pieces)} piece(s){pauses}, {sum(result.piece_units)} {result.unit} "
+                 f"after normalization")
+        return result.items, list(result.notices)
 
     def _prepare_voice(self, request: ValidRequest, log) -> Voice:
         loaded = load_prompt_audio(request.prompt_wav)
@@ -429,17 +429,21 @@ class SynthesisService:
     def _prepare_transcript(self, request: ValidRequest) -> str:
         """The prompt transcript is read by the model alongside the text, so it gets the same normalization."""
         try:
-            return self.frontend.process(request.prompt_text, normalize=request.normalize,
-                                         max_piece_chars=10**6).marked
+            return self.frontend.process(request.prompt_text, normalize=request.normalize).marked
         except UserInputError as err:
             raise UserInputError(f"In the prompt transcript: {err}") from err
 
-    def _synthesize(self, pieces: list[str], voice: Voice, style: Style, seed: int, stream: bool,
+    def _synthesize(self, items: list[str | Pause], voice: Voice, style: Style, seed: int, stream: bool,
                     log) -> Iterator[Event]:
-        pause = np.zeros(int(self.config.pause_seconds * self.engine.sample_rate), np.float32)
-        total = len(pieces)
+        """Pieces in order, each from the engine, with a written pause as exact silence; nothing added between."""
+        total = sum(1 for item in items if not isinstance(item, Pause))
         shown: set[str] = set()
-        for index, piece in enumerate(pieces, start=1):
+        index = 0
+        for item in items:
+            if isinstance(item, Pause):
+                yield Event(chunk=np.zeros(round(item.seconds * self.engine.sample_rate), np.float32))
+                continue
+            index += 1
             pending: list[str] = []
             last_logged = 0.0
 
@@ -456,10 +460,10 @@ class SynthesisService:
                     last_logged = now
                     log.info(f"piece {index}/{total}: {progress.message}")
 
-            log.info(f"piece {index}/{total}: synthesising {len(piece)} chars")
+            log.info(f"piece {index}/{total}: synthesising {len(item)} chars")
             produced = 0
             # Seed per piece: the same piece at the same position gives the same audio, however it is streamed.
-            for chunk in self.engine.synthesize(piece, voice, style, (seed + index - 1) % (MAX_SEED + 1),
+            for chunk in self.engine.synthesize(item, voice, style, (seed + index - 1) % (MAX_SEED + 1),
                                                 on_progress, stream=stream):
                 while pending:
                     yield Event(notice=pending.pop(0))
@@ -469,8 +473,6 @@ class SynthesisService:
             while pending:
                 yield Event(notice=pending.pop(0))
             log.info(f"piece {index}/{total} vocoded ({produced / self.engine.sample_rate:.2f} s audio)")
-            if index < total and pause.size:
-                yield Event(chunk=pause)
 
     def _save(self, request_id: str, samples: np.ndarray) -> Path:
         folder = Path(self.config.outputs_dir)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT
 from cosyvoice.engines.base import Capabilities, Voice
-from cosyvoice.errors import EngineError, ServerBusyError
+from cosyvoice.errors import EngineError, ServerBusyError, UserInputError
 from cosyvoice.log import flush, setup_logging
 from cosyvoice.service import ServiceConfig, SynthesisRequest, SynthesisService
 
@@ -29,6 +29,9 @@ class ControlledEngine:
 
     def startup_notices(self):
         return []
+
+    def text_token_counter(self):
+        return None
 
     def style_notices(self, style):
         return []
@@ -101,13 +104,39 @@ def test_voice_is_prepared_once_per_prompt(service):
     assert service.engine.prepared == 2
 
 
-def test_long_text_is_split_into_pieces_joined_with_pauses(service):
+def test_pieces_are_joined_without_added_silence_and_a_written_pause_is_exact(service):
     service.engine.release.set()
-    service.config.max_piece_chars = 10
-    text = "第一句话在这里。第二句话在这里。第三句话在这里。"
-    result = service.synthesize(request(text=text))
+    service.config.max_piece_units = 10
     import soundfile as sf
-    data, rate = sf.read(result.path)
-    pieces = 3
-    expected = pieces * 2400 + (pieces - 1) * int(service.config.pause_seconds * rate)
-    assert len(data) == expected
+
+    text = "第一句话在这里。第二句话在这里。第三句话在这里。"
+    data, rate = sf.read(service.synthesize(request(text=text)).path)
+    assert len(data) == 3 * 2400                     # three pieces, nothing between them
+    data, rate = sf.read(service.synthesize(request(text="第一句话在这里。[pause:0.5]第二句话在这里。")).path)
+    assert len(data) == 2 * 2400 + int(0.5 * rate)
+    assert np.abs(data[2400:2400 + int(0.5 * rate)]).max() == 0
+
+
+def test_bad_pause_value_is_refused_with_its_range(service):
+    with pytest.raises(UserInputError, match="0.05"):
+        service.synthesize(request(text="你好。[pause:99]再见。"))
+
+
+def test_lite_output_is_exactly_its_pieces_back_to_back(tmp_path):
+    import soundfile as sf
+
+    from cosyvoice.audio import load_prompt_audio
+    from cosyvoice.engines.base import Style
+    from cosyvoice.engines.lite import LiteEngine
+
+    setup_logging(tmp_path / "logs", stdout=False)
+    engine = LiteEngine()
+    lite = SynthesisService(engine, ServiceConfig(outputs_dir=tmp_path / "outputs", max_piece_units=6))
+    text = "今天天气很好。我们一起去公园。然后回家吃饭。"
+    result = lite.synthesize(request(text=text, seed=5))
+    pieces = lite.frontend.process(text, max_piece_units=6).pieces
+    assert len(pieces) == 3
+    voice = engine.prepare_voice(load_prompt_audio(ZERO_SHOT_PROMPT).audio, ZERO_SHOT_TRANSCRIPT)
+    expected = sum(len(chunk) for index, piece in enumerate(pieces)
+                   for chunk in engine.synthesize(piece, voice, Style("zero_shot"), 5 + index, lambda p: None))
+    assert sf.info(str(result.path)).frames == expected

@@ -66,6 +66,10 @@ class Engine(Protocol):
         """What a user should know about this engine as configured (shown at start-up and in the UI)."""
         ...
 
+    def text_token_counter(self) -> Callable[[str], int] | None:
+        """How many tokens the model reads for a text (English pieces are packed by it), or None."""
+        ...
+
     def style_notices(self, style: Style) -> list[str]:
         """Plain-words notices for parts of the style this engine cannot render (may be empty)."""
         ...

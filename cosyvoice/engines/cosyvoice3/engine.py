@@ -92,6 +92,9 @@ class CosyVoice3Engine:
     def capabilities(self) -> Capabilities:
         return Capabilities(prompt_sample_rates=(FEATURE_RATE, self.mel_config.sample_rate))
 
+    def text_token_counter(self):
+        return lambda text: len(self.tokenizer.encode(text))
+
     def startup_notices(self) -> list[str]:
         return [self.placement.notice] if self.placement.notice else []
 

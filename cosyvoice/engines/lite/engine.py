@@ -75,6 +75,9 @@ class LiteEngine:
     def capabilities(self) -> Capabilities:
         return Capabilities(prompt_sample_rates=(matching.WORLD_RATE,))
 
+    def text_token_counter(self):
+        return None           # no model tokenizer: the frontend's documented estimate is used
+
     def startup_notices(self) -> list[str]:
         return ["内置 lite 引擎只是近似音色 The embedded lite engine only approximates the voice "
                 "(espeak-ng speech moved toward the prompt's pitch and timbre). For real cloning: "
