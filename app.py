@@ -155,8 +155,26 @@ class Studio:
         line = (f"**引擎 Engine:** `{self.engine.name}` · **模型 Model:** {self.engine.model_label} · "
                 f"**设备 Device:** {self.engine.device} · **队列 Queue:** {stats['busy_workers']} 合成中 busy, "
                 f"{stats['queue_depth']} 等待 waiting")
+        info = self.engine.version_info()
+        extras = [f"{key.replace('_', ' ')} `{info[key]}`" for key in ("precision", "llm_weights", "quantize")
+                  if info.get(key)]
+        if extras:
+            line += " · " + " · ".join(extras)
         line += "".join(f"  \nℹ️ {notice}" for notice in self.engine.startup_notices())
         return line
+
+    def char_count(self, text) -> str:
+        used = len(text.strip()) if isinstance(text, str) else 0
+        limit = self.service.config.max_text_chars
+        mark = "⚠️ " if used > limit else ""
+        return f"{mark}{used} / {limit} 字符 characters"
+
+    def preview(self, text, normalize=True) -> str:
+        """What the engines will be given: the same lines as `python -m cosyvoice text`."""
+        try:
+            return self.service.preview_text(text, normalize)
+        except StudioError as err:
+            return f"⚠️ {err}"
 
     # ---- request handlers: raw values in, the service validates -------------------------------
     def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
@@ -202,31 +220,42 @@ def _request_id(request: gr.Request | None) -> str:
     return request_id_of({"headers": raw})
 
 
-class _Raw:
-    """API inputs handed to the service exactly as the client sent them (typed checks live there)."""
+# Inputs that hand the service exactly what the client sent: typed checks and their messages live
+# there, not in Gradio's converters. `is_template` renders each with its base component's frontend
+# (Gradio reads these classes' source, so they are written out rather than generated).
+class RawText(gr.Textbox):
+    is_template = True
 
     def preprocess(self, payload):
         return payload
 
 
-class RawText(_Raw, gr.Textbox):
-    pass
+class RawNumber(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
 
 
-class RawNumber(_Raw, gr.Number):
-    pass
+class RawSwitch(gr.Checkbox):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
 
 
-class RawSwitch(_Raw, gr.Checkbox):
-    pass
+class RawSlider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
 
 
-class RawSlider(_Raw, gr.Slider):
-    pass
+class RawChoice(gr.Radio):
+    is_template = True
 
-
-class RawChoice(_Raw, gr.Radio):
-    pass
+    def preprocess(self, payload):
+        return payload
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
@@ -238,8 +267,13 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=3):
                 mode = RawChoice([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode")
                 steps = gr.Markdown(MODES[0].steps)
-                text = RawText(label="合成文本 Text to synthesise", lines=5,
+                text = RawText(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
                                   placeholder="输入要合成的文本 Type the text to speak…")
+                with gr.Row():
+                    char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
+                    preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
+                preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
+                                      visible=False, interactive=False, elem_id="text-preview")
                 with gr.Accordion("发音标注 Pronunciation markup", open=False):
                     gr.Markdown(SYNTAX_HELP)
                 prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
@@ -270,6 +304,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         preset.change(lambda label: dict(PRESETS)[label] if label in dict(PRESETS) else gr.skip(),
                       inputs=preset, outputs=instruct_text, queue=False)
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
+        text.change(studio.char_count, inputs=text, outputs=char_count, queue=False, show_progress="hidden")
+        preview_button.click(lambda t, n: gr.update(value=studio.preview(t, n), visible=True),
+                             inputs=[text, normalize], outputs=preview_box, queue=False)
         generate.click(studio.generate_ui,
                        inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize],
                        outputs=[audio_out, file_out, result_md], api_name="generate")

@@ -209,8 +209,11 @@ class _Raw:
 
 from gradio.events import Dependency
 
-class RawText(_Raw, gr.Textbox):
-    pass
+class RawText(gr.Textbox):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -218,8 +221,11 @@ class RawText(_Raw, gr.Textbox):
         from gradio.components.base import Component
 
 
-class RawNumber(_Raw, gr.Number):
-    pass
+class RawNumber(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -227,8 +233,11 @@ class RawNumber(_Raw, gr.Number):
         from gradio.components.base import Component
 
 
-class RawSwitch(_Raw, gr.Checkbox):
-    pass
+class RawSwitch(gr.Checkbox):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -236,8 +245,11 @@ class RawSwitch(_Raw, gr.Checkbox):
         from gradio.components.base import Component
 
 
-class RawSlider(_Raw, gr.Slider):
-    pass
+class RawSlider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -245,8 +257,11 @@ class RawSlider(_Raw, gr.Slider):
         from gradio.components.base import Component
 
 
-class RawChoice(_Raw, gr.Radio):
-    pass
+class RawChoice(gr.Radio):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from .errors import EngineError, OutputsError, ServerBusyError, StudioError, Use
 from .log import request_logger
 from .modes import MODE_IDS, MODES, Mode, get_mode
 from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
-from .text.frontend import Pause, TextFrontend
+from .text.frontend import Pause, TextFrontend, format_preview
 
 MAX_SEED = 2**32 - 1
 SPEED_RANGE = (0.5, 2.0)
@@ -301,6 +301,13 @@ class SynthesisService:
                 self._idle.notify_all()
             if acquired:
                 self._slots.release()
+
+    def preview_text(self, text: Any, normalize: Any = True) -> str:
+        """The frontend's view of a text (normalized, markup, pieces, pauses), checked like a request's text."""
+        text = _text_field(text, "text", self.config.max_text_chars, required=True)
+        result = self.frontend.process(text, normalize=_switch_field(normalize, "normalize"),
+                                       max_piece_units=self.config.max_piece_units)
+        return format_preview(result)
 
     def warm_up(self, text: str, prompt: PromptAudio, transcript: str) -> float:
         """One synthesis through the engine, nothing saved or counted, so the first user pays no lazy set-up.

@@ -1,5 +1,4 @@
 """The shared text frontend: process(), the `text` command, syntax help, language detection."""
-import time
 
 import pytest
 
@@ -121,17 +120,6 @@ def test_instruction_prefix_leads_every_piece(frontend):
     assert result.items == ["用四川话说<|endofprompt|>今天有两个好消息。", Pause(0.5),
                             "用四川话说<|endofprompt|>明天还有三个坏消息。"]
     assert result.piece_units == [9, 10]              # the instruction is not counted
-
-
-def test_fast_after_warm_up(frontend):
-    text = ("我在2026年3月5日去了重庆的银行，花了$5.99和¥100，气温-5℃，跑了5km。"
-            "It costs $5 in 1999, call 555-123-4567. [h][ào]{M AY0 N UW1 T}<strong>重要</strong>[breath]") * 4
-    text = text[:500]
-    frontend.process(text)
-    start = time.perf_counter()
-    for _ in range(5):
-        frontend.process(text)
-    assert (time.perf_counter() - start) / 5 < 0.05
 
 
 def test_syntax_help_example_is_valid(frontend):

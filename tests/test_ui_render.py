@@ -31,3 +31,22 @@ def test_ui_renders_all_controls(lite_app):
         assert label in dom, f"'{label}' missing from the rendered page"
     # Upload and microphone are both offered for the prompt.
     assert "microphone" in dom.lower() or "record" in dom.lower()
+
+
+@requires_browser
+def test_preview_shows_the_pieces_and_the_count_follows_the_text(lite_app, tmp_path):
+    from browser import browser_page
+
+    text = "第一句话比较短。第二句话也不长。[pause:0.5]这是暂停之后的一句话。"
+    with browser_page(lite_app.url) as page:
+        box = page.locator("#text-input textarea")
+        box.fill(text)
+        page.get_by_text(f"{len(text)} / 300").wait_for(timeout=10000)
+        page.get_by_role("button", name="预览 Preview").click()
+        preview = page.locator("#text-preview")
+        preview.get_by_text("pause 0.5 s").wait_for(timeout=15000)
+        shown = preview.inner_text()
+        page.screenshot(path=str(tmp_path / "preview.png"), full_page=True)
+    assert "pieces:     2, 1 pause" in shown
+    assert "第一句话比较短。第二句话也不长。" in shown and "这是暂停之后的一句话。" in shown
+    assert (tmp_path / "preview.png").stat().st_size > 10000
