@@ -24,18 +24,19 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from loguru import logger
 
-from cosyvoice import __version__
+from cosyvoice import __version__, backend
 from cosyvoice.audio import MAX_FILE_BYTES
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
 from cosyvoice.http_guard import GuardConfig, HttpGuard, request_id_of
 from cosyvoice.instruct import PRESETS
-from cosyvoice.log import setup_logging
-from cosyvoice.metrics import REGISTRY
+from cosyvoice.log import set_stage_lookup, setup_logging
+from cosyvoice.metrics import REGISTRY, watch_gpu_memory
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
+from cosyvoice.tracing import setup_tracing
 
 ROOT = Path(__file__).resolve().parent
 WARMUP_TEXT = "你好。"
@@ -73,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_engine_args(parser)
     add_service_args(parser, ROOT)
     parser.add_argument("--log-dir", type=Path, default=ROOT / "logs")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: also one JSON object per line in <log dir>/runtime.jsonl")
     parser.add_argument("--auth", default=os.environ.get("COSYVOICE_AUTH"),
                         help="user:password to require a login (or env COSYVOICE_AUTH)")
     parser.add_argument("--public-metrics", action="store_true",
@@ -163,6 +166,13 @@ class Studio:
         line += "".join(f"  \nℹ️ {notice}" for notice in self.engine.startup_notices())
         return line
 
+    def backend_view(self, level: str, request_filter: str):
+        """Everything the Backend tab shows, from the job registry and the log files."""
+        return (backend.job_rows(self.service.jobs.snapshot()),
+                backend.log_tail(self.args.log_dir, level, request_filter),
+                backend.process_facts(self.engine, self.service.started),
+                backend.recent_restarts(self.args.log_dir))
+
     def char_count(self, text) -> str:
         used = len(text.strip()) if isinstance(text, str) else 0
         limit = self.service.config.max_text_chars
@@ -178,26 +188,32 @@ class Studio:
 
     # ---- request handlers: raw values in, the service validates -------------------------------
     def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                    request: gr.Request):
-        """UI handler: streams (rate, chunk) to the player, then offers the saved file."""
+                    request: gr.Request, progress=gr.Progress()):
+        """UI handler: clears the last result, reports queue place and progress, streams (rate, chunk) to
+        the player, then offers the saved file; an error stays in the result area until the next request."""
         synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
                                      normalize=normalize)
         request_id = _request_id(request)
+        yield None, None, f"⏳ 已提交 Submitted · req `{request_id}`"
         try:
             for event in self.service.run(synthesis, request_id):
                 if event.notice:
                     gr.Warning(event.notice)
+                if event.progress is not None:
+                    fraction, what = event.progress
+                    progress(fraction or 0.0, desc=what)
+                    yield gr.skip(), gr.skip(), f"⏳ {what} · req `{request_id}`"
                 if event.chunk is not None:
                     yield (self.engine.sample_rate, event.chunk), gr.skip(), gr.skip()
                 if event.result is not None:
                     r = event.result
                     summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
-                               f"seed {r.seed} · req {r.request_id}")
+                               f"seed {r.seed} · engine `{self.engine.name}` · req `{r.request_id}`")
                     summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
                     yield gr.skip(), str(r.path), summary
         except StudioError as err:
-            raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
+            yield gr.skip(), None, f"❌ **失败 Failed** · req `{request_id}`  \n{err}"
 
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
@@ -263,40 +279,56 @@ def build_ui(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# CosyVoice Studio · 零样本语音克隆 Zero-shot voice cloning")
         status = gr.Markdown(studio.status_line())
-        with gr.Row():
-            with gr.Column(scale=3):
-                mode = RawChoice([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode")
-                steps = gr.Markdown(MODES[0].steps)
-                text = RawText(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
-                                  placeholder="输入要合成的文本 Type the text to speak…")
-                with gr.Row():
-                    char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
-                    preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
-                preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
-                                      visible=False, interactive=False, elem_id="text-preview")
-                with gr.Accordion("发音标注 Pronunciation markup", open=False):
-                    gr.Markdown(SYNTAX_HELP)
-                prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                                      label="参考音频 Prompt audio (3–15 s; upload or record)")
-                prompt_text = RawText(label="参考音频文本 Prompt transcript", lines=2,
-                                         placeholder="参考音频里说的话 Exactly what the prompt recording says")
-                with gr.Row(visible=False) as instruct_row:
-                    preset = gr.Dropdown([label for label, _ in PRESETS], label="指令预设 Instruction presets",
-                                         value=None, scale=1)
-                    instruct_text = RawText(label="指令 Instruction", scale=2,
-                                               placeholder="例如 e.g. 请用四川话说 / speak very fast")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    seed = RawNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED,
-                                     label="随机种子 Seed (same input + seed = same audio)", scale=3)
-                    dice = gr.Button("🎲", scale=1, min_width=60)
-                speed = RawSlider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed")
-                stream = RawSwitch(value=False, label="流式播放 Stream while synthesising")
-                normalize = RawSwitch(value=True, label="文本规范化 Read numbers, dates and symbols as words")
-                generate = gr.Button("生成 Generate", variant="primary")
-                audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
-                file_out = gr.File(label="下载 Download", interactive=False)
-                result_md = gr.Markdown()
+        with gr.Tab("合成 Synthesize"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    mode = RawChoice([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode")
+                    steps = gr.Markdown(MODES[0].steps)
+                    text = RawText(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
+                                      placeholder="输入要合成的文本 Type the text to speak…")
+                    with gr.Row():
+                        char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
+                        preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
+                    preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
+                                          visible=False, interactive=False, elem_id="text-preview")
+                    with gr.Accordion("发音标注 Pronunciation markup", open=False):
+                        gr.Markdown(SYNTAX_HELP)
+                    prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                          label="参考音频 Prompt audio (3–15 s; upload or record)")
+                    prompt_text = RawText(label="参考音频文本 Prompt transcript", lines=2,
+                                             placeholder="参考音频里说的话 Exactly what the prompt recording says")
+                    with gr.Row(visible=False) as instruct_row:
+                        preset = gr.Dropdown([label for label, _ in PRESETS], label="指令预设 Instruction presets",
+                                             value=None, scale=1)
+                        instruct_text = RawText(label="指令 Instruction", scale=2,
+                                                   placeholder="例如 e.g. 请用四川话说 / speak very fast")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        seed = RawNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                         label="随机种子 Seed (same input + seed = same audio)", scale=3)
+                        dice = gr.Button("🎲", scale=1, min_width=60)
+                    speed = RawSlider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed")
+                    stream = RawSwitch(value=False, label="流式播放 Stream while synthesising")
+                    normalize = RawSwitch(value=True, label="文本规范化 Read numbers, dates and symbols as words")
+                    generate = gr.Button("生成 Generate", variant="primary")
+                    audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
+                    file_out = gr.File(label="下载 Download", interactive=False)
+                    result_md = gr.Markdown(elem_id="result")
+        with gr.Tab("后台 Backend"):
+            gr.Markdown("最近 50 个请求、运行日志与进程状态（只读，每 1.5 秒刷新） · The last 50 requests, the "
+                        "runtime log and the process, read-only, refreshed every 1.5 s.")
+            jobs_table = gr.Dataframe(headers=backend.JOB_COLUMNS, value=[], interactive=False, wrap=True,
+                                      label="任务 Jobs", elem_id="jobs-table")
+            with gr.Row():
+                level = gr.Dropdown(list(backend.LEVELS), value="ALL", label="级别 Level", scale=1)
+                request_filter = gr.Textbox(label="请求 Request id", placeholder="e.g. 7f3a01", scale=2)
+            log_box = gr.Textbox(label="运行日志 runtime.log (last 200 lines)", lines=16, max_lines=16,
+                                 interactive=False, autoscroll=True, elem_id="log-tail")
+            with gr.Row():
+                facts = gr.Markdown(elem_id="process-facts")
+                restarts = gr.Textbox(label="重启 Restarts (monitor.log)", lines=6, interactive=False)
+            gr.Timer(1.5).tick(studio.backend_view, inputs=[level, request_filter],
+                               outputs=[jobs_table, log_box, facts, restarts], queue=False, show_progress="hidden")
 
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
@@ -319,7 +351,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
-        gr.Timer(3.0).tick(studio.status_line, outputs=status, queue=False)
+        gr.Timer(1.0).tick(studio.status_line, outputs=status, queue=False, show_progress="hidden")
     # The service does its own admission and answers "busy" itself, so Gradio lets every request reach it
     # (a refusal returns at once); Gradio's own bound only stops a flood far beyond the service's.
     demo.queue(max_size=256, default_concurrency_limit=studio.args.concurrency + studio.args.queue_size + 32)
@@ -469,8 +501,10 @@ class Server(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    log_file = setup_logging(args.log_dir)
+    log_file = setup_logging(args.log_dir, json_lines=args.log_format == "json")
     log = logger.bind(req="-")
+    if setup_tracing():
+        log.info(f"traces go to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (OpenTelemetry OTLP)")
     log.info(f"starting CosyVoice Studio {__version__} (engine {args.engine}, log {log_file})")
     if ensure_ffmpeg() is None:
         log.warning("no ffmpeg found: streaming playback in the browser will fail; pip install imageio-ffmpeg "
@@ -480,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     except (StudioError, StartupError) as err:
         log.error(f"cannot start: {err}")
         return 2
+    set_stage_lookup(studio.service.jobs.stage_of)
+    watch_gpu_memory()
     for notice in studio.engine.startup_notices():
         log.warning(notice)
     if args.host in ("0.0.0.0", "::") and not args.auth:

@@ -126,6 +126,12 @@ class HttpGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # One id per request, from a proxy's X-Request-ID or made here: the handlers log under it and
+        # every response names it.
+        request_id = request_id_of(scope)
+        headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"x-request-id"]
+        scope = dict(scope, headers=headers + [(b"x-request-id", request_id.encode())])
+        send = _with_header(send, b"x-request-id", request_id.encode())
         path: str = scope.get("path", "")
         method: str = scope.get("method", "GET")
         if self.config.auth and self._is_private(path) and not self._authorized(scope):
@@ -243,6 +249,15 @@ class HttpGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+
+def _with_header(send, name: bytes, value: bytes):
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != name]
+            message = dict(message, headers=headers + [(name, value)])
+        await send(message)
+    return sending
 
 
 class _TooLarge(Exception):

@@ -9,13 +9,14 @@ can be written again. Logging never takes the service down.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from loguru import logger
 
@@ -105,9 +106,31 @@ class ResilientLogFile:
             pass
 
 
+# Which stage a request is in, for the JSON lines (the service's job registry answers).
+_stage_of: Callable[[str], str | None] = lambda request_id: None
+
+
+def set_stage_lookup(lookup: Callable[[str], str | None]) -> None:
+    global _stage_of
+    _stage_of = lookup
+
+
+def json_line(record) -> str:
+    """One log record as one JSON object: time, level, request id, stage, message, figures."""
+    request_id = record["extra"].get("req", "-")
+    entry = {"time": record["time"].isoformat(timespec="milliseconds"), "level": record["level"].name,
+             "request_id": None if request_id == "-" else request_id,
+             "stage": None if request_id == "-" else _stage_of(request_id),
+             "message": record["message"]}
+    if record["extra"].get("figures"):
+        entry["figures"] = record["extra"]["figures"]
+    return json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+
+
 def setup_logging(log_dir: str | Path = "logs", level: str = "INFO", *, max_bytes: int = 20 * 2**20,
-                  keep: int = 10, stdout: bool = True) -> Path:
-    """Send our log to `<log_dir>/runtime.log` (rotated by size, `keep` old files kept) and stdout."""
+                  keep: int = 10, stdout: bool = True, json_lines: bool = False) -> Path:
+    """Send our log to `<log_dir>/runtime.log` (rotated by size, `keep` old files kept) and stdout;
+    with `json_lines`, also one JSON object per line to `<log_dir>/runtime.jsonl`."""
     path = Path(log_dir) / "runtime.log"
     logger.remove()
     logger.configure(extra={"req": "-"})
@@ -115,6 +138,10 @@ def setup_logging(log_dir: str | Path = "logs", level: str = "INFO", *, max_byte
         logger.add(sys.stdout, format=LINE_FORMAT, level=level, colorize=False, enqueue=False, catch=True)
     sink = ResilientLogFile(path, max_bytes=max_bytes, keep=keep)
     logger.add(sink.write, format=LINE_FORMAT, level=level, enqueue=True, catch=True)
+    if json_lines:
+        structured = ResilientLogFile(path.with_suffix(".jsonl"), max_bytes=max_bytes, keep=keep)
+        logger.add(lambda message: structured.write(json_line(message.record)), level=level, enqueue=True,
+                   catch=True)
     _keep_third_party_quiet()
     return path
 

@@ -12,3 +12,32 @@ RTF = Histogram("cosyvoice_rtf", "Real-time factor of finished requests (synthes
                 buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30), registry=REGISTRY)
 BUSY_WORKERS = Gauge("cosyvoice_busy_workers", "Requests being synthesised now", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("cosyvoice_queue_depth", "Requests waiting for a worker", registry=REGISTRY)
+
+SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+REQUEST_DURATION = Histogram("cosyvoice_request_duration_seconds",
+                             "Time from a request being received to its result being saved", ["mode"],
+                             buckets=SECONDS_BUCKETS, registry=REGISTRY)
+TIME_TO_FIRST_AUDIO = Histogram("cosyvoice_time_to_first_audio_seconds",
+                                "Time from a request being received to its first audio chunk",
+                                buckets=SECONDS_BUCKETS, registry=REGISTRY)
+STAGE_DURATION = Histogram("cosyvoice_stage_duration_seconds", "Time spent in each stage of a request",
+                           ["stage"], buckets=SECONDS_BUCKETS, registry=REGISTRY)
+QUEUE_WAIT = Histogram("cosyvoice_queue_wait_seconds", "Time a request waited for a worker",
+                       buckets=(0, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=REGISTRY)
+VOICE_CACHE = Counter("cosyvoice_voice_cache_lookups_total", "Voice feature lookups by result", ["result"],
+                      registry=REGISTRY)                      # result: hit, miss
+GPU_MEMORY = Gauge("cosyvoice_gpu_memory_bytes", "CUDA memory held by this process", ["kind"],
+                   registry=REGISTRY)                         # kind: allocated, reserved
+
+
+def watch_gpu_memory() -> bool:
+    """Report CUDA memory on /metrics when a GPU is in use; False where there is none."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    if not torch.cuda.is_available():
+        return False
+    GPU_MEMORY.labels("allocated").set_function(torch.cuda.memory_allocated)
+    GPU_MEMORY.labels("reserved").set_function(torch.cuda.memory_reserved)
+    return True

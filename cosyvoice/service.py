@@ -24,13 +24,17 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import metrics
+from opentelemetry import trace
+
 from .audio import load_prompt_audio
 from .engines.base import Engine, Progress, PromptAudio, Style, Voice
 from .errors import EngineError, OutputsError, ServerBusyError, StudioError, UserInputError
+from .jobs import JobRegistry
 from .log import request_logger
 from .modes import MODE_IDS, MODES, Mode, get_mode
 from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
 from .text.frontend import Pause, TextFrontend, format_preview
+from .tracing import tracer
 
 MAX_SEED = 2**32 - 1
 SPEED_RANGE = (0.5, 2.0)
@@ -104,21 +108,38 @@ class SynthesisResult:
 
 @dataclass
 class Event:
-    """What `run` yields: audio chunks as they are made, notices for the user, and the final result."""
+    """What `run` yields: queue and progress updates, audio chunks as they are made, notices, the result."""
     chunk: np.ndarray | None = None
     notice: str | None = None
+    progress: tuple[float | None, str] | None = None    # (fraction done or None, what is happening)
     result: SynthesisResult | None = None
 
 
-@dataclass
 class _Stages:
-    """Where a request is, so a failure can say which stage it happened in."""
-    current: str = "validate"
+    """Where a request is: each stage is a trace span, a duration sample and the job's current stage,
+    so a failure can also say which stage it happened in."""
+
+    QUEUED = ("validate", "queue")
+
+    def __init__(self, jobs: JobRegistry, job_id: str, span):
+        self.jobs, self.job_id, self.span = jobs, job_id, span
+        self.current = "validate"
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str) -> Iterator[Any]:
         self.current = name
-        yield
+        self.jobs.update(self.job_id, stage=name, **({} if name in self.QUEUED else {"state": "running"}))
+        span = tracer().start_span(name, context=trace.set_span_in_context(self.span))
+        started = time.perf_counter()
+        try:
+            yield span
+        except BaseException as err:
+            if not isinstance(err, GeneratorExit):
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(err)[:200]))
+            raise
+        finally:
+            span.end()
+            metrics.STAGE_DURATION.labels(name).observe(time.perf_counter() - started)
 
 
 # ---- validation: raw client values → typed fields, one message per kind of mistake -------------------
@@ -218,21 +239,22 @@ class SynthesisService:
         if self.frontend.count_tokens is None:       # English pieces are packed in the model's own tokens
             self.frontend.count_tokens = engine.text_token_counter()
         self.started = time.time()
-        self._slots = threading.BoundedSemaphore(self.config.workers)
+        self.jobs = JobRegistry()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._waiting = 0
+        self._changed = threading.Condition(self._lock)   # a worker freed, a request queued or left
+        self._queue: list[int] = []                        # tickets of waiting requests, first come first
+        self._next_ticket = 0
         self._active = 0
         self._draining = False
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
         self._outputs_checked: tuple[float, str | None] = (0.0, None)
         metrics.BUSY_WORKERS.set_function(lambda: self._active)
-        metrics.QUEUE_DEPTH.set_function(lambda: self._waiting)
+        metrics.QUEUE_DEPTH.set_function(lambda: len(self._queue))
 
     # ---- operations -------------------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
-            return {"busy_workers": self._active, "queue_depth": self._waiting, "workers": self.config.workers,
+            return {"busy_workers": self._active, "queue_depth": len(self._queue), "workers": self.config.workers,
                     "queue_size": self.config.queue_size, "draining": self._draining}
 
     def clean_outputs(self) -> list[Path]:
@@ -264,64 +286,61 @@ class SynthesisService:
 
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._active or self._waiting:
+        with self._changed:
+            while self._active or self._queue:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._idle.wait(left)
+                self._changed.wait(left)
         return True
 
-    @contextmanager
-    def _admission(self, log):
+    def _enter_queue(self, log) -> int:
+        """A ticket in the queue, or ServerBusyError when it is full (or the server is stopping)."""
         with self._lock:
             if self._draining:
                 log.warning("refused: the server is shutting down")
                 raise ServerBusyError("The server is shutting down for a restart. Please try again in a minute.")
-            if self._waiting >= self.config.queue_size and self._active >= self.config.workers:
-                log.warning(f"refused: server busy ({self._active} synthesising, {self._waiting} waiting)")
+            waiting = len(self._queue)
+            if waiting >= self.config.queue_size and self._active >= self.config.workers:
+                log.warning(f"refused: server busy ({self._active} synthesising, {waiting} waiting)")
                 raise ServerBusyError(
-                    f"The server is busy: {self._active} requests are being synthesised and {self._waiting} are "
+                    f"The server is busy: {self._active} requests are being synthesised and {waiting} are "
                     f"waiting. Please try again in a minute.")
-            self._waiting += 1
-        acquired = False
-        try:
-            self._slots.acquire()
-            acquired = True
-            with self._lock:
-                self._waiting -= 1
-                self._active += 1
-            yield
-        finally:
-            with self._idle:
-                if acquired:
-                    self._active -= 1
-                else:
-                    self._waiting -= 1
-                self._idle.notify_all()
-            if acquired:
-                self._slots.release()
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._queue.append(ticket)
+            return ticket
 
-    def preview_text(self, text: Any, normalize: Any = True) -> str:
-        """The frontend's view of a text (normalized, markup, pieces, pauses), checked like a request's text."""
-        text = _text_field(text, "text", self.config.max_text_chars, required=True)
-        result = self.frontend.process(text, normalize=_switch_field(normalize, "normalize"),
-                                       max_piece_units=self.config.max_piece_units)
-        return format_preview(result)
+    def _wait_for_worker(self, ticket: int, job_id: str, log) -> Iterator[Event]:
+        """Wait in line (first come, first served), telling the client its place every half second."""
+        started = time.monotonic()
+        first_position = None
+        while True:
+            with self._changed:
+                if self._queue[0] == ticket and self._active < self.config.workers:
+                    self._queue.pop(0)
+                    self._active += 1
+                    break
+                position, total = self._queue.index(ticket) + 1, len(self._queue)
+                self._changed.wait(0.5)
+            first_position = first_position or position
+            waited = time.monotonic() - started
+            self.jobs.update(job_id, queue_position=position, progress=f"queued {position}/{total}")
+            yield Event(progress=(None, f"排队中 Queued: position {position} of {total}, waited {waited:.0f} s"))
+        waited = time.monotonic() - started
+        metrics.QUEUE_WAIT.observe(waited)
+        self.jobs.update(job_id, queue_position=None, queue_wait_s=round(waited, 2), started_at=time.time())
+        if first_position:
+            log.bind(figures={"queue_wait_s": round(waited, 2), "position": first_position}).info(
+                f"waited {waited:.1f} s in queue (position {first_position})")
 
-    def warm_up(self, text: str, prompt: PromptAudio, transcript: str) -> float:
-        """One synthesis through the engine, nothing saved or counted, so the first user pays no lazy set-up.
-
-        Returns the seconds of audio made.
-        """
-        mode = MODES[0]
-        voice = self.engine.prepare_voice(prompt, self.frontend.process(transcript).marked
-                                          if mode.needs_transcript else None)
-        samples = 0
-        for piece in self.frontend.process(text).pieces:
-            for chunk in self.engine.synthesize(piece, voice, Style(mode=mode.id), 0, lambda progress: None):
-                samples += len(chunk)
-        return samples / self.engine.sample_rate
+    def _leave(self, ticket: int, admitted: bool) -> None:
+        with self._changed:
+            if admitted:
+                self._active -= 1
+            elif ticket in self._queue:
+                self._queue.remove(ticket)
+            self._changed.notify_all()
 
     # ---- the request ------------------------------------------------------------------------
     def synthesize(self, request: SynthesisRequest, request_id: str | None = None) -> SynthesisResult:
@@ -334,8 +353,12 @@ class SynthesisService:
         """Serve one request, yielding events; raises StudioError subclasses with a user message."""
         request_id = request_id or uuid.uuid4().hex[:6]
         log = request_logger(request_id)
-        stage = _Stages()
         mode_label = request.mode if isinstance(request.mode, str) and request.mode in MODE_IDS else "unknown"
+        self.jobs.open(request_id, mode_label)
+        received = time.time()
+        span = tracer().start_span("synthesis request", attributes={"request.id": request_id, "mode": mode_label,
+                                                                    "engine": self.engine.name})
+        stage = _Stages(self.jobs, request_id, span)
         try:
             with stage("validate"):
                 valid = validate_request(request, self.config, self.engine)
@@ -343,26 +366,45 @@ class SynthesisService:
                      f"speed {valid.speed:g}, stream {'on' if valid.stream else 'off'}")
             if valid.instruct_text:
                 log.info(f"instruction: {_clip(valid.instruct_text)}")
-            with self._admission(log):
-                yield from self._pipeline(valid, request_id, log, stage)
-        except ServerBusyError:
-            metrics.REQUESTS.labels(mode_label, "busy").inc()
+            span.set_attributes({"text.chars": len(valid.text), "seed": valid.seed})
+            ticket, admitted = None, False
+            try:
+                with stage("queue"):
+                    ticket = self._enter_queue(log)
+                    yield from self._wait_for_worker(ticket, request_id, log)
+                admitted = True
+                yield from self._pipeline(valid, request_id, log, stage, span, received)
+            finally:
+                if ticket is not None:
+                    self._leave(ticket, admitted)
+            self.jobs.update(request_id, state="done", stage="done", progress="saved")
+        except ServerBusyError as err:
+            self._ended(request_id, mode_label, "busy", "refused", err, span)
             raise
         except UserInputError as err:
-            metrics.REQUESTS.labels(mode_label, "refused").inc()
+            self._ended(request_id, mode_label, "refused", "refused", err, span)
             log.warning(f"refused at {stage.current}: {err}")
             raise
         except StudioError as err:       # EngineError, ModelDirError, OutputsError: ours to fix, not the user's
-            metrics.REQUESTS.labels(mode_label, "error").inc()
+            self._ended(request_id, mode_label, "error", "failed", err, span)
             log.error(f"failed during {getattr(err, 'stage', stage.current)}: {err}")
             raise
         except Exception as err:
-            metrics.REQUESTS.labels(mode_label, "error").inc()
+            self._ended(request_id, mode_label, "error", "failed", err, span)
             log.error(f"internal error at {stage.current}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
             raise EngineError(f"Internal error while {stage.current} (request {request_id}). The details are in "
                               f"logs/runtime.log; please report them.", stage=stage.current) from err
+        finally:
+            span.end()
 
-    def _pipeline(self, request: ValidRequest, request_id: str, log, stage: _Stages) -> Iterator[Event]:
+    def _ended(self, request_id: str, mode: str, outcome: str, state: str, err: Exception, span) -> None:
+        metrics.REQUESTS.labels(mode, outcome).inc()
+        self.jobs.update(request_id, state=state, error=str(err)[:300])
+        span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
+        span.set_attribute("outcome", outcome)
+
+    def _pipeline(self, request: ValidRequest, request_id: str, log, stage: _Stages, span,
+                  received: float) -> Iterator[Event]:
         with stage("text"):
             items, notices = self._prepare_text(request, log)
         with stage("voice"):
@@ -375,8 +417,10 @@ class SynthesisService:
         with stage("synthesize"):
             started = time.perf_counter()
             audio: list[np.ndarray] = []
-            for event in self._synthesize(items, voice, style, request.seed, request.stream, log):
+            for event in self._synthesize(items, voice, style, request.seed, request.stream, log, request_id):
                 if event.chunk is not None:
+                    if not audio:
+                        metrics.TIME_TO_FIRST_AUDIO.observe(time.time() - received)
                     audio.append(event.chunk)
                     if not request.stream:
                         continue
@@ -391,10 +435,14 @@ class SynthesisService:
             path = self._save(request_id, samples)
         seconds = len(samples) / self.engine.sample_rate
         rtf = elapsed / max(seconds, 1e-6)
-        log.success(f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
+        log.bind(figures={"audio_s": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name}).success(
+            f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
         metrics.REQUESTS.labels(request.mode.id, "ok").inc()
         metrics.AUDIO_SECONDS.inc(seconds)
         metrics.RTF.observe(rtf)
+        metrics.REQUEST_DURATION.labels(request.mode.id).observe(time.time() - received)
+        self.jobs.update(request_id, audio_s=round(seconds, 2), rtf=round(rtf, 3))
+        span.set_attributes({"audio.seconds": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name})
         if not request.stream:
             yield Event(chunk=samples)
         yield Event(result=SynthesisResult(request_id, path, self.engine.sample_rate, seconds, rtf,
@@ -422,8 +470,10 @@ class SynthesisService:
             if voice is not None:
                 self._voices.move_to_end(key)
         if voice is not None:
+            metrics.VOICE_CACHE.labels("hit").inc()
             log.info("voice features ready (cache hit)")
             return voice
+        metrics.VOICE_CACHE.labels("miss").inc()
         started = time.perf_counter()
         voice = self.engine.prepare_voice(loaded.audio, prompt_text)
         with self._lock:
@@ -441,7 +491,7 @@ class SynthesisService:
             raise UserInputError(f"In the prompt transcript: {err}") from err
 
     def _synthesize(self, items: list[str | Pause], voice: Voice, style: Style, seed: int, stream: bool,
-                    log) -> Iterator[Event]:
+                    log, request_id: str) -> Iterator[Event]:
         """Pieces in order, each from the engine, with a written pause as exact silence; nothing added between."""
         total = sum(1 for item in items if not isinstance(item, Pause))
         shown: set[str] = set()
@@ -451,7 +501,7 @@ class SynthesisService:
                 yield Event(chunk=np.zeros(round(item.seconds * self.engine.sample_rate), np.float32))
                 continue
             index += 1
-            pending: list[str] = []
+            pending: list[Event] = []
             last_logged = 0.0
 
             def on_progress(progress: Progress) -> None:
@@ -460,25 +510,29 @@ class SynthesisService:
                     if progress.message not in shown:
                         shown.add(progress.message)
                         log.warning(progress.message)
-                        pending.append(progress.message)
+                        pending.append(Event(notice=progress.message))
                     return
                 now = time.perf_counter()
                 if now - last_logged >= 0.5:    # a steady trickle in the log, not one line per token
                     last_logged = now
                     log.info(f"piece {index}/{total}: {progress.message}")
+                    self.jobs.update(request_id, progress=f"piece {index}/{total}: {progress.message}")
+                    pending.append(Event(progress=((index - 1) / total, f"piece {index}/{total}: {progress.message}")))
 
             log.info(f"piece {index}/{total}: synthesising {len(item)} chars")
+            self.jobs.update(request_id, progress=f"piece {index}/{total}")
+            yield Event(progress=((index - 1) / total, f"piece {index}/{total}: synthesising"))
             produced = 0
             # Seed per piece: the same piece at the same position gives the same audio, however it is streamed.
             for chunk in self.engine.synthesize(item, voice, style, (seed + index - 1) % (MAX_SEED + 1),
                                                 on_progress, stream=stream):
                 while pending:
-                    yield Event(notice=pending.pop(0))
+                    yield pending.pop(0)
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
                 produced += len(chunk)
                 yield Event(chunk=chunk)
             while pending:
-                yield Event(notice=pending.pop(0))
+                yield pending.pop(0)
             log.info(f"piece {index}/{total} vocoded ({produced / self.engine.sample_rate:.2f} s audio)")
 
     def _save(self, request_id: str, samples: np.ndarray) -> Path:

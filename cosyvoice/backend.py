@@ -1,0 +1,81 @@
+"""What the 后台 Backend tab shows: recent jobs, the log's tail, the process and the watchdog.
+
+Plain functions over the job registry and the log files, so the tab only lays them out.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import psutil
+
+JOB_COLUMNS = ["id", "mode", "state", "stage", "progress", "queue wait s", "elapsed s", "audio s", "RTF", "error"]
+LEVELS = ("ALL", "INFO", "SUCCESS", "WARNING", "ERROR")
+TAIL_BYTES = 512 * 1024
+RESTART_WORDS = re.compile(r"restart|exited|crash loop|not answering|monitor (started|stopping)")
+
+
+def job_rows(jobs: list[dict]) -> list[list]:
+    return [[j["id"], j["mode"], j["state"], j["stage"], j["progress"], j["queue_wait_s"], j["elapsed_s"],
+             j["audio_s"], j["rtf"], j["error"]] for j in jobs]
+
+
+def _tail_lines(path: Path, max_bytes: int = TAIL_BYTES) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[1:] if size > max_bytes else lines      # the first may be cut in half
+
+
+def log_tail(log_dir: Path, level: str = "ALL", request_id: str = "", limit: int = 200) -> str:
+    lines = _tail_lines(Path(log_dir) / "runtime.log")
+    if level and level != "ALL":
+        lines = [line for line in lines if f"| {level:<7} |" in line]
+    request_id = (request_id or "").strip()
+    if request_id:
+        lines = [line for line in lines if f"req={request_id}" in line]
+    return "\n".join(lines[-limit:]) or "(no matching lines)"
+
+
+def recent_restarts(log_dir: Path, limit: int = 10) -> str:
+    lines = [line for line in _tail_lines(Path(log_dir) / "monitor.log") if RESTART_WORDS.search(line)]
+    return "\n".join(lines[-limit:]) or "(no restarts recorded: the app may run without ./monitor.sh)"
+
+
+def process_facts(engine, started: float) -> str:
+    process = psutil.Process()
+    info = engine.version_info()
+    rows = [("engine", engine.name), ("model", engine.model_label), ("device", engine.device),
+            ("precision", info.get("precision", "fp32")), ("model identity", _identity(info)),
+            ("RSS", f"{process.memory_info().rss / 2**20:.0f} MB"),
+            ("CPU", f"{process.cpu_percent(interval=None):.0f} %"),
+            ("uptime", f"{(time.time() - started) / 60:.1f} min")]
+    rows += _gpu_rows()
+    return "\n".join(f"| {name} | {value} |" for name, value in [("**什么 What**", "**值 Value**"), ("---", "---")]
+                     + rows)
+
+
+def _identity(info: dict) -> str:
+    identity = info.get("identity")
+    if isinstance(identity, dict):
+        return ", ".join(f"{k} {str(v)[:12]}" for k, v in list(identity.items())[:3])
+    return str(identity or info.get("synthesiser", "-"))
+
+
+def _gpu_rows() -> list[tuple[str, str]]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return [("GPU", "none (CPU)")]
+    return [("GPU memory allocated", f"{torch.cuda.memory_allocated() / 2**20:.0f} MB"),
+            ("GPU memory reserved", f"{torch.cuda.memory_reserved() / 2**20:.0f} MB")]

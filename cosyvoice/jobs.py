@@ -1,0 +1,78 @@
+"""The in-process job registry: where every recent request is (state, stage, progress, timings).
+
+The service is its only writer; the Backend tab, /metrics-adjacent views and the JSON log read it.
+It keeps the last `keep` jobs, so memory stays bounded however long the app runs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+
+STATES = ("queued", "running", "done", "failed", "refused")
+
+
+@dataclass
+class Job:
+    id: str
+    mode: str
+    state: str = "queued"
+    stage: str = "validate"
+    progress: str = ""
+    queue_position: int | None = None
+    received_at: float = field(default_factory=time.time)
+    started_at: float | None = None        # admitted to a worker
+    finished_at: float | None = None
+    queue_wait_s: float | None = None
+    audio_s: float | None = None
+    rtf: float | None = None
+    error: str = ""
+
+    def elapsed_s(self, now: float | None = None) -> float:
+        return ((self.finished_at or now or time.time()) - self.received_at)
+
+    def row(self, now: float | None = None) -> dict:
+        fields = asdict(self)
+        fields["elapsed_s"] = round(self.elapsed_s(now), 1)
+        return fields
+
+
+class JobRegistry:
+    def __init__(self, keep: int = 50):
+        self.keep = keep
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, job_id: str, mode: str) -> Job:
+        with self._lock:
+            job = Job(job_id, mode)
+            self._jobs[job_id] = job
+            self._jobs.move_to_end(job_id)
+            while len(self._jobs) > self.keep:
+                self._jobs.popitem(last=False)
+            return job
+
+    def update(self, job_id: str, **changes) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            for key, value in changes.items():
+                setattr(job, key, value)
+            if changes.get("state") in ("done", "failed", "refused") and job.finished_at is None:
+                job.finished_at = time.time()
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def stage_of(self, job_id: str) -> str | None:
+        job = self.get(job_id)
+        return job.stage if job else None
+
+    def snapshot(self) -> list[dict]:
+        """Newest first, as plain rows."""
+        now = time.time()
+        with self._lock:
+            return [job.row(now) for job in reversed(self._jobs.values())]
