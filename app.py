@@ -134,6 +134,8 @@ class Studio:
     def warm_up(self) -> None:
         """One short synthesis before /ready says yes, so the first user does not pay for lazy set-up."""
         log = logger.bind(req="warmup")
+        # Test-only: hold the warm-up back so a test can watch /ready say 503 first.
+        time.sleep(float(os.environ.get("COSYVOICE_TEST_WARMUP_DELAY_S", "0")))
         try:
             started = time.perf_counter()
             seconds = self.service.warm_up(WARMUP_TEXT, synthetic_prompt(), WARMUP_PROMPT_TEXT)
@@ -236,42 +238,12 @@ def _request_id(request: gr.Request | None) -> str:
     return request_id_of({"headers": raw})
 
 
-# Inputs that hand the service exactly what the client sent: typed checks and their messages live
-# there, not in Gradio's converters. `is_template` renders each with its base component's frontend
-# (Gradio reads these classes' source, so they are written out rather than generated).
-class RawText(gr.Textbox):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class RawNumber(gr.Number):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class RawSwitch(gr.Checkbox):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class RawSlider(gr.Slider):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class RawChoice(gr.Radio):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
+def raw(component):
+    """`component` handing the service exactly what the client sent: typed checks and their messages
+    live there, not in Gradio's converters. (An instance attribute, not a subclass: Gradio writes a
+    .pyi stub beside the source of every component subclass.)"""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
@@ -282,10 +254,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
         with gr.Tab("合成 Synthesize"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    mode = RawChoice([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode")
+                    mode = raw(gr.Radio([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode"))
                     steps = gr.Markdown(MODES[0].steps)
-                    text = RawText(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
-                                      placeholder="输入要合成的文本 Type the text to speak…")
+                    text = raw(gr.Textbox(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
+                                      placeholder="输入要合成的文本 Type the text to speak…"))
                     with gr.Row():
                         char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
                         preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
@@ -295,21 +267,21 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         gr.Markdown(SYNTAX_HELP)
                     prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                           label="参考音频 Prompt audio (3–15 s; upload or record)")
-                    prompt_text = RawText(label="参考音频文本 Prompt transcript", lines=2,
-                                             placeholder="参考音频里说的话 Exactly what the prompt recording says")
+                    prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2,
+                                             placeholder="参考音频里说的话 Exactly what the prompt recording says"))
                     with gr.Row(visible=False) as instruct_row:
                         preset = gr.Dropdown([label for label, _ in PRESETS], label="指令预设 Instruction presets",
                                              value=None, scale=1)
-                        instruct_text = RawText(label="指令 Instruction", scale=2,
-                                                   placeholder="例如 e.g. 请用四川话说 / speak very fast")
+                        instruct_text = raw(gr.Textbox(label="指令 Instruction", scale=2,
+                                                   placeholder="例如 e.g. 请用四川话说 / speak very fast"))
                 with gr.Column(scale=2):
                     with gr.Row():
-                        seed = RawNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED,
-                                         label="随机种子 Seed (same input + seed = same audio)", scale=3)
+                        seed = raw(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                         label="随机种子 Seed (same input + seed = same audio)", scale=3))
                         dice = gr.Button("🎲", scale=1, min_width=60)
-                    speed = RawSlider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed")
-                    stream = RawSwitch(value=False, label="流式播放 Stream while synthesising")
-                    normalize = RawSwitch(value=True, label="文本规范化 Read numbers, dates and symbols as words")
+                    speed = raw(gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed"))
+                    stream = raw(gr.Checkbox(value=False, label="流式播放 Stream while synthesising"))
+                    normalize = raw(gr.Checkbox(value=True, label="文本规范化 Read numbers, dates and symbols as words"))
                     generate = gr.Button("生成 Generate", variant="primary")
                     audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
                     file_out = gr.File(label="下载 Download", interactive=False)
@@ -345,9 +317,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
-            api_inputs = [RawText(), RawText(value="zero_shot"), gr.Audio(type="filepath"), RawText(),
-                          RawText(), RawNumber(value=0, precision=0), RawNumber(value=1.0), RawSwitch(),
-                          RawSwitch(value=True)]
+            api_inputs = [raw(gr.Textbox()), raw(gr.Textbox(value="zero_shot")), gr.Audio(type="filepath"),
+                          raw(gr.Textbox()), raw(gr.Textbox()), raw(gr.Number(value=0, precision=0)),
+                          raw(gr.Number(value=1.0)), raw(gr.Checkbox()), raw(gr.Checkbox(value=True))]
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")

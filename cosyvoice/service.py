@@ -342,6 +342,27 @@ class SynthesisService:
                 self._queue.remove(ticket)
             self._changed.notify_all()
 
+    def preview_text(self, text: Any, normalize: Any = True) -> str:
+        """The frontend's view of a text (normalized, markup, pieces, pauses), checked like a request's text."""
+        text = _text_field(text, "text", self.config.max_text_chars, required=True)
+        result = self.frontend.process(text, normalize=_switch_field(normalize, "normalize"),
+                                       max_piece_units=self.config.max_piece_units)
+        return format_preview(result)
+
+    def warm_up(self, text: str, prompt: PromptAudio, transcript: str) -> float:
+        """One synthesis through the engine, nothing saved or counted, so the first user pays no lazy set-up.
+
+        Returns the seconds of audio made.
+        """
+        mode = MODES[0]
+        voice = self.engine.prepare_voice(prompt, self.frontend.process(transcript).marked
+                                          if mode.needs_transcript else None)
+        samples = 0
+        for piece in self.frontend.process(text).pieces:
+            for chunk in self.engine.synthesize(piece, voice, Style(mode=mode.id), 0, lambda progress: None):
+                samples += len(chunk)
+        return samples / self.engine.sample_rate
+
     # ---- the request ------------------------------------------------------------------------
     def synthesize(self, request: SynthesisRequest, request_id: str | None = None) -> SynthesisResult:
         for event in self.run(request, request_id):
