@@ -32,9 +32,11 @@ from cosyvoice.instruct import PRESETS
 from cosyvoice.log import setup_logging
 from cosyvoice.metrics import REGISTRY
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
+from cosyvoice.openai_api import openai_router
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
+from cosyvoice.voices import check_voices_dir
 
 ROOT = Path(__file__).resolve().parent
 WARMUP_TEXT = "你好。"
@@ -80,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="on SIGTERM, how long running requests may take to finish")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_FILE_BYTES / 2**20,
                         help="largest upload accepted (refused before it is stored)")
+    parser.add_argument("--api-key", default=os.environ.get("COSYVOICE_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on the /v1 API (or env COSYVOICE_API_KEY)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="Gradio's upload/cache folder (default .run/gradio-<port>); swept hourly")
     return parser.parse_args(argv)
@@ -350,6 +354,11 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    # The OpenAI-compatible /v1 API (#13): before the Gradio mount at "", which takes every other path.
+    check_voices_dir(args.voices_dir, args.model_dir if args.engine != "lite" else None)
+    app.include_router(openai_router(studio.service, api_key=args.api_key, basic_auth=auth,
+                                     max_upload_bytes=int(args.max_upload_mb * 2**20)))
 
     demo = build_ui(studio)
     outputs = Path(args.outputs_dir).resolve()
