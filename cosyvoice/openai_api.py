@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -94,11 +94,14 @@ def _field(data: dict, name: str, default: Any = None, required: bool = False) -
 
 
 def _voice_json(entry: VoiceEntry) -> dict:
+    """OpenAI's audio.voice object, plus what a saved voice adds (duration, transcript, status)."""
     if entry.broken:
-        return {"id": entry.id, "object": "voice", "name": entry.name, "status": "broken", "problem": entry.problem}
-    return {"id": entry.id, "object": "voice", "name": entry.name, "status": "ok", "created": entry.created,
-            "duration": entry.duration, "language": entry.language, "notes": entry.notes,
-            "has_transcript": bool(entry.transcript), "sha256": entry.sha256}
+        return {"id": entry.id, "object": "audio.voice", "type": "audio_sample", "name": entry.name,
+                "created_at": 0, "status": "broken", "problem": entry.problem}
+    return {"id": entry.id, "object": "audio.voice", "type": "audio_sample", "name": entry.name,
+            "created_at": int(datetime.fromisoformat(entry.created).timestamp()), "status": "ok",
+            "created": entry.created, "duration": entry.duration, "language": entry.language, "notes": entry.notes,
+            "transcript": entry.transcript, "sha256": entry.sha256}
 
 
 def openai_router(service: SynthesisService, api_key: str | None = None,
@@ -210,7 +213,7 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
             form = await request.form(max_files=2, max_fields=10)
         except Exception as err:
             raise ApiError(400, f"The form could not be read ({type(err).__name__}).", code="invalid_form") from None
-        upload = form.get("audio") or form.get("file")
+        upload = form.get("audio") or form.get("audio_sample")     # audio_sample: the official client's name
         if upload is None or isinstance(upload, str):
             raise ApiError(400, "Missing required parameter: 'audio' (the prompt recording, as a file).",
                            param="audio", code="missing_required_parameter")
@@ -239,7 +242,7 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
             entry = await run_in_threadpool(service.voices.delete, voice_id)
         except StudioError as err:
             raise _from_studio_error(err, "voice_id") from err
-        return JSONResponse({"id": entry.id, "object": "voice", "name": entry.name, "deleted": True})
+        return JSONResponse({"id": entry.id, "object": "audio.voice.deleted", "name": entry.name, "deleted": True})
 
     async def models(request: Request, request_id: str) -> Response:
         created = int(service.started)

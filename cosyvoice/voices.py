@@ -117,6 +117,10 @@ def check_voices_dir(voices_dir: Path, model_dir: Path | None) -> None:
                                 f"voices outside it (the default is voices/ in the app folder).")
 
 
+def new_voice_id() -> str:
+    return f"voice_{uuid.uuid4().hex[:12]}"
+
+
 def _feature_file(identity: str) -> str:
     return hashlib.sha1(identity.encode("utf-8")).hexdigest()[:16] + ".npz"
 
@@ -143,7 +147,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(exist_ok=True)     # not parents: a voice deleted meanwhile must not reappear
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -277,7 +281,7 @@ class VoiceLibrary:
             audio = loaded.audio
             # float32 keeps the samples bit-exact, so features recomputed later equal the first ones
             sf.write(folder / AUDIO_FILE, audio.samples, audio.sample_rate, format="WAV", subtype="FLOAT")
-            entry = VoiceEntry(id=uuid.uuid4().hex[:12], name=name,
+            entry = VoiceEntry(id=new_voice_id(), name=name,
                                created=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                                duration=round(audio.seconds, 3), sha256=_sha256(folder / AUDIO_FILE),
                                language=language, notes=notes, transcript=transcript,
@@ -367,8 +371,12 @@ class VoiceLibrary:
             problem = f"its stored features could not be read ({type(err).__name__}: {err})"
         others = self._other_identities(entry, identity)
         if problem is None:
-            problem = (f"its stored features were made by {', '.join(others)}, not by {identity}" if others
-                       else f"it has no stored features for {identity} yet")
+            problem = (f"its stored features were made by {', '.join(others)}; this server runs {identity}, so "
+                       f"they were recomputed from the stored recording" if others else
+                       f"it had no stored features for {identity} yet; they were extracted once from the "
+                       f"stored recording")
+        else:
+            problem += "; they were recomputed from the stored recording"
         try:
             audio = self.stored_audio(entry)
         except (OSError, RuntimeError, sf.LibsndfileError) as err:
@@ -382,8 +390,7 @@ class VoiceLibrary:
             self._store_features(entry.folder, engine, voice)
         except OSError as err:
             logger.bind(req="-").warning(f"voice library: could not store features for {entry.name!r}: {err}")
-        notice = (f"Voice {entry.name!r}: {problem}; they were recomputed from the stored recording and "
-                  f"saved, so the next use loads them.")
+        notice = f"Voice {entry.name!r}: {problem} and saved, so the next use loads them."
         return voice, notice
 
     def _other_identities(self, entry: VoiceEntry, identity: str) -> list[str]:
@@ -437,7 +444,7 @@ class VoiceLibrary:
                 except (OSError, ValueError, zipfile.BadZipFile) as err:
                     raise UserInputError(f"{label} is damaged: {FEATURES_DIR}/{path.name} is not a plain "
                                          f"array file ({err}).") from None
-            meta["id"] = uuid.uuid4().hex[:12]
+            meta["id"] = new_voice_id()
             meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
             try:
                 entry = _entry_from_meta(self.root / meta["id"], meta)
