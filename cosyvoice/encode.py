@@ -21,8 +21,13 @@ OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
 
 
 def _int16(samples: np.ndarray) -> bytes:
-    clipped = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    return (clipped * 32767.0).round().astype("<i2").tobytes()
+    """16-bit little-endian PCM converted by libsndfile, exactly as outputs/ WAVs are written."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(samples, dtype=np.float32).reshape(-1), 24000, format="RAW", subtype="PCM_16",
+             endian="LITTLE")
+    return buffer.getvalue()
 
 
 def wav_header(sample_rate: int, data_bytes: int | None = None) -> bytes:

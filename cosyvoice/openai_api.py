@@ -48,6 +48,7 @@ class ApiError(Exception):
                  code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.logged = False          # the service already wrote this refusal to the log
 
 
 def error_response(err: ApiError, request_id: str) -> JSONResponse:
@@ -56,7 +57,13 @@ def error_response(err: ApiError, request_id: str) -> JSONResponse:
     return JSONResponse(body, status_code=err.status, headers={"x-request-id": request_id})
 
 
-def _from_studio_error(err: StudioError, param: str | None = None) -> ApiError:
+def _from_studio_error(err: StudioError, param: str | None = None, logged: bool = False) -> ApiError:
+    api_error = _api_error(err, param)
+    api_error.logged = logged
+    return api_error
+
+
+def _api_error(err: StudioError, param: str | None) -> ApiError:
     if isinstance(err, ServerBusyError):
         return ApiError(429, str(err), "rate_limit_error", code="server_busy")
     if isinstance(err, VoiceNotFound):
@@ -139,7 +146,7 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
         except ApiError as err:
             if err.status >= 500:
                 log.error(f"/v1 {request.url.path}: {err.message}")
-            elif not isinstance(err.__cause__, StudioError):      # the service has logged its own refusals
+            elif not err.logged:
                 log.warning(f"/v1 {request.url.path}: refused: {err.message}")
             return error_response(err, request_id)
         response.headers["x-request-id"] = request_id
@@ -190,7 +197,7 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
         try:
             first = await run_in_threadpool(_next_event, events)   # validation and admission happen here
         except StudioError as err:
-            raise _from_studio_error(err, None) from err
+            raise _from_studio_error(err, None, logged=True) from err
         encoder = StreamEncoder(response_format, service.engine.sample_rate)
         headers = {"x-seed": str(seed)}
         if stream_format == "sse":
@@ -231,7 +238,7 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
                                                 fields["transcript"] or "", fields["language"] or "",
                                                 fields["notes"] or "", request_id)
             except StudioError as err:
-                raise _from_studio_error(err, "name" if "voice name" in str(err) else "audio") from err
+                raise _from_studio_error(err, "name" if "voice name" in str(err) else "audio", logged=True) from err
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return JSONResponse(_voice_json(entry), status_code=201)
