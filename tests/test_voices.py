@@ -298,3 +298,32 @@ def test_a_bad_archive_is_refused_clearly_and_nothing_is_half_imported(service, 
     assert saved_state(service.voices.root) == before, "something of the refused archive stayed"
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
     assert not (tmp_path / "absolute.txt").exists()
+
+
+# ---- the command line -------------------------------------------------------------------------------
+
+def test_cli_manages_the_library_and_synthesises_with_a_saved_voice(tmp_path):
+    import subprocess
+
+    from conftest import PYTHON, ROOT
+
+    def cli(*args):
+        return subprocess.run([PYTHON, "-m", "cosyvoice", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+
+    voices = ["--voices-dir", str(tmp_path / "voices")]
+    added = cli("voices", *voices, "add", "narrator", str(ZERO_SHOT_PROMPT), "--transcript", ZERO_SHOT_TRANSCRIPT)
+    assert added.returncode == 0 and "saved narrator" in added.stdout, added.stderr
+    assert cli("voices", *voices, "add", "../x", str(ZERO_SHOT_PROMPT)).returncode == 1
+    assert cli("voices", *voices, "rename", "narrator", "storyteller").returncode == 0
+    assert "storyteller" in cli("voices", *voices, "list").stdout
+    assert cli("voices", *voices, "export", "storyteller", str(tmp_path / "s.zip")).returncode == 0
+    assert cli("voices", *voices, "delete", "storyteller").returncode == 0
+    assert "storyteller" not in cli("voices", *voices, "list").stdout
+    assert cli("voices", *voices, "import", str(tmp_path / "s.zip")).returncode == 0
+    bad = cli("voices", *voices, "import", str(ZERO_SHOT_PROMPT))
+    assert bad.returncode == 1 and "not a voice archive" in bad.stderr and "Traceback" not in bad.stderr
+    synth = cli("synth", "--engine", "lite", "--voice", "storyteller", "--text", "今天天气很好。", "--seed", "1",
+                *voices, "--outputs-dir", str(tmp_path / "outputs"), "--log-dir", str(tmp_path / "logs"))
+    assert synth.returncode == 0, synth.stderr
+    assert sf.info(synth.stdout.strip().splitlines()[-1]).duration > 0.5
