@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from loguru import logger
 
-from cosyvoice import __version__
+from cosyvoice import __version__, ui_voices
 from cosyvoice.audio import MAX_FILE_BYTES
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
@@ -163,11 +163,11 @@ class Studio:
 
     # ---- request handlers: raw values in, the service validates -------------------------------
     def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                    request: gr.Request):
+                    voice=None, request: gr.Request = None):
         """UI handler: streams (rate, chunk) to the player, then offers the saved file."""
         synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
-                                     normalize=normalize)
+                                     normalize=normalize, voice=voice)
         request_id = _request_id(request)
         try:
             for event in self.service.run(synthesis, request_id):
@@ -186,11 +186,15 @@ class Studio:
 
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
-                       stream: bool = False, normalize: bool = True, request: gr.Request = None) -> str:
-        """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct)."""
+                       stream: bool = False, normalize: bool = True, voice: str = "",
+                       request: gr.Request = None) -> str:
+        """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct).
+
+        voice: a saved voice's name or id, used instead of prompt_wav/prompt_text (GET /v1/audio/voices).
+        """
         synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
-                                     normalize=normalize)
+                                     normalize=normalize, voice=voice)
         request_id = _request_id(request)
         try:
             return str(self.service.synthesize(synthesis, request_id).path)
@@ -245,6 +249,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                   placeholder="输入要合成的文本 Type the text to speak…")
                 with gr.Accordion("发音标注 Pronunciation markup", open=False):
                     gr.Markdown(SYNTAX_HELP)
+                saved_voice = ui_voices.voice_dropdown(studio.service)
                 prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                       label="参考音频 Prompt audio (3–15 s; upload or record)")
                 prompt_text = RawText(label="参考音频文本 Prompt transcript", lines=2,
@@ -266,26 +271,29 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
                 file_out = gr.File(label="下载 Download", interactive=False)
                 result_md = gr.Markdown()
+                ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
 
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
-                    inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False)
+                    inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False, api_visibility="private")
         preset.change(lambda label: dict(PRESETS)[label] if label in dict(PRESETS) else gr.skip(),
-                      inputs=preset, outputs=instruct_text, queue=False)
-        dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
+                      inputs=preset, outputs=instruct_text, queue=False, api_visibility="private")
+        dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False, api_visibility="private")
+        ui_voices.wire_voice_dropdown(studio.service, saved_voice, prompt_wav, prompt_text)
         generate.click(studio.generate_ui,
-                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize],
+                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
+                               saved_voice],
                        outputs=[audio_out, file_out, result_md], api_name="generate")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
             api_inputs = [RawText(), RawText(value="zero_shot"), gr.Audio(type="filepath"), RawText(),
                           RawText(), RawNumber(value=0, precision=0), RawNumber(value=1.0), RawSwitch(),
-                          RawSwitch(value=True)]
+                          RawSwitch(value=True), RawText()]
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
-        gr.Timer(3.0).tick(studio.status_line, outputs=status, queue=False)
+        gr.Timer(3.0).tick(studio.status_line, outputs=status, queue=False, api_visibility="private")
     # The service does its own admission and answers "busy" itself, so Gradio lets every request reach it
     # (a refusal returns at once); Gradio's own bound only stops a flood far beyond the service's.
     demo.queue(max_size=256, default_concurrency_limit=studio.args.concurrency + studio.args.queue_size + 32)
