@@ -273,6 +273,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 result_md = gr.Markdown()
                 ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
 
+        with gr.Tabs():                          # saved-voice features (#13), below the main form
+            ui_voices.dialogue_tab(studio.service)
+
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
                     inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False, api_visibility="private")

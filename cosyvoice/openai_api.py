@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from loguru import logger
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from .dialogue import synthesize_dialogue
 from .encode import CONTENT_TYPES, FORMATS, StreamEncoder, encode
 from .errors import ServerBusyError, StudioError, UserInputError
 from .http_guard import request_id_of
@@ -206,6 +207,32 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
         return StreamingResponse(iterate_in_threadpool(_audio(first, events, encoder, request_id)),
                                  media_type=CONTENT_TYPES[response_format], headers=headers)
 
+    # ---- dialogue (not an OpenAI route: several saved voices, one file) ----------------------------
+    async def dialogue(request: Request, request_id: str) -> Response:
+        body = await _read_body(request, MAX_JSON_BYTES, "request body")
+        try:
+            data = json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+        script = _field(data, "script", required=True)
+        response_format = _field(data, "response_format", "wav")
+        if response_format not in FORMATS:
+            raise ApiError(400, f"Invalid response_format {response_format[:20]!r}; use one of {', '.join(FORMATS)}.",
+                           param="response_format", code="invalid_value")
+        try:
+            result = await run_in_threadpool(synthesize_dialogue, service, script, data.get("voices"),
+                                             data.get("gap", 0.4), data.get("seed"), data.get("speed", 1.0),
+                                             request_id)
+            samples = await run_in_threadpool(_read_wav, result.path)
+        except StudioError as err:
+            raise _from_studio_error(err, None, logged=True) from err
+        turns = [{"speaker": t.speaker, "voice": t.voice, "start": round(t.start_s, 3), "end": round(t.end_s, 3)}
+                 for t in result.turns]
+        return Response(encode(samples, result.sample_rate, response_format), media_type=CONTENT_TYPES[response_format],
+                        headers={"x-seed": str(result.seed), "x-dialogue-turns": json.dumps(turns)})
+
     # ---- voices ---------------------------------------------------------------------------------
     async def list_voices(request: Request, request_id: str) -> Response:
         entries = await run_in_threadpool(service.voices.entries)
@@ -274,6 +301,10 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
     async def delete_voice_route(request: Request, voice_id: str):
         return await guarded(request, delete_voice)
 
+    @router.post("/audio/dialogue")
+    async def dialogue_route(request: Request):
+        return await guarded(request, dialogue)
+
     @router.get("/models")
     async def models_route(request: Request):
         return await guarded(request, models)
@@ -282,6 +313,12 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
 
 
 _DONE = object()
+
+
+def _read_wav(path: Path):
+    import soundfile as sf
+
+    return sf.read(path, dtype="float32")[0]
 
 
 def _next_event(events):

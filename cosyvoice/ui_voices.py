@@ -67,3 +67,38 @@ def save_voice_row(service: SynthesisService, prompt_wav: gr.Audio, prompt_text:
         return message, gr.update(choices=voice_choices(service), value=entry.id)
 
     button.click(save, inputs=[name, prompt_wav, prompt_text], outputs=[status, dropdown], **PRIVATE)
+
+
+def dialogue_tab(service: SynthesisService) -> None:
+    """对话 Dialogue: a script of [S1]/[S2] (or Name:) turns, each spoken by a saved voice, as one file."""
+    from .dialogue import synthesize_dialogue
+
+    with gr.Tab("对话 Dialogue"):
+        gr.Markdown("每行一句 One turn per line: `[S1] 你好，今天去哪儿？` / `[S2] (开心地说) Let's go to the park.` "
+                    "or `小王: 好呀`. 说话人映射到已保存音色 Map each speaker to a saved voice: `S1=narrator, S2=小王` "
+                    "(a `Name:` speaker that is itself a saved voice needs no mapping).")
+        with gr.Row():
+            with gr.Column(scale=3):
+                script = gr.Textbox(label="对话脚本 Script", lines=8,
+                                    placeholder="[S1] 你好，今天去哪儿？\n[S2] Let's go to the park.")
+                mapping = gr.Textbox(label="说话人 → 音色 Speakers → voices", placeholder="S1=narrator, S2=小王")
+            with gr.Column(scale=2):
+                gap = gr.Slider(0.0, 3.0, value=0.4, step=0.05, label="轮次间隔 Gap between turns (s)")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="随机种子 Seed")
+                button = gr.Button("生成对话 Generate dialogue", variant="primary")
+                audio = gr.Audio(label="对话音频 Dialogue", interactive=False, type="filepath")
+                summary = gr.Markdown()
+
+    def run(script_text: str, mapping_text: str, gap_s: float, seed_value: float):
+        request_id = uuid.uuid4().hex[:6]
+        try:
+            result = synthesize_dialogue(service, script_text, mapping_text, gap_s,
+                                         int(seed_value) if seed_value is not None else None, request_id=request_id)
+        except StudioError as err:
+            raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
+        turns = " · ".join(f"{t.speaker}={t.voice} {t.start_s:.1f}–{t.end_s:.1f} s" for t in result.turns)
+        text = f"✅ 已保存 Saved `{result.path.name}` · {result.audio_seconds:.2f} s · seed {result.seed}  \n{turns}"
+        text += "".join(f"  \n⚠️ {notice}" for notice in result.notices)
+        return str(result.path), text
+
+    button.click(run, inputs=[script, mapping, gap, seed], outputs=[audio, summary], **PRIVATE)

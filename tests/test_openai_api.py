@@ -217,3 +217,16 @@ def test_gradio_api_lists_only_public_endpoints_and_synthesize_takes_a_voice(api
     path = client.predict(text=TEXT, mode="cross_lingual", prompt_wav=None, prompt_text="", instruct_text="",
                           seed=2, speed=1.0, stream=False, normalize=True, voice="narrator", api_name="/synthesize")
     assert sf.info(path).duration > 1.0
+
+
+def test_dialogue_route_returns_one_file_with_turns_in_order(api_app, narrator):
+    response = httpx.post(f"{api_app.url}/v1/audio/dialogue", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"script": "[A] 你好。\n[B] 今天天气很好。", "voices": {"A": "narrator", "B": "narrator"},
+                                "gap": 0.25, "seed": 1, "response_format": "wav"}, timeout=120)
+    assert response.status_code == 200, response.text
+    turns = json.loads(response.headers["x-dialogue-turns"])
+    assert [t["speaker"] for t in turns] == ["A", "B"] and abs(turns[1]["start"] - turns[0]["end"] - 0.25) < 0.001
+    assert abs(sf.info(io.BytesIO(response.content)).duration - turns[-1]["end"]) < 0.001
+    bad = httpx.post(f"{api_app.url}/v1/audio/dialogue", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"script": "[A] 你好。", "voices": {"A": "ghost"}}, timeout=60)
+    assert bad.status_code == 404 and "ghost" in bad.json()["error"]["message"]

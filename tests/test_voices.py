@@ -327,3 +327,53 @@ def test_cli_manages_the_library_and_synthesises_with_a_saved_voice(tmp_path):
                 *voices, "--outputs-dir", str(tmp_path / "outputs"), "--log-dir", str(tmp_path / "logs"))
     assert synth.returncode == 0, synth.stderr
     assert sf.info(synth.stdout.strip().splitlines()[-1]).duration > 0.5
+
+
+# ---- dialogue ---------------------------------------------------------------------------------------
+
+def _median_f0(samples: np.ndarray, rate: int) -> float:
+    import pyworld
+
+    f0, _ = pyworld.dio(samples.astype(np.float64), rate)
+    return float(np.median(f0[f0 > 0]))
+
+
+def test_a_two_speaker_dialogue_is_one_file_with_each_turn_from_its_voice_in_order(service):
+    from cosyvoice.dialogue import synthesize_dialogue
+
+    service.save_voice("小王", str(ZERO_SHOT_PROMPT), ZERO_SHOT_TRANSCRIPT)        # ~270 Hz voice
+    service.save_voice("Bob", str(AUDIO / "f5_basic_ref_en.wav"))                   # ~110 Hz voice, no transcript
+    script = "[S1] 你好，今天去哪儿？\n[S2] Let's go to the park.\n[S1] 好呀，我们走吧。"
+    result = synthesize_dialogue(service, script, "S1=小王, S2=Bob", gap=0.5, seed=40)
+    audio, rate = sf.read(result.path, dtype="float32")
+    assert [t.voice for t in result.turns] == ["小王", "Bob", "小王"]
+    spans = [(round(t.start_s * rate), round(t.end_s * rate)) for t in result.turns]
+    assert spans[0][0] == 0 and spans[-1][1] == len(audio)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start - end == round(0.5 * rate) and not np.any(audio[end:start])      # the gap is silence
+    # each turn is exactly what that voice says alone with the turn's seed and mode
+    alone = [service.synthesize(SynthesisRequest(text="你好，今天去哪儿？", voice="小王", seed=40)),
+             service.synthesize(SynthesisRequest(text="Let's go to the park.", mode="cross_lingual", voice="Bob",
+                                                 seed=41)),
+             service.synthesize(SynthesisRequest(text="好呀，我们走吧。", voice="小王", seed=42))]
+    for (start, end), single in zip(spans, alone):
+        assert np.array_equal(audio[start:end], samples(single))
+    pitches = [_median_f0(audio[start:end], rate) for start, end in spans]
+    assert pitches[0] > 1.5 * pitches[1] and pitches[2] > 1.5 * pitches[1], pitches
+
+
+def test_dialogue_names_instructions_and_mistakes(service):
+    from cosyvoice.dialogue import parse_script, synthesize_dialogue
+
+    turns = parse_script("小王: (请用非常快的语速说) 你好\n接着说。\n[S2] hi")
+    assert [(t.speaker, t.text, t.instruction) for t in turns] == [("小王", "你好 接着说。", "请用非常快的语速说"),
+                                                                    ("S2", "hi", "")]
+    service.save_voice("小王", str(ZERO_SHOT_PROMPT), ZERO_SHOT_TRANSCRIPT)
+    result = synthesize_dialogue(service, "小王: (请用非常快的语速说) 你好。", seed=1)
+    assert result.turns[0].voice == "小王" and result.audio_seconds > 0.3
+    with pytest.raises(UserInputError, match="names no speaker"):
+        parse_script("no speaker here")
+    with pytest.raises(VoiceNotFound, match="no saved voice 'S9'"):
+        synthesize_dialogue(service, "[S9] 你好")
+    with pytest.raises(UserInputError, match="out of range"):
+        synthesize_dialogue(service, "小王: 你好", gap=60)
