@@ -275,6 +275,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         with gr.Tabs():                          # saved-voice features (#13), below the main form
             ui_voices.dialogue_tab(studio.service)
+            ui_voices.history_tab(studio.service, dict(mode=mode, text=text, instruct_text=instruct_text, seed=seed,
+                                                       speed=speed, voice=saved_voice))
 
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
@@ -292,7 +294,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         with gr.Column(visible=False):
             api_inputs = [RawText(), RawText(value="zero_shot"), gr.Audio(type="filepath"), RawText(),
                           RawText(), RawNumber(value=0, precision=0), RawNumber(value=1.0), RawSwitch(),
-                          RawSwitch(value=True), RawText()]
+                          RawSwitch(value=True), RawText(value="")]
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")

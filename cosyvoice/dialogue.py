@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserInputError
+from .history import TEXT_KEPT, write_sidecar
 from .log import request_logger
 from .outputs import output_path, write_wav_atomic
 from .service import MAX_SEED, SynthesisRequest, SynthesisService
@@ -159,6 +161,14 @@ def synthesize_dialogue(service: SynthesisService, script: object, mapping: obje
         position += len(audio)
     samples = np.concatenate(parts)
     path = write_wav_atomic(output_path(Path(service.config.outputs_dir), request_id), samples, rate)
+    try:
+        write_sidecar(path, {"request_id": request_id, "created": datetime.now().isoformat(timespec="milliseconds"),
+                             "mode": "dialogue", "voice": ", ".join(sorted({e.name for e in entries.values()})),
+                             "text": script[:TEXT_KEPT], "seed": base_seed, "gap": gap_s,
+                             "voices": {s: e.name for s, e in entries.items()}, "duration": round(len(samples) / rate, 3),
+                             "engine": service.engine.name})
+    except OSError as err:
+        log.warning(f"dialogue saved, but its history entry could not be written: {err}")
     log.success(f"saved dialogue {path.as_posix()} ({len(samples) / rate:.2f} s audio, {len(turns)} turns)")
     return DialogueResult(request_id, path, rate, len(samples) / rate, base_seed, results, notices)
 

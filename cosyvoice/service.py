@@ -31,6 +31,7 @@ from .log import request_logger
 from .modes import MODE_IDS, MODES, Mode, get_mode
 from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
 from .text.frontend import TextFrontend
+from .history import request_record, write_sidecar
 from .voices import VoiceLibrary
 
 MAX_SEED = 2**32 - 1
@@ -402,6 +403,7 @@ class SynthesisService:
         with stage("save"):
             path = self._save(request_id, samples)
         seconds = len(samples) / self.engine.sample_rate
+        self._record_history(path, request, request_id, seconds, log)
         rtf = elapsed / max(seconds, 1e-6)
         log.success(f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
         metrics.REQUESTS.labels(request.mode.id, "ok").inc()
@@ -507,6 +509,13 @@ class SynthesisService:
             raise
         log.success(f"saved voice {entry.name!r} (id {entry.id}) with {self.engine.name} features")
         return entry
+
+    def _record_history(self, path: Path, request: ValidRequest, request_id: str, seconds: float, log) -> None:
+        """The History tab's sidecar beside the WAV; a failure costs the entry, never the result."""
+        try:
+            write_sidecar(path, request_record(request, request_id, seconds, self.engine.name))
+        except OSError as err:
+            log.warning(f"result saved, but its history entry could not be written: {err}")
 
     def _synthesize(self, pieces: list[str], voice: Voice, style: Style, seed: int, stream: bool,
                     log) -> Iterator[Event]:

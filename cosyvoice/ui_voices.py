@@ -102,3 +102,67 @@ def dialogue_tab(service: SynthesisService) -> None:
         return str(result.path), text
 
     button.click(run, inputs=[script, mapping, gap, seed], outputs=[audio, summary], **PRIVATE)
+
+
+HISTORY_COLUMNS = ["时间 Time", "模式 Mode", "音色 Voice", "文本 Text", "种子 Seed", "时长 Duration (s)", "文件 File"]
+
+
+def history_rows(service: SynthesisService, limit: int = 50) -> tuple[list[list], list[dict]]:
+    """(table rows, their records) of the newest results in outputs/, from their sidecars."""
+    from .history import list_history
+
+    records = list_history(service.config.outputs_dir, limit)
+    names = {entry.id: entry.name for entry in service.voices.voices()}
+    rows = []
+    for r in records:
+        text = str(r.get("text", ""))
+        voice = str(r.get("voice", ""))
+        rows.append([str(r.get("created", ""))[:19].replace("T", " "), r.get("mode", ""), names.get(voice, voice) or "(upload)",
+                     text if len(text) <= 40 else text[:39] + "…", r.get("seed", ""), r.get("duration", ""),
+                     r.get("file", "")])
+    return rows, records
+
+
+def history_tab(service: SynthesisService, form: dict) -> gr.Tab:
+    """History: the last results (newest first) with play, download and "use these settings again",
+    which fills the main form (`form`: mode, text, instruct_text, seed, speed, voice components)."""
+    with gr.Tab("历史 History") as tab:
+        refresh = gr.Button("刷新 Refresh", size="sm")
+        table = gr.Dataframe(headers=HISTORY_COLUMNS, value=history_rows(service)[0], interactive=False, wrap=True)
+        records = gr.State(history_rows(service)[1])
+        with gr.Row():
+            player = gr.Audio(label="播放 Play", type="filepath", interactive=False)
+            download = gr.File(label="下载 Download", interactive=False)
+        reuse = gr.Button("使用这些设置 Use these settings again")
+        chosen = gr.State(None)
+
+    def reload():
+        rows, found = history_rows(service)
+        return rows, found
+
+    def pick(found: list[dict], event: gr.SelectData):
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        if not found or row is None or row >= len(found):
+            return gr.skip(), gr.skip(), None
+        record = found[row]
+        return record["path"], record["path"], record
+
+    def settings(record: dict | None):
+        if not record or record.get("mode") == "dialogue":
+            raise gr.Error("Pick a single-voice result in the table first (dialogues are repeated in the 对话 tab).",
+                           print_exception=False)
+        try:
+            voice = service.voices.get(record["voice"]).id if record.get("voice") else NO_VOICE
+        except StudioError:
+            gr.Warning(f"The voice {record['voice']!r} of that result is no longer saved; pick one or upload a prompt.")
+            voice = NO_VOICE
+        return (record.get("mode", "zero_shot"), record.get("text", ""), record.get("instruct_text", ""),
+                record.get("seed", 0), record.get("speed", 1.0),
+                gr.update(choices=voice_choices(service), value=voice))
+
+    refresh.click(reload, outputs=[table, records], queue=False, **PRIVATE)
+    tab.select(reload, outputs=[table, records], queue=False, **PRIVATE)
+    table.select(pick, inputs=records, outputs=[player, download, chosen], queue=False, **PRIVATE)
+    reuse.click(settings, inputs=chosen, outputs=[form["mode"], form["text"], form["instruct_text"], form["seed"],
+                                                  form["speed"], form["voice"]], queue=False, **PRIVATE)
+    return tab

@@ -377,3 +377,24 @@ def test_dialogue_names_instructions_and_mistakes(service):
         synthesize_dialogue(service, "[S9] 你好")
     with pytest.raises(UserInputError, match="out of range"):
         synthesize_dialogue(service, "小王: 你好", gap=60)
+
+
+# ---- history ----------------------------------------------------------------------------------------
+
+def test_history_lists_results_newest_first_after_a_restart(service, engine, tmp_path):
+    from cosyvoice.ui_voices import history_rows
+
+    service.save_voice("narrator", str(ZERO_SHOT_PROMPT), ZERO_SHOT_TRANSCRIPT)
+    first = service.synthesize(SynthesisRequest(text="第一句话。", prompt_wav=str(ZERO_SHOT_PROMPT),
+                                                prompt_text=ZERO_SHOT_TRANSCRIPT, seed=3))
+    second = service.synthesize(SynthesisRequest(text="第二句话。", mode="instruct", voice="narrator",
+                                                 instruct_text="请用非常快的语速说", seed=4))
+    restarted = SynthesisService(engine, ServiceConfig(outputs_dir=tmp_path / "outputs",
+                                                       voices_dir=tmp_path / "voices"))
+    rows, records = history_rows(restarted)
+    assert [r["file"] for r in records] == [second.path.name, first.path.name]
+    assert rows[0][1:5] == ["instruct", "narrator", "第二句话。", 4] and rows[1][2] == "(upload)"
+    assert records[0]["instruct_text"] == "请用非常快的语速说"
+    assert abs(records[1]["duration"] - first.audio_seconds) < 0.001
+    first.path.unlink()            # a result removed from outputs/ leaves the history with it
+    assert [r["file"] for r in history_rows(restarted)[1]] == [second.path.name]
