@@ -398,3 +398,30 @@ def test_history_lists_results_newest_first_after_a_restart(service, engine, tmp
     assert abs(records[1]["duration"] - first.audio_seconds) < 0.001
     first.path.unlink()            # a result removed from outputs/ leaves the history with it
     assert [r["file"] for r in history_rows(restarted)[1]] == [second.path.name]
+
+
+# ---- the neural engine: its features survive the library bit for bit ---------------------------------
+
+def test_cosyvoice3_features_round_trip_through_the_library(tmp_path):
+    import torch
+
+    from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
+    from conftest import FIXTURE
+    from tiny_onnx import make_tiny_model_dir
+
+    torch.set_num_threads(2)
+    engine = CosyVoice3Engine(make_tiny_model_dir(FIXTURE, tmp_path / "model"), device="cpu", precision="fp32")
+    config = ServiceConfig(outputs_dir=tmp_path / "outputs", voices_dir=tmp_path / "voices", max_piece_chars=200)
+    service = SynthesisService(engine, config)
+    upload = service.synthesize(SynthesisRequest(text="你好。", prompt_wav=str(ZERO_SHOT_PROMPT),
+                                                 prompt_text=ZERO_SHOT_TRANSCRIPT, seed=8))
+    entry = service.save_voice("neural", str(ZERO_SHOT_PROMPT), ZERO_SHOT_TRANSCRIPT)
+    assert engine.feature_identity().startswith("cosyvoice3/model/")
+    loaded, notice = service.voices.load_voice(entry, engine, None)
+    fresh = engine.prepare_voice(service.voices.stored_audio(entry), None)
+    assert notice is None
+    for name in ("speech_tokens", "prompt_mel", "embedding"):
+        assert torch.equal(getattr(loaded.features, name), getattr(fresh.features, name)), name
+    restarted = SynthesisService(engine, config)
+    saved = restarted.synthesize(SynthesisRequest(text="你好。", voice="neural", seed=8))
+    assert np.array_equal(samples(upload), samples(saved))
