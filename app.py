@@ -369,7 +369,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     # The OpenAI-compatible /v1 API (#13): before the Gradio mount at "", which takes every other path.
-    check_voices_dir(args.voices_dir, args.model_dir if args.engine != "lite" else None)
+    check_voices_dir(args.voices_dir, args.model_dir)
     app.include_router(openai_router(studio.service, api_key=args.api_key, basic_auth=auth,
                                      max_upload_bytes=int(args.max_upload_mb * 2**20)))
 

@@ -204,8 +204,13 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
         if stream_format == "sse":
             return StreamingResponse(iterate_in_threadpool(_sse(first, events, encoder, request_id)),
                                      media_type="text/event-stream", headers=headers)
-        return StreamingResponse(iterate_in_threadpool(_audio(first, events, encoder, request_id)),
-                                 media_type=CONTENT_TYPES[response_format], headers=headers)
+        # A WAV made in one piece gets its real sizes in the header (some readers insist on them);
+        # a streamed one says "to the end of the stream".
+        whole_wav = response_format == "wav" and data.get("stream") not in (True, "true", 1)
+        body = _whole_wav(first, events, service.engine.sample_rate) if whole_wav else \
+            _audio(first, events, encoder, request_id)
+        return StreamingResponse(iterate_in_threadpool(body), media_type=CONTENT_TYPES[response_format],
+                                 headers=headers)
 
     # ---- dialogue (not an OpenAI route: several saved voices, one file) ----------------------------
     async def dialogue(request: Request, request_id: str) -> Response:
@@ -346,6 +351,14 @@ def _audio(first, events, encoder: StreamEncoder, request_id: str) -> Iterator[b
     tail = encoder.finish()
     if tail:
         yield tail
+
+
+def _whole_wav(first, events, sample_rate: int) -> Iterator[bytes]:
+    import numpy as np
+
+    chunks = [event.chunk for event in _chunks(first, events) if event.chunk is not None]
+    if chunks:
+        yield encode(np.concatenate(chunks), sample_rate, "wav")
 
 
 def _sse(first, events, encoder: StreamEncoder, request_id: str) -> Iterator[bytes]:
