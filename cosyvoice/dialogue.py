@@ -165,7 +165,8 @@ def synthesize_dialogue(service: SynthesisService, script: object, mapping: obje
         write_sidecar(path, {"request_id": request_id, "created": datetime.now().isoformat(timespec="milliseconds"),
                              "mode": "dialogue", "voice": ", ".join(sorted({e.name for e in entries.values()})),
                              "text": script[:TEXT_KEPT], "seed": base_seed, "gap": gap_s,
-                             "voices": {s: e.name for s, e in entries.items()}, "duration": round(len(samples) / rate, 3),
+                             "voices": {s: e.name for s, e in entries.items()},
+                             "duration": round(len(samples) / rate, 3),
                              "engine": service.engine.name})
     except OSError as err:
         log.warning(f"dialogue saved, but its history entry could not be written: {err}")

@@ -117,7 +117,8 @@ def history_rows(service: SynthesisService, limit: int = 50) -> tuple[list[list]
     for r in records:
         text = str(r.get("text", ""))
         voice = str(r.get("voice", ""))
-        rows.append([str(r.get("created", ""))[:19].replace("T", " "), r.get("mode", ""), names.get(voice, voice) or "(upload)",
+        rows.append([str(r.get("created", ""))[:19].replace("T", " "), r.get("mode", ""),
+                     names.get(voice, voice) or "(upload)",
                      text if len(text) <= 40 else text[:39] + "…", r.get("seed", ""), r.get("duration", ""),
                      r.get("file", "")])
     return rows, records

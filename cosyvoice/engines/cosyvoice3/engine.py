@@ -199,7 +199,8 @@ class CosyVoice3Engine:
 
     def feature_identity(self) -> str:
         identity = model_identity(self.model_dir, self.llm_weights)
-        return f"cosyvoice3/{identity['name']}/yaml-{(identity['yaml_sha1'] or '?')[:12]}/files-{identity['files_sha1']}"
+        yaml_sha1 = (identity["yaml_sha1"] or "?")[:12]
+        return f"cosyvoice3/{identity['name']}/yaml-{yaml_sha1}/files-{identity['files_sha1']}"
 
     def export_voice(self, voice: Voice) -> dict[str, np.ndarray]:
         feats: VoiceFeatures = voice.features
