@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -234,3 +235,39 @@ def test_dialogue_route_returns_one_file_with_turns_in_order(api_app, narrator):
     bad = httpx.post(f"{api_app.url}/v1/audio/dialogue", headers={"Authorization": f"Bearer {KEY}"},
                      json={"script": "[A] 你好。", "voices": {"A": "ghost"}}, timeout=60)
     assert bad.status_code == 404 and "ghost" in bad.json()["error"]["message"]
+
+
+def test_ui_offers_saved_voices_save_button_dialogue_and_history_tabs(api_app, narrator):
+    import shutil
+    import subprocess
+    import tempfile
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None and os.environ.get("CI") != "true":      # in CI a missing browser is a failure
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--disable-background-networking", f"--user-data-dir={profile}",
+                              "--virtual-time-budget=20000", "--dump-dom", api_app.url],
+                             capture_output=True, text=True, timeout=120).stdout
+    for label in ["已保存音色 Saved voice", "保存音色 Save voice", "音色名称 Voice name", "对话 Dialogue",
+                  "历史 History"]:
+        assert label in dom, f"'{label}' missing from the rendered page"
+
+
+def test_with_only_a_login_the_api_takes_its_credentials(tmp_path):
+    """--auth without --api-key: /v1 is not left open; HTTP Basic with the login's credentials works."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from cosyvoice.openai_api import openai_router
+    from cosyvoice.service import ServiceConfig, SynthesisService
+    from test_service import ControlledEngine
+
+    service = SynthesisService(ControlledEngine(), ServiceConfig(outputs_dir=tmp_path / "o", voices_dir=tmp_path / "v"))
+    app = FastAPI()
+    app.include_router(openai_router(service, basic_auth=("ann", "secret")))
+    client = TestClient(app)
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", auth=("ann", "wrong")).status_code == 401
+    assert client.get("/v1/models", auth=("ann", "secret")).json()["data"][0]["id"] == "controlled"
