@@ -445,6 +445,11 @@ class VoiceLibrary:
                     raise UserInputError(f"{label} is damaged: {FEATURES_DIR}/{path.name} is not a plain "
                                          f"array file ({err}).") from None
             meta["id"] = new_voice_id()
+            for key, limit in (("transcript", MAX_TRANSCRIPT_CHARS), ("notes", MAX_NOTES_CHARS), ("language", 16)):
+                try:
+                    meta[key] = _bounded(meta.get(key), key, limit)
+                except UserInputError as err:
+                    raise UserInputError(f"{label} is not a usable voice archive: {err}") from None
             meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
             try:
                 entry = _entry_from_meta(self.root / meta["id"], meta)

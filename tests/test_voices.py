@@ -258,6 +258,7 @@ def _good_members(service, tmp_path) -> dict[str, bytes]:
     ("truncated wav", "not readable audio"),
     ("pickled features", "not a plain array file"),
     ("bad name", "characters a name cannot hold"),
+    ("huge transcript", "transcript is 5000 characters long"),
 ])
 def test_a_bad_archive_is_refused_clearly_and_nothing_is_half_imported(service, tmp_path, case, expected):
     members = _good_members(service, tmp_path)
@@ -290,6 +291,10 @@ def test_a_bad_archive_is_refused_clearly_and_nothing_is_half_imported(service, 
         elif case == "bad name":
             meta = json.loads(members["voice.json"])
             meta["name"] = "../../outside"
+            members["voice.json"] = json.dumps(meta).encode()
+        elif case == "huge transcript":
+            meta = json.loads(members["voice.json"])
+            meta["transcript"] = "长" * 5000
             members["voice.json"] = json.dumps(meta).encode()
         path = _archive(tmp_path, members, symlink=symlink)
     before = saved_state(service.voices.root)
