@@ -59,5 +59,9 @@ def list_history(outputs_dir: Path, limit: int = 50) -> list[dict]:
         if isinstance(record, dict) and wav.is_file():
             record["path"] = str(wav)
             records.append(record)
+    # a dialogue's turns (<dialogue id>-<n>) are listed as the dialogue, not one by one
+    dialogues = {r.get("request_id") for r in records if r.get("mode") == "dialogue"}
+    records = [r for r in records if str(r.get("request_id", "")).rsplit("-", 1)[0] not in dialogues
+               or r.get("mode") == "dialogue"]
     records.sort(key=lambda r: (str(r.get("created", "")), r["path"]), reverse=True)
     return records[:limit]

@@ -403,6 +403,12 @@ def test_history_lists_results_newest_first_after_a_restart(service, engine, tmp
     assert abs(records[1]["duration"] - first.audio_seconds) < 0.001
     first.path.unlink()            # a result removed from outputs/ leaves the history with it
     assert [r["file"] for r in history_rows(restarted)[1]] == [second.path.name]
+    from cosyvoice.dialogue import synthesize_dialogue
+
+    dialogue = synthesize_dialogue(restarted, "[A] 你好。\n[B] 再见。", {"A": "narrator", "B": "narrator"}, seed=1)
+    rows, records = history_rows(restarted)
+    assert [r["file"] for r in records] == [dialogue.path.name, second.path.name]      # turns fold into it
+    assert rows[0][1:3] == ["dialogue", "narrator"]
 
 
 # ---- the neural engine: its features survive the library bit for bit ---------------------------------
