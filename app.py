@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from loguru import logger
 
-from cosyvoice import __version__, backend
+from cosyvoice import __version__, backend, ui_voices
 from cosyvoice.audio import MAX_FILE_BYTES
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
@@ -33,10 +33,12 @@ from cosyvoice.instruct import PRESETS
 from cosyvoice.log import set_stage_lookup, setup_logging
 from cosyvoice.metrics import REGISTRY, watch_gpu_memory
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
+from cosyvoice.openai_api import openai_router
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
 from cosyvoice.tracing import setup_tracing
+from cosyvoice.voices import check_voices_dir
 
 ROOT = Path(__file__).resolve().parent
 WARMUP_TEXT = "你好。"
@@ -84,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="on SIGTERM, how long running requests may take to finish")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_FILE_BYTES / 2**20,
                         help="largest upload accepted (refused before it is stored)")
+    parser.add_argument("--api-key", default=os.environ.get("COSYVOICE_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on the /v1 API (or env COSYVOICE_API_KEY)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="Gradio's upload/cache folder (default .run/gradio-<port>); swept hourly")
     return parser.parse_args(argv)
@@ -190,12 +194,12 @@ class Studio:
 
     # ---- request handlers: raw values in, the service validates -------------------------------
     def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                    request: gr.Request, progress=gr.Progress()):
+                    voice=None, request: gr.Request = None, progress=gr.Progress()):
         """UI handler: clears the last result, reports queue place and progress, streams (rate, chunk) to
         the player, then offers the saved file; an error stays in the result area until the next request."""
         synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
-                                     normalize=normalize)
+                                     normalize=normalize, voice=voice)
         request_id = _request_id(request)
         yield None, None, f"⏳ 已提交 Submitted · req `{request_id}`"
         try:
@@ -219,11 +223,15 @@ class Studio:
 
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
-                       stream: bool = False, normalize: bool = True, request: gr.Request = None) -> str:
-        """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct)."""
+                       stream: bool = False, normalize: bool = True, voice: str = "",
+                       request: gr.Request = None) -> str:
+        """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct).
+
+        voice: a saved voice's name or id, used instead of prompt_wav/prompt_text (GET /v1/audio/voices).
+        """
         synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
-                                     normalize=normalize)
+                                     normalize=normalize, voice=voice)
         request_id = _request_id(request)
         try:
             return str(self.service.synthesize(synthesis, request_id).path)
@@ -265,6 +273,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                           visible=False, interactive=False, elem_id="text-preview")
                     with gr.Accordion("发音标注 Pronunciation markup", open=False):
                         gr.Markdown(SYNTAX_HELP)
+                    saved_voice = ui_voices.voice_dropdown(studio.service)
                     prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                           label="参考音频 Prompt audio (3–15 s; upload or record)")
                     prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2,
@@ -286,6 +295,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
                     file_out = gr.File(label="下载 Download", interactive=False)
                     result_md = gr.Markdown(elem_id="result")
+                    ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
+        ui_voices.dialogue_tab(studio.service)
+        ui_voices.history_tab(studio.service, dict(mode=mode, text=text, instruct_text=instruct_text, seed=seed,
+                                                   speed=speed, voice=saved_voice))
         with gr.Tab("后台 Backend"):
             gr.Markdown("最近 50 个请求、运行日志与进程状态（只读，每 1.5 秒刷新） · The last 50 requests, the "
                         "runtime log and the process, read-only, refreshed every 1.5 s.")
@@ -300,30 +313,36 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 facts = gr.Markdown(elem_id="process-facts")
                 restarts = gr.Textbox(label="重启 Restarts (monitor.log)", lines=6, interactive=False)
             gr.Timer(1.5).tick(studio.backend_view, inputs=[level, request_filter],
-                               outputs=[jobs_table, log_box, facts, restarts], queue=False, show_progress="hidden")
+                               outputs=[jobs_table, log_box, facts, restarts], queue=False, show_progress="hidden",
+                               api_visibility="private")
 
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
-                    inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False)
+                    inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False, api_visibility="private")
         preset.change(lambda label: dict(PRESETS)[label] if label in dict(PRESETS) else gr.skip(),
-                      inputs=preset, outputs=instruct_text, queue=False)
-        dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False)
-        text.change(studio.char_count, inputs=text, outputs=char_count, queue=False, show_progress="hidden")
+                      inputs=preset, outputs=instruct_text, queue=False, api_visibility="private")
+        dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False, api_visibility="private")
+        ui_voices.wire_voice_dropdown(studio.service, saved_voice, prompt_wav, prompt_text)
+        text.change(studio.char_count, inputs=text, outputs=char_count, queue=False, show_progress="hidden",
+                    api_visibility="private")
         preview_button.click(lambda t, n: gr.update(value=studio.preview(t, n), visible=True),
-                             inputs=[text, normalize], outputs=preview_box, queue=False)
+                             inputs=[text, normalize], outputs=preview_box, queue=False, api_visibility="private")
         generate.click(studio.generate_ui,
-                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize],
+                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
+                               saved_voice],
                        outputs=[audio_out, file_out, result_md], api_name="generate")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
             api_inputs = [raw(gr.Textbox()), raw(gr.Textbox(value="zero_shot")), gr.Audio(type="filepath"),
                           raw(gr.Textbox()), raw(gr.Textbox()), raw(gr.Number(value=0, precision=0)),
-                          raw(gr.Number(value=1.0)), raw(gr.Checkbox()), raw(gr.Checkbox(value=True))]
+                          raw(gr.Number(value=1.0)), raw(gr.Checkbox()), raw(gr.Checkbox(value=True)),
+                          raw(gr.Textbox(value=""))]
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
-        gr.Timer(1.0).tick(studio.status_line, outputs=status, queue=False, show_progress="hidden")
+        gr.Timer(1.0).tick(studio.status_line, outputs=status, queue=False, show_progress="hidden",
+                           api_visibility="private")
     # The service does its own admission and answers "busy" itself, so Gradio lets every request reach it
     # (a refusal returns at once); Gradio's own bound only stops a flood far beyond the service's.
     demo.queue(max_size=256, default_concurrency_limit=studio.args.concurrency + studio.args.queue_size + 32)
@@ -392,6 +411,11 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    # The OpenAI-compatible /v1 API: before the Gradio mount at "", which takes every other path.
+    check_voices_dir(args.voices_dir, args.model_dir)
+    app.include_router(openai_router(studio.service, api_key=args.api_key, basic_auth=auth,
+                                     max_upload_bytes=int(args.max_upload_mb * 2**20)))
 
     demo = build_ui(studio)
     outputs = Path(args.outputs_dir).resolve()

@@ -1,4 +1,4 @@
-"""Command line: `python -m cosyvoice synth|text|download …`.
+"""Command line: `python -m cosyvoice synth|voices|text|download …`.
 
 `synth` goes through the same SynthesisService as the WebUI, so it validates, logs and saves alike.
 """
@@ -23,7 +23,9 @@ def _synth(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
     parser.add_argument("--mode", choices=MODE_IDS, default=MODE_IDS[0])
     parser.add_argument("--text", required=True)
-    parser.add_argument("--prompt-wav", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt-wav")
+    source.add_argument("--voice", help="a saved voice's name or id (python -m cosyvoice voices list)")
     parser.add_argument("--prompt-text", default="")
     parser.add_argument("--instruct", default="", help="instruction for --mode instruct, e.g. 请用四川话说")
     parser.add_argument("--seed", type=int, default=None)
@@ -35,7 +37,7 @@ def _synth(argv: list[str]) -> int:
     add_engine_args(parser)
     add_service_args(parser, ROOT)
     args = parser.parse_args(argv)
-    if not Path(args.prompt_wav).is_file():       # the CLI reads the user's own files: say plainly what is missing
+    if args.prompt_wav and not Path(args.prompt_wav).is_file():       # the CLI reads the user's own files: say plainly what is missing
         print(f"error: prompt recording not found: {args.prompt_wav}", file=sys.stderr)
         return 1
 
@@ -45,7 +47,8 @@ def _synth(argv: list[str]) -> int:
         service = SynthesisService(engine, ServiceConfig.from_args(args), TextFrontend(args.g2p_dict))
         request = SynthesisRequest(text=args.text, mode=args.mode, prompt_wav=args.prompt_wav,
                                    prompt_text=args.prompt_text, instruct_text=args.instruct, seed=args.seed,
-                                   speed=args.speed, stream=args.stream, normalize=not args.no_normalize)
+                                   speed=args.speed, stream=args.stream, normalize=not args.no_normalize,
+                                   voice=args.voice)
         result = service.synthesize(request)
     except StudioError as err:
         flush()
@@ -68,17 +71,85 @@ def _synth(argv: list[str]) -> int:
     return 0
 
 
+def _voices(argv: list[str]) -> int:
+    """The voice library from the shell; the WebUI and the /v1 API see the same folder."""
+    from .errors import StudioError
+    from .voices import VoiceLibrary
+    from loguru import logger
+
+    parser = argparse.ArgumentParser(prog="python -m cosyvoice voices", description="Manage saved voices.")
+    parser.add_argument("--voices-dir", type=Path, default=ROOT / "voices")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="save a prompt recording as a voice (features are made on first use)")
+    add.add_argument("name")
+    add.add_argument("audio", help="the prompt recording (3-15 s)")
+    add.add_argument("--transcript", default="", help="what the recording says (needed for zero-shot)")
+    add.add_argument("--language", default="")
+    add.add_argument("--notes", default="")
+    commands.add_parser("list", help="list saved voices (broken ones too)")
+    rename = commands.add_parser("rename", help="give a voice a new name")
+    rename.add_argument("name")
+    rename.add_argument("new_name")
+    delete = commands.add_parser("delete", help="delete a voice")
+    delete.add_argument("name")
+    export = commands.add_parser("export", help="write a voice to a zip file")
+    export.add_argument("name")
+    export.add_argument("zip", type=Path)
+    load = commands.add_parser("import", help="add a voice from an exported zip file")
+    load.add_argument("zip", type=Path)
+    load.add_argument("--name", default=None, help="save it under another name")
+    args = parser.parse_args(argv)
+
+    logger.remove()                 # the command prints its own outcome; library log lines are for the server
+    library = VoiceLibrary(args.voices_dir)
+    try:
+        if args.command == "add":
+            if not Path(args.audio).is_file():
+                print(f"error: recording not found: {args.audio}", file=sys.stderr)
+                return 1
+            entry = library.add(args.name, args.audio, args.transcript, args.language, args.notes)
+            print(f"saved {entry.name} (id {entry.id}, {entry.duration:.2f} s)")
+        elif args.command == "list":
+            for entry in library.entries():
+                if entry.broken:
+                    print(f"{entry.id}  BROKEN  {entry.problem}")
+                else:
+                    transcript = entry.transcript[:40] or "(no transcript)"
+                    print(f"{entry.id}  {entry.name}  {entry.duration:.2f} s  {entry.created}  {transcript}")
+        elif args.command == "rename":
+            entry = library.rename(args.name, args.new_name)
+            print(f"renamed to {entry.name} (id {entry.id})")
+        elif args.command == "delete":
+            entry = library.delete(args.name)
+            print(f"deleted {entry.name} (id {entry.id})")
+        elif args.command == "export":
+            print(library.export_zip(args.name, args.zip))
+        else:
+            if not args.zip.is_file():
+                print(f"error: archive not found: {args.zip}", file=sys.stderr)
+                return 1
+            entry = library.import_zip(args.zip, args.name)
+            print(f"imported {entry.name} (id {entry.id})")
+    except StudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"synth": "synthesise text to a WAV file", "text": "show what the text frontend makes of a text",
+    commands = {"synth": "synthesise text to a WAV file", "voices": "add|list|rename|delete|export|import saved voices",
+                "text": "show what the text frontend makes of a text",
                 "download": "download the Fun-CosyVoice3-0.5B model directory"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m cosyvoice {synth,text,download} …\n" +
+        print("usage: python -m cosyvoice {synth,voices,text,download} …\n" +
               "\n".join(f"  {name:<9} {what}" for name, what in commands.items()), file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "synth":
         return _synth(rest)
+    if command == "voices":
+        return _voices(rest)
     if command == "text":
         from .text.cli import main as text_main
         return text_main(rest)

@@ -33,8 +33,10 @@ from .jobs import JobRegistry
 from .log import request_logger
 from .modes import MODE_IDS, MODES, Mode, get_mode
 from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
+from .history import request_record, write_sidecar
 from .text.frontend import Pause, TextFrontend, format_preview
 from .tracing import tracer
+from .voices import VoiceLibrary
 
 MAX_SEED = 2**32 - 1
 SPEED_RANGE = (0.5, 2.0)
@@ -52,6 +54,7 @@ class SynthesisRequest:
     speed: Any = 1.0
     stream: Any = False
     normalize: Any = True
+    voice: Any = None                # a saved voice's name or id (cosyvoice.voices), in place of prompt_wav
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class ValidRequest:
     speed: float
     stream: bool
     normalize: bool
+    voice: str | None = None
 
 
 @dataclass
@@ -78,11 +82,13 @@ class ServiceConfig:
     queue_size: int = 8                  # requests allowed to wait beyond those
     retention_days: float = 7.0
     voice_cache_size: int = 16
+    voices_dir: Path = Path("voices")    # the saved-voice library (cosyvoice.voices)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServiceConfig":
         return cls(outputs_dir=args.outputs_dir, max_text_chars=args.max_text_chars, workers=args.concurrency,
-                   queue_size=args.queue_size, retention_days=args.outputs_retention_days)
+                   queue_size=args.queue_size, retention_days=args.outputs_retention_days,
+                   voices_dir=args.voices_dir)
 
 
 def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
@@ -93,6 +99,8 @@ def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
     parser.add_argument("--outputs-retention-days", type=float, default=7.0)
     parser.add_argument("--outputs-dir", type=Path, default=root / "outputs")
     parser.add_argument("--g2p-dict", type=Path, default=root / "configs" / "G2P_replace_dict.jsonl")
+    parser.add_argument("--voices-dir", type=Path, default=root / "voices",
+                        help="saved voices (never inside the model dir)")
 
 
 @dataclass
@@ -205,11 +213,12 @@ def validate_request(request: SynthesisRequest, config: ServiceConfig, engine: E
     if mode.id not in engine.capabilities().modes:
         raise UserInputError(f"The {engine.name} engine cannot do {mode.label}.")
     text = _text_field(request.text, "text", config.max_text_chars, required=True)
-    if not request.prompt_wav or not isinstance(request.prompt_wav, str):
+    voice = _voice_field(request.voice, request.prompt_wav)
+    if voice is None and (not request.prompt_wav or not isinstance(request.prompt_wav, str)):
         raise UserInputError(f"{mode.label} needs a prompt recording: upload or record 3–15 s of the voice to clone.")
     prompt_text = _text_field(request.prompt_text, "prompt transcript", config.max_prompt_text_chars,
                               required=False)
-    if mode.needs_transcript and not prompt_text:
+    if mode.needs_transcript and not prompt_text and voice is None:    # a saved voice brings its own
         raise UserInputError(f"{mode.label} needs the transcript of the prompt recording. Type exactly "
                              "what is said in it, or use 跨语种复刻 (cross-lingual), which needs none.")
     instruct_text = _text_field(request.instruct_text, "instruction", config.max_instruct_chars, required=False)
@@ -223,7 +232,17 @@ def validate_request(request: SynthesisRequest, config: ServiceConfig, engine: E
     return ValidRequest(text=text, mode=mode, prompt_wav=request.prompt_wav, prompt_text=prompt_text,
                         instruct_text=instruct_text, seed=secrets.randbelow(MAX_SEED) if seed is None else seed,
                         speed=speed, stream=_switch_field(request.stream, "stream"),
-                        normalize=_switch_field(request.normalize, "normalize"))
+                        normalize=_switch_field(request.normalize, "normalize"), voice=voice)
+
+
+def _voice_field(value: Any, prompt_wav: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or len(value) > 100:
+        raise UserInputError("The voice must be the name or id of a saved voice (text, at most 100 characters).")
+    if prompt_wav:
+        raise UserInputError("Give either a saved voice or a prompt recording, not both.")
+    return value.strip()
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -247,6 +266,7 @@ class SynthesisService:
         self._active = 0
         self._draining = False
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
+        self.voices = VoiceLibrary(self.config.voices_dir)
         self._outputs_checked: tuple[float, str | None] = (0.0, None)
         metrics.BUSY_WORKERS.set_function(lambda: self._active)
         metrics.QUEUE_DEPTH.set_function(lambda: len(self._queue))
@@ -333,6 +353,18 @@ class SynthesisService:
         if first_position:
             log.bind(figures={"queue_wait_s": round(waited, 2), "position": first_position}).info(
                 f"waited {waited:.1f} s in queue (position {first_position})")
+
+    @contextmanager
+    def _worker(self, log, request_id: str) -> Iterator[None]:
+        """A worker for work that reports no progress (saving a voice): queued and limited like a request."""
+        ticket, admitted = self._enter_queue(log), False
+        try:
+            for _ in self._wait_for_worker(ticket, request_id, log):
+                pass
+            admitted = True
+            yield
+        finally:
+            self._leave(ticket, admitted)
 
     def _leave(self, ticket: int, admitted: bool) -> None:
         with self._changed:
@@ -429,7 +461,7 @@ class SynthesisService:
         with stage("text"):
             items, notices = self._prepare_text(request, log)
         with stage("voice"):
-            voice = self._prepare_voice(request, log)
+            voice = self._prepare_voice(request, log, notices)
         style = Style(mode=request.mode.id, instruct_text=request.instruct_text, speed=request.speed)
         notices += self.engine.style_notices(style)
         for notice in notices:
@@ -455,6 +487,7 @@ class SynthesisService:
         with stage("save"):
             path = self._save(request_id, samples)
         seconds = len(samples) / self.engine.sample_rate
+        self._record_history(path, request, request_id, seconds, log)
         rtf = elapsed / max(seconds, 1e-6)
         log.bind(figures={"audio_s": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name}).success(
             f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
@@ -478,7 +511,9 @@ class SynthesisService:
                  f"after normalization")
         return result.items, list(result.notices)
 
-    def _prepare_voice(self, request: ValidRequest, log) -> Voice:
+    def _prepare_voice(self, request: ValidRequest, log, notices: list[str]) -> Voice:
+        if request.voice is not None:
+            return self._saved_voice(request, log, notices)
         loaded = load_prompt_audio(request.prompt_wav)
         rates = "/".join(str(r) for r in self.engine.capabilities().prompt_sample_rates)
         log.info(f"prompt audio: {loaded.describe()} → {rates} Hz for the engine")
@@ -504,12 +539,73 @@ class SynthesisService:
         log.info(f"voice features ready (cache miss, {time.perf_counter() - started:.2f} s)")
         return voice
 
-    def _prepare_transcript(self, request: ValidRequest) -> str:
+    def _prepare_transcript(self, request: ValidRequest, transcript: str | None = None) -> str:
         """The prompt transcript is read by the model alongside the text, so it gets the same normalization."""
         try:
-            return self.frontend.process(request.prompt_text, normalize=request.normalize).marked
+            return self.frontend.process(request.prompt_text if transcript is None else transcript,
+                                         normalize=request.normalize).marked
         except UserInputError as err:
             raise UserInputError(f"In the prompt transcript: {err}") from err
+
+    # ---- saved voices (cosyvoice.voices, #13) -------------------------------------------------
+    def _saved_voice(self, request: ValidRequest, log, notices: list[str]) -> Voice:
+        """A saved voice: its stored features are loaded (not extracted) unless the model changed."""
+        entry = self.voices.get(request.voice)
+        if request.mode.needs_transcript and not entry.transcript:
+            raise UserInputError(f"Voice {entry.name!r} was saved without a transcript, which {request.mode.label} "
+                                 f"needs. Use 跨语种复刻 (cross-lingual), or save the voice again with its transcript.")
+        prompt_text = self._prepare_transcript(request, entry.transcript) if request.mode.needs_transcript else None
+        log.info(f"voice {entry.name!r} (id {entry.id}): saved {entry.duration:.2f} s recording"
+                 f"{', transcript ' + repr(_clip(entry.transcript, 30)) if prompt_text else ''}")
+        key = ("saved", self.engine.name, entry.id, entry.sha256, prompt_text)
+        with self._lock:
+            voice = self._voices.get(key)
+            if voice is not None:
+                self._voices.move_to_end(key)
+        if voice is not None:
+            log.info("voice features ready (cache hit)")
+            return voice
+        started = time.perf_counter()
+        voice, notice = self.voices.load_voice(entry, self.engine, prompt_text)
+        with self._lock:
+            self._voices[key] = voice
+            while len(self._voices) > self.config.voice_cache_size:
+                self._voices.popitem(last=False)
+        if notice:
+            notices.append(notice)
+            log.info(f"voice features ready (recomputed from the saved recording, "
+                     f"{time.perf_counter() - started:.2f} s)")
+        else:
+            log.info(f"voice features ready (loaded from the voice library, not extracted: "
+                     f"{time.perf_counter() - started:.3f} s)")
+        return voice
+
+    def save_voice(self, name: Any, audio_path: Any, transcript: Any = "", language: Any = "", notes: Any = "",
+                   request_id: str | None = None):
+        """Save a prompt recording to the library with its features; admitted and logged like a request."""
+        request_id = request_id or uuid.uuid4().hex[:6]
+        log = request_logger(request_id)
+        if not audio_path or not isinstance(audio_path, str):
+            raise UserInputError("Saving a voice needs its recording: upload or record 3–15 s of the voice.")
+        log.info(f"save voice {str(name)[:64]!r}: extracting features with {self.engine.name}")
+        try:
+            with self._worker(log, request_id):
+                entry = self.voices.add(name, audio_path, transcript, language, notes, engine=self.engine)
+        except UserInputError as err:
+            log.warning(f"voice not saved: {err}")
+            raise
+        except StudioError as err:
+            log.error(f"voice not saved: {err}")
+            raise
+        log.success(f"saved voice {entry.name!r} (id {entry.id}) with {self.engine.name} features")
+        return entry
+
+    def _record_history(self, path: Path, request: ValidRequest, request_id: str, seconds: float, log) -> None:
+        """The History tab's sidecar beside the WAV; a failure costs the entry, never the result."""
+        try:
+            write_sidecar(path, request_record(request, request_id, seconds, self.engine.name))
+        except OSError as err:
+            log.warning(f"result saved, but its history entry could not be written: {err}")
 
     def _synthesize(self, items: list[str | Pause], voice: Voice, style: Style, seed: int, stream: bool,
                     log, request_id: str) -> Iterator[Event]:

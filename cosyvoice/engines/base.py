@@ -88,3 +88,16 @@ class Engine(Protocol):
     def version_info(self) -> dict[str, Any]:
         """Extra fields for /version (model dir identity, token rate, ...)."""
         ...
+
+    # -- saved voices (cosyvoice.voices): features stored once, loaded instead of extracted ----------
+    def feature_identity(self) -> str:
+        """Engine + model identity: stored features made under another identity are recomputed."""
+        ...
+
+    def export_voice(self, voice: Voice) -> dict[str, np.ndarray]:
+        """The voice's features as plain numeric/str arrays (saved as npz, loaded without pickle)."""
+        ...
+
+    def import_voice(self, arrays: dict[str, np.ndarray], prompt_text: str | None) -> Voice:
+        """The inverse of export_voice; raises ValueError when the arrays do not fit this engine."""
+        ...

@@ -197,3 +197,28 @@ class CosyVoice3Engine:
         if n_text == 0:
             raise UserInputError("The text to synthesise is empty.")
         return inputs, max(1, round(n_text * tokens_per_id))
+
+    # -- saved voices: speech tokens, prompt mel and speaker embedding as arrays ------------------------
+
+    def feature_identity(self) -> str:
+        identity = model_identity(self.model_dir, self.llm_weights)
+        yaml_sha1 = (identity["yaml_sha1"] or "?")[:12]
+        return f"cosyvoice3/{identity['name']}/yaml-{yaml_sha1}/files-{identity['files_sha1']}"
+
+    def export_voice(self, voice: Voice) -> dict[str, np.ndarray]:
+        feats: VoiceFeatures = voice.features
+        return {"speech_tokens": feats.speech_tokens.cpu().numpy().astype(np.int64),
+                "prompt_mel": feats.prompt_mel.float().cpu().numpy(),
+                "embedding": feats.embedding.float().cpu().numpy(),
+                "seconds": np.array(feats.seconds, dtype=np.float64)}
+
+    def import_voice(self, arrays: dict[str, np.ndarray], prompt_text: str | None) -> Voice:
+        tokens = torch.from_numpy(np.asarray(arrays["speech_tokens"], dtype=np.int64))
+        mel = torch.from_numpy(np.asarray(arrays["prompt_mel"], dtype=np.float32))
+        embedding = torch.from_numpy(np.asarray(arrays["embedding"], dtype=np.float32))
+        ratio = self.config.token_mel_ratio
+        if tokens.ndim != 2 or mel.ndim != 3 or mel.shape[1] != ratio * tokens.shape[1] or embedding.ndim != 2:
+            raise ValueError(f"feature shapes do not fit: tokens {tuple(tokens.shape)}, mel {tuple(mel.shape)}, "
+                             f"embedding {tuple(embedding.shape)}")
+        return Voice(prompt_text=prompt_text,
+                     features=VoiceFeatures(tokens, mel.contiguous(), embedding, float(arrays["seconds"])))

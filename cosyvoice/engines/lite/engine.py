@@ -230,6 +230,35 @@ class LiteEngine:
         y = matching.to_rate(x * gain, matching.WORLD_RATE, self.sample_rate)
         return _limit(y).astype(np.float32)
 
+    # --- saved voices: the prompt statistics and the chosen base variant ---------------------------
+
+    def feature_identity(self) -> str:
+        return f"lite/world-stats-v1/{matching.WORLD_RATE}"
+
+    def export_voice(self, voice: Voice) -> dict[str, np.ndarray]:
+        features: LiteVoiceFeatures = voice.features
+        stats = features.stats
+        arrays = {"variant": np.array(features.variant),
+                  "scalars": np.array([stats.log_f0_median, stats.log_f0_spread, stats.voiced_frames, stats.rms],
+                                      dtype=np.float64),
+                  "mean_log_envelope": np.asarray(stats.mean_log_envelope)}
+        if stats.coded_mean is not None and stats.coded_std is not None:
+            arrays["coded_mean"], arrays["coded_std"] = np.asarray(stats.coded_mean), np.asarray(stats.coded_std)
+        return arrays
+
+    def import_voice(self, arrays: dict[str, np.ndarray], prompt_text: str | None) -> Voice:
+        variant = str(arrays["variant"])
+        if variant not in BASE_VARIANTS:
+            raise ValueError(f"unknown base variant {variant!r}")
+        median, spread, voiced, rms = (float(v) for v in np.asarray(arrays["scalars"], dtype=np.float64))
+        envelope = np.asarray(arrays["mean_log_envelope"], dtype=np.float64)
+        if envelope.shape != (matching.FFT_SIZE // 2 + 1,):
+            raise ValueError(f"envelope has shape {envelope.shape}")
+        stats = matching.VoiceStats(log_f0_median=median, log_f0_spread=spread, voiced_frames=int(voiced),
+                                    mean_log_envelope=envelope, rms=rms,
+                                    coded_mean=arrays.get("coded_mean"), coded_std=arrays.get("coded_std"))
+        return Voice(prompt_text=prompt_text, features=LiteVoiceFeatures(stats=stats, variant=variant))
+
 
 def _limit(y: np.ndarray) -> np.ndarray:
     """Soft limiter: leaves normal levels alone, bends peaks above 0.9 toward 1."""
