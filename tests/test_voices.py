@@ -422,7 +422,7 @@ def test_cosyvoice3_features_round_trip_through_the_library(tmp_path):
 
     torch.set_num_threads(2)
     engine = CosyVoice3Engine(make_tiny_model_dir(FIXTURE, tmp_path / "model"), device="cpu", precision="fp32")
-    config = ServiceConfig(outputs_dir=tmp_path / "outputs", voices_dir=tmp_path / "voices", max_piece_chars=200)
+    config = ServiceConfig(outputs_dir=tmp_path / "outputs", voices_dir=tmp_path / "voices", max_piece_units=200)
     service = SynthesisService(engine, config)
     upload = service.synthesize(SynthesisRequest(text="你好。", prompt_wav=str(ZERO_SHOT_PROMPT),
                                                  prompt_text=ZERO_SHOT_TRANSCRIPT, seed=8))
