@@ -29,7 +29,8 @@ from cosyvoice.errors import StudioError
 from cosyvoice.instruct import PRESETS, strip_wrapper
 from cosyvoice.log import setup_logging
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
-from cosyvoice.metrics import REGISTRY
+from cosyvoice.instance import InstanceMiddleware, instance_info
+from cosyvoice.metrics import REGISTRY, set_build_info
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
@@ -81,6 +82,8 @@ class Studio:
         self.service = SynthesisService(self.engine, config, TextFrontend(args.g2p_dict))
         self.commit, self.commit_time = git_commit()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.instance = instance_info(args.port)
+        set_build_info(__version__, self.commit, self.engine.name, self.engine.model_label, self.instance.name)
 
     def health(self) -> dict:
         stats = self.service.stats()
@@ -91,6 +94,7 @@ class Studio:
 
     def version(self) -> dict:
         info = {"app": "cosyvoice-studio", "version": __version__, "git_commit": self.commit,
+                "instance": self.instance.name, "port": self.args.port,
                 "build_time": self.commit_time or self.started_at, "started_at": self.started_at,
                 "engine": self.engine.name, "model": self.engine.model_label, "device": self.engine.device,
                 "sample_rate": self.engine.sample_rate}
@@ -257,6 +261,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     auth = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
     demo = build_ui(studio)
     app = gr.mount_gradio_app(app, demo, path="", auth=auth, allowed_paths=[str(args.outputs_dir.resolve())])
+    app.add_middleware(InstanceMiddleware, info=studio.instance)   # X-Instance, X-Request-ID, fault switch
     return app, studio
 
 

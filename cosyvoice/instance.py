@@ -1,0 +1,102 @@
+"""Who answered and which request it was: the per-instance facts a load balancer needs.
+
+`InstanceMiddleware` is plain ASGI so it sees every route (FastAPI's and the mounted Gradio app's,
+streamed responses included):
+- every response carries `X-Instance` (this instance's name) and `X-Request-ID` (the caller's, e.g. nginx's
+  `$request_id`, or one made here when absent); the id is also put in `scope["state"]["request_id"]`, so a
+  handler reads it as `request.state.request_id`;
+- `COSYVOICE_FAULT`, read once at start-up, is a test-only fault switch (nothing sets it by default) for
+  rehearsing a broken canary:
+    fail-synthesis  every synthesis request (a POST that starts a job) answers HTTP 500;
+    fail-requests   every request except the probes (/health, /ready, /metrics, /version) answers 500,
+                    like a build that cannot serve at all. nginx OSS counts a 5xx towards max_fails only
+                    when it may retry the request (GETs), so this is the fault passive health drains;
+                    a POST's 500 is passed to the client, never re-sent, and shows in Prometheus instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+
+FAULT_ENV = "COSYVOICE_FAULT"
+INSTANCE_ENV = "COSYVOICE_INSTANCE"
+FAULTS = ("fail-synthesis", "fail-requests")
+
+# Requests that start a synthesis: Gradio's queue (UI and gradio_client), its REST "call" API, the
+# queue-less run API, and the OpenAI-style endpoint once it exists.
+SYNTHESIS_PATHS = re.compile(r"^/(gradio_api/(queue/join|call/[^/]+|run/[^/]+)|v1/audio/speech)/?$")
+PROBE_PATHS = ("/health", "/ready", "/metrics", "/version")
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    name: str           # what X-Instance says, e.g. "myhost:7861" or COSYVOICE_INSTANCE
+    port: int
+    fault: str | None   # the test-only fault switch, None in normal operation
+
+
+def instance_info(port: int, environ: dict | None = None) -> InstanceInfo:
+    """This process's identity; COSYVOICE_INSTANCE overrides the default host:port name."""
+    env = os.environ if environ is None else environ
+    name = env.get(INSTANCE_ENV) or f"{socket.gethostname()}:{port}"
+    fault = env.get(FAULT_ENV) or None
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"{FAULT_ENV}={fault!r} is not a known fault; known: {', '.join(FAULTS)}")
+    return InstanceInfo(name=name, port=port, fault=fault)
+
+
+def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The caller's X-Request-ID when it is a sane token (it is echoed and logged, so nothing odd passes)."""
+    for key, value in headers:
+        if key.lower() == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            return text if _REQUEST_ID_OK.match(text) else None
+    return None
+
+
+class InstanceMiddleware:
+    def __init__(self, app, info: InstanceInfo):
+        self.app, self.info = app, info
+        self._instance_header = (b"x-instance", info.name.encode("latin-1", "replace"))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = incoming_request_id(scope.get("headers", [])) or uuid.uuid4().hex[:12]
+        scope.setdefault("state", {})["request_id"] = request_id
+        extra = [self._instance_header, (b"x-request-id", request_id.encode("latin-1"))]
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {b"x-instance", b"x-request-id"}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + extra}
+            await send(message)
+
+        if self._faulty(scope):
+            await self._fail(send_with_headers, request_id)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+    def _faulty(self, scope) -> bool:
+        path = scope.get("path", "")
+        if self.info.fault == "fail-synthesis":
+            return scope.get("method") == "POST" and bool(SYNTHESIS_PATHS.match(path))
+        if self.info.fault == "fail-requests":
+            return path not in PROBE_PATHS
+        return False
+
+    async def _fail(self, send, request_id: str) -> None:
+        body = json.dumps({"error": f"request refused by {FAULT_ENV}={self.info.fault} on instance "
+                                    f"{self.info.name} (test fault switch; unset it and restart)",
+                           "request_id": request_id}).encode()
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
