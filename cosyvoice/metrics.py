@@ -21,3 +21,7 @@ def set_build_info(version: str, commit: str | None, engine: str, model: str, in
     BUILD_INFO.clear()      # one series per process, even if called twice
     BUILD_INFO.labels(version=version, commit=(commit or "unknown")[:12], engine=engine, model=model,
                       instance=instance).set(1)
+
+START_TIME = Gauge("cosyvoice_start_time_seconds", "Unix time this process started (restarts show as changes)",
+                   registry=REGISTRY)
+START_TIME.set_to_current_time()
