@@ -305,6 +305,35 @@ def test_streaming_through_nginx_delivers_audio_before_the_synthesis_ends(cluste
     assert first_audio_at < completed_at - 1.0, (first_audio_at, completed_at)
 
 
+def test_gradio_ui_through_nginx_completes_a_request_in_headless_chromium(cluster):
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian chromium is required: .ci/install-deploy-deps.sh"
+    _, _, nginx = cluster
+    nginx.canary("set-weight", "34")        # the three instances all take sessions
+    instances_seen: list[str] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page()
+            page.on("response", lambda r: instances_seen.append(r.headers.get("x-instance", ""))
+                    if "/gradio_api/" in r.url else None)
+            page.goto(nginx.url, wait_until="networkidle", timeout=60_000)
+            page.get_by_label("合成文本 Text to synthesise").fill("你好，欢迎使用语音合成。")
+            page.locator("input[type=file]").first.set_input_files(str(ZERO_SHOT_PROMPT))
+            page.get_by_label("参考音频文本 Prompt transcript").fill(ZERO_SHOT_TRANSCRIPT)
+            page.wait_for_timeout(1500)     # the upload finishes
+            page.get_by_role("button", name="生成 Generate").click()
+            page.get_by_text("已保存 Saved").wait_for(timeout=120_000)
+            browser.close()
+    finally:
+        nginx.canary("rollback")
+    served = {name for name in instances_seen if name}
+    assert len(served) == 1, f"one browser session reached several instances: {instances_seen}"
+
+
 def test_failing_canary_is_drained_after_max_fails_and_the_rest_succeeds(cluster):
     tmp, instances, nginx = cluster
     faulty = start_instance(tmp, "canary-bad", fault="fail-requests")
