@@ -72,7 +72,7 @@ def test_pods_take_one_gpu_probe_ready_and_health_and_mount_the_model_read_only(
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 300
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["models"]["readOnly"] is True
-    assert {"outputs", "logs"} <= set(mounts)
+    assert {"outputs", "logs", "voices"} <= set(mounts)
 
 
 def test_hpa_scales_on_the_queue_depth_the_adapter_serves():
