@@ -354,19 +354,20 @@ def test_failing_canary_is_drained_after_max_fails_and_the_rest_succeeds(cluster
         started = time.monotonic()
         jobs = [synthesize_via_rest(nginx.url) for _ in range(12)]
         elapsed = time.monotonic() - started
-        # Until the drain a session may still hit the canary (each costs it a counted failure), so at
-        # most the first MAX_FAILS jobs can fail; from then on every job succeeds on stable.
-        assert all(j.ok for j in jobs[MAX_FAILS:]), [j.error for j in jobs]
-        assert {j.instance for j in jobs[MAX_FAILS:]} <= {"stable-0", "stable-1"}
-        assert sum(not j.ok for j in jobs) < MAX_FAILS
-        # nginx counted the canary's failures on retryable requests and stopped sending it traffic at
-        # max_fails: the canary saw exactly MAX_FAILS such requests (plus at most one POST per failed job).
+        # Until the drain a session may still hit the canary: a GET it answers 500 is retried elsewhere and
+        # counted, but a POST's 500 (or a GET on the last try) goes to the client. So a few jobs at the
+        # start may fail; once the canary reached max_fails, every job succeeds on stable.
+        failed = [k for k, j in enumerate(jobs) if not j.ok]
+        assert len(failed) <= MAX_FAILS and all(k < 2 * MAX_FAILS for k in failed), [j.error for j in jobs]
+        assert all(j.ok for j in jobs[2 * MAX_FAILS:])
+        assert {j.instance for j in jobs[2 * MAX_FAILS:]} <= {"stable-0", "stable-1"}
+        # Drained, not merely retried: with 100 % of sessions on it (about 5 requests each) the canary saw
+        # only the requests before the drain and one probe per fail_timeout.
         to_canary = [e for e in nginx.access_log() if faulty.addr in e["upstream"] and e["request_id"] != "post-once"]
-        retried = [e for e in to_canary if e["method"] == "GET"]
-        # (after each fail_timeout nginx lets one request probe the canary again)
-        assert MAX_FAILS <= len(retried) <= MAX_FAILS + int(elapsed // FAIL_TIMEOUT_S), to_canary
-        assert all(e["status"] == 200 for e in retried), to_canary
-        assert len(to_canary) - len(retried) <= sum(not j.ok for j in jobs)
+        assert MAX_FAILS <= len(to_canary) <= 2 * MAX_FAILS + 2 * int(elapsed // FAIL_TIMEOUT_S), to_canary
+        for entry in to_canary:     # each try nginx made, in order: the canary's answer was its 500
+            tries = zip(re.split(r"[,:] ", entry["upstream"]), re.split(r"[,:] ", entry["upstream_status"]))
+            assert {status for addr, status in tries if addr.strip() == faulty.addr} == {"500"}, entry
     finally:
         nginx.canary("rollback")
         nginx.render([instances["stable-0"], instances["stable-1"]], [instances["canary-0"]])

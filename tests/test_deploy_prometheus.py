@@ -61,3 +61,63 @@ def test_alertmanager_recipe_routes_canary_alerts_to_the_rollback_hook():
     assert receiver["webhook_configs"][0]["url"].endswith("/hooks/" + hook["id"])
     assert hook["execute-command"] == "deploy/nginx/canary.sh"
     assert hook["pass-arguments-to-command"][0]["name"] == "rollback"
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_an_instance_and_evaluates_the_rules(tmp_path, lite_app):
+    """The Debian prometheus server, on loopback, with deploy/prometheus's scrape job and rules."""
+    import time
+
+    import httpx
+    from gradio_client import handle_file
+
+    from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, free_port
+
+    server = shutil.which("prometheus")
+    assert server, "apt-get install prometheus (.ci/install-deploy-deps.sh)"
+    config = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config.pop("alerting")
+    config["rule_files"] = [str(PROM / "rules.yml")]
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{lite_app.port}"],
+                                                      "labels": {"track": "stable"}}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen([server, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
+
+    def query(expr: str) -> list[dict]:
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": expr}, timeout=5).json()
+        return answer["data"]["result"]
+
+    def wait_for(expr: str, check, timeout: float = 60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                result = query(expr)
+                if check(result):
+                    return result
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"{expr} never satisfied; last: {result if 'result' in locals() else None}; "
+                             f"{(tmp_path / 'prometheus.log').read_text()[-1500:]}")
+
+    try:
+        before = wait_for('sum(cosyvoice_requests_total{outcome="ok"}) or vector(0)', lambda r: r)
+        start = float(before[0]["value"][1])
+        client = lite_app.client()
+        for i in range(5):
+            client.predict(f"第{i}句。", "zero_shot", handle_file(str(ZERO_SHOT_PROMPT)), ZERO_SHOT_TRANSCRIPT,
+                           "", 0, 1.0, False, True, api_name="/synthesize")
+        wait_for('sum(cosyvoice_requests_total{outcome="ok"})',
+                 lambda r: r and float(r[0]["value"][1]) - start == 5)
+        rate = wait_for('track:cosyvoice_requests:rate5m{track="stable"}', lambda r: r and float(r[0]["value"][1]) > 0)
+        assert rate[0]["metric"]["track"] == "stable"
+        info = wait_for("cosyvoice_build_info", lambda r: r)
+        assert info[0]["metric"]["engine"] == "lite"
+        assert query('up{job="cosyvoice"}')[0]["value"][1] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
