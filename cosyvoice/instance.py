@@ -22,6 +22,8 @@ import socket
 import uuid
 from dataclasses import dataclass
 
+from cosyvoice.errors import StudioError
+
 FAULT_ENV = "COSYVOICE_FAULT"
 INSTANCE_ENV = "COSYVOICE_INSTANCE"
 FAULTS = ("fail-synthesis", "fail-requests")
@@ -46,7 +48,8 @@ def instance_info(port: int, environ: dict | None = None) -> InstanceInfo:
     name = env.get(INSTANCE_ENV) or f"{socket.gethostname()}:{port}"
     fault = env.get(FAULT_ENV) or None
     if fault is not None and fault not in FAULTS:
-        raise ValueError(f"{FAULT_ENV}={fault!r} is not a known fault; known: {', '.join(FAULTS)}")
+        raise StudioError(f"{FAULT_ENV}={fault!r} is not a known fault (known: {', '.join(FAULTS)}); "
+                          f"unset it to run normally")
     return InstanceInfo(name=name, port=port, fault=fault)
 
 

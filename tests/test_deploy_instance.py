@@ -6,6 +6,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
+from cosyvoice.errors import StudioError
 from cosyvoice.instance import InstanceMiddleware, instance_info
 
 
@@ -67,5 +68,5 @@ def test_fail_requests_fails_everything_but_the_probes():
 
 
 def test_unknown_fault_is_refused_at_start_up():
-    with pytest.raises(ValueError, match="not a known fault"):
+    with pytest.raises(StudioError, match="not a known fault"):
         instance_info(7861, {"COSYVOICE_FAULT": "fail-everything"})
