@@ -175,3 +175,45 @@ def test_compose_gives_each_instance_its_own_gpu_and_the_model_read_only():
     for service in services.values():
         assert any(v.endswith(":/models:ro") for v in service["volumes"])
         assert len({v.split(":")[0] for v in service["volumes"] if "/data/" in v}) == 2   # own outputs + logs
+
+
+def render_nginx(conf_dir: Path, **env) -> None:
+    import os
+    import subprocess
+
+    settings = {"STABLE": "127.0.0.1:7861 127.0.0.1:7862", "CANARY": "127.0.0.1:7863", "LISTEN": "127.0.0.1:18080",
+                **env}
+    subprocess.run([str(DEPLOY / "nginx" / "render.sh"), str(conf_dir)], env={**os.environ, **settings},
+                   check=True, capture_output=True)
+
+
+def nginx_test(conf_dir: Path):
+    import shutil
+    import subprocess
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "Debian nginx is required: .ci/install-deploy-deps.sh"
+    return subprocess.run([nginx, "-t", "-p", str(conf_dir), "-c", str(conf_dir / "nginx.conf")],
+                          capture_output=True, text=True)
+
+
+def test_rendered_nginx_config_passes_nginx_t_and_canary_sh_edits_only_the_weights(tmp_path):
+    import subprocess
+
+    render_nginx(tmp_path, NGINX_USER="root")
+    assert nginx_test(tmp_path).returncode == 0, nginx_test(tmp_path).stderr
+    upstreams = (tmp_path / "upstreams.conf").read_text()
+    assert upstreams.count("hash $route_key consistent;") == 2 and upstreams.count("least_conn;") == 2
+    assert "max_fails=2 fail_timeout=30s" in upstreams
+    conf = (tmp_path / "nginx.conf").read_text()
+    assert "proxy_buffering off;" in conf and "non_idempotent" not in conf.split("proxy_next_upstream ", 1)[1].split(";")[0]
+    before = {p.name: p.read_text() for p in tmp_path.glob("*.conf") if p.name != "canary-weight.conf"}
+    canary = DEPLOY / "nginx" / "canary.sh"
+    out = subprocess.run([str(canary), "--conf-dir", str(tmp_path), "set-weight", "25"], capture_output=True, text=True)
+    assert out.returncode == 0 and "not running" in out.stdout, out.stderr
+    assert "25% canary;" in (tmp_path / "canary-weight.conf").read_text()
+    assert {p.name: p.read_text() for p in tmp_path.glob("*.conf") if p.name != "canary-weight.conf"} == before
+    assert "canary weight: 25 %" in subprocess.run([str(canary), "--conf-dir", str(tmp_path), "status"],
+                                                   capture_output=True, text=True).stdout
+    bad = subprocess.run([str(canary), "--conf-dir", str(tmp_path), "set-weight", "-3"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "25% canary;" in (tmp_path / "canary-weight.conf").read_text()
