@@ -30,8 +30,9 @@ from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
 from cosyvoice.http_guard import GuardConfig, HttpGuard, request_id_of
 from cosyvoice.instruct import PRESETS
+from cosyvoice.instance import InstanceMiddleware, instance_info
 from cosyvoice.log import set_stage_lookup, setup_logging
-from cosyvoice.metrics import REGISTRY, watch_gpu_memory
+from cosyvoice.metrics import REGISTRY, set_build_info, watch_gpu_memory
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
 from cosyvoice.openai_api import openai_router
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
@@ -114,6 +115,8 @@ class Studio:
         self.service = SynthesisService(self.engine, ServiceConfig.from_args(args), TextFrontend(args.g2p_dict))
         self.commit, self.commit_time = git_commit()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.instance = instance_info(args.port)
+        set_build_info(__version__, self.commit, self.engine.name, self.engine.model_label, self.instance.name)
         self.warmed_up = threading.Event()
         self.warmup_problem: str | None = None
 
@@ -153,6 +156,7 @@ class Studio:
 
     def version(self) -> dict:
         info = {"app": "cosyvoice-studio", "version": __version__, "git_commit": self.commit,
+                "instance": self.instance.name, "port": self.args.port,
                 "build_time": self.commit_time or self.started_at, "started_at": self.started_at,
                 "engine": self.engine.name, "model": self.engine.model_label, "device": self.engine.device,
                 "sample_rate": self.engine.sample_rate}
@@ -436,6 +440,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     app.add_middleware(HttpGuard, config=GuardConfig(
         upload_folder=lambda: str(cache_dir), max_upload_bytes=int(args.max_upload_mb * 2**20), auth=auth,
         public_metrics=args.public_metrics, logged_in=logged_in))
+    app.add_middleware(InstanceMiddleware, info=studio.instance)   # outermost: X-Instance, the fault switch
     return app, studio
 
 

@@ -3,6 +3,7 @@
 #   ./run.sh                          # embedded engine unless a model dir is present, port 7860, all interfaces
 #   ./run.sh --engine cosyvoice3 --model-dir pretrained_models/Fun-CosyVoice3-0.5B --device cuda --precision fp16
 #   ./run.sh --setup-only             # only create/update .venv (used by the test command)
+#   ./run.sh --instances 2 --engine lite   # N instances on ports 7861.. under monitor.sh (deploy/local/up.sh)
 # Every other flag is passed to app.py (python app.py --help lists them).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,6 +32,10 @@ fi
 
 if [ "${1:-}" = "--setup-only" ]; then
     exit 0
+fi
+if [ "${1:-}" = "--instances" ]; then     # several instances, one per GPU: deploy/local/up.sh does it
+    shift
+    exec deploy/local/up.sh "$@"
 fi
 
 # Bind all interfaces unless the caller chose a host (app.py alone binds 127.0.0.1).

@@ -12,6 +12,19 @@ RTF = Histogram("cosyvoice_rtf", "Real-time factor of finished requests (synthes
                 buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30), registry=REGISTRY)
 BUSY_WORKERS = Gauge("cosyvoice_busy_workers", "Requests being synthesised now", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("cosyvoice_queue_depth", "Requests waiting for a worker", registry=REGISTRY)
+BUILD_INFO = Gauge("cosyvoice_build_info", "Always 1; the labels say which build serves on this instance "
+                   "(dashboards and canary alerts join on them)",
+                   ["version", "commit", "engine", "model", "instance"], registry=REGISTRY)
+
+
+def set_build_info(version: str, commit: str | None, engine: str, model: str, instance: str) -> None:
+    BUILD_INFO.clear()      # one series per process, even if called twice
+    BUILD_INFO.labels(version=version, commit=(commit or "unknown")[:12], engine=engine, model=model,
+                      instance=instance).set(1)
+
+START_TIME = Gauge("cosyvoice_start_time_seconds", "Unix time this process started (restarts show as changes)",
+                   registry=REGISTRY)
+START_TIME.set_to_current_time()
 
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 REQUEST_DURATION = Histogram("cosyvoice_request_duration_seconds",
