@@ -278,9 +278,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     with gr.Accordion("发音标注 Pronunciation markup", open=False):
                         gr.Markdown(SYNTAX_HELP)
                     saved_voice = ui_voices.voice_dropdown(studio.service)
-                    prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                    prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="prompt-audio",
                                           label="参考音频 Prompt audio (3–15 s; upload or record)")
-                    prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2,
+                    prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2, elem_id="prompt-text",
                                              placeholder="参考音频里说的话 Exactly what the prompt recording says"))
                     with gr.Row(visible=False) as instruct_row:
                         preset = gr.Dropdown([label for label, _ in PRESETS], label="指令预设 Instruction presets",

@@ -17,15 +17,28 @@ requires_browser = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") 
 
 
 @contextmanager
-def browser_page(url: str, width: int = 1400, height: int = 1800):
+def browser_session(width: int = 1400, height: int = 1800):
+    """Yields `open_page(url)`: each call opens the app in a new page of one headless Chromium."""
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "chromium is required (apt-get install chromium)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
+
+        def open_page(url: str):
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(url, wait_until="networkidle", timeout=60000)
-            yield page
+            # The status line polls every second, so the network is never idle: wait for the form instead.
+            page.goto(url, wait_until="load", timeout=60000)
+            page.locator("#text-input textarea").wait_for(timeout=60000)
+            return page
+
+        try:
+            yield open_page
         finally:
             browser.close()
+
+
+@contextmanager
+def browser_page(url: str, width: int = 1400, height: int = 1800):
+    with browser_session(width, height) as open_page:
+        yield open_page(url)
