@@ -21,6 +21,7 @@ import numpy as np
 from .errors import UserInputError
 from .history import TEXT_KEPT, write_sidecar
 from .log import request_logger
+from .modes import mode_for_voice
 from .outputs import output_path, write_wav_atomic
 from .service import MAX_SEED, SynthesisRequest, SynthesisService
 
@@ -141,7 +142,7 @@ def synthesize_dialogue(service: SynthesisService, script: object, mapping: obje
     position = 0
     for index, turn in enumerate(turns, start=1):
         entry = entries[turn.speaker]
-        mode = "instruct" if turn.instruction else ("zero_shot" if entry.transcript else "cross_lingual")
+        mode = mode_for_voice(turn.instruction or "", bool(entry.transcript))
         turn_id = f"{request_id}-{index}"
         request = SynthesisRequest(text=turn.text, mode=mode, voice=entry.id, instruct_text=turn.instruction,
                                    seed=(base_seed + index - 1) % (MAX_SEED + 1), speed=speed)

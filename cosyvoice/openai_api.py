@@ -36,6 +36,7 @@ from .dialogue import synthesize_dialogue
 from .encode import CONTENT_TYPES, FORMATS, StreamEncoder, encode
 from .errors import ServerBusyError, StudioError, UserInputError
 from .http_guard import request_id_of
+from .modes import mode_for_voice
 from .service import MAX_SEED, SynthesisRequest, SynthesisService
 from .voices import VoiceEntry, VoiceNameTaken, VoiceNotFound
 
@@ -178,7 +179,7 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
             entry = service.voices.get(voice)
         except StudioError as err:
             raise _from_studio_error(err, "voice") from err
-        mode = "instruct" if instructions.strip() else ("zero_shot" if entry.transcript else "cross_lingual")
+        mode = mode_for_voice(instructions, bool(entry.transcript))
         synthesis = SynthesisRequest(text=text, mode=mode, instruct_text=instructions, seed=seed,
                                      speed=data.get("speed", 1.0), stream=data.get("stream", False),
                                      normalize=data.get("normalize", True), voice=entry.id)
