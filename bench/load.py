@@ -68,7 +68,8 @@ def request_kinds(target: Target, prompt: dict) -> dict[str, tuple[list, str]]:
     """name -> (data, what must be answered)."""
     def data(**kw):
         fields = {"text": random.choice(TEXTS), "mode": "zero_shot", "prompt": prompt, "prompt_text": TRANSCRIPT,
-                  "instruct": "", "seed": random.randrange(1000), "speed": 1.0, "stream": False, "normalize": True}
+                  "instruct": "", "seed": random.randrange(1000), "speed": 1.0, "stream": False, "normalize": True,
+                  "voice": ""}
         return list((fields | kw).values())
     return {
         "valid": (data(), "served or busy"),

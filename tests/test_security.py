@@ -43,7 +43,7 @@ def file_payload(path: str) -> dict:
 
 def api_data(prompt, **overrides) -> list:
     fields = {"text": "你好。", "mode": "zero_shot", "prompt": prompt, "prompt_text": ZERO_SHOT_TRANSCRIPT,
-              "instruct": "", "seed": 1, "speed": 1.0, "stream": False, "normalize": True} | overrides
+              "instruct": "", "seed": 1, "speed": 1.0, "stream": False, "normalize": True, "voice": ""} | overrides
     return list(fields.values())
 
 
