@@ -426,18 +426,23 @@ class SlotDecoder:
     """Requests decoded together in a fixed number of slots of one static SlotCache.
 
     admit() prefills a request into a free slot (alone, so its prefill never depends on other requests)
-    and picks its first token; step() decodes one token for every busy slot at once. With exact=True
-    only busy slots are computed (per-row attention over each exact prefix; the projections must then
-    give a row the same result whatever the other rows, see row_invariant_linears); with exact=False
-    every step runs all slots over the whole cache with masks, shapes fixed for CUDA graph capture.
+    and picks its first token; step() decodes one token for every busy slot at once.
+
+    exact=True: per-row attention over each row's exact prefix; exact=False: all slots over the whole
+    cache with per-row masks (fixed shapes, for CUDA graph capture; needs compact=False).
+    compact=True: only busy slots are computed, so a lone request pays nothing for empty slots; this is
+    batch-invariant only when the projections give a row the same result whatever the row count
+    (the scheduler checks its kernels for that). compact=False: every step computes all slots, padded.
     """
 
     def __init__(self, llm: "CosyVoice3LM", slots: int, capacity: int, exact: bool = True,
-                 step_fn: Callable[[Tensor, DecodeRows], Tensor] | None = None):
-        self.llm, self.exact = llm, exact
+                 compact: bool = True, step_fn: Callable[[Tensor, DecodeRows], Tensor] | None = None):
+        if not exact and compact:
+            raise ValueError("masked attention over all slots needs compact=False")
+        self.llm, self.exact, self.compact = llm, exact, compact
         self.cache = llm.new_slot_cache(slots, capacity)
         self.requests: list[DecodeRequest | None] = [None] * slots
-        self._step_fn = step_fn or (lambda tokens, rows: llm.decode_rows(tokens, rows, self.cache))
+        self.step_fn = step_fn or (lambda tokens, rows: llm.decode_rows(tokens, rows, self.cache))
 
     @property
     def slots(self) -> int:
@@ -479,12 +484,12 @@ class SlotDecoder:
         busy = [i for i, r in enumerate(self.requests) if r is not None]
         if not busy:
             return {}
-        rows = busy if self.exact else list(range(self.slots))
+        rows = busy if self.compact else list(range(self.slots))
         last = [self.requests[i].decoded[-1] if self.requests[i] is not None else 0 for i in rows]
         positions = [self.requests[i].next_position if self.requests[i] is not None else 0 for i in rows]
         device = self.llm.device
         tokens = torch.tensor(last, dtype=torch.long, device=device)[:, None]
-        logits = self._step_fn(tokens, DecodeRows.of(rows, positions, device, self.exact))
+        logits = self.step_fn(tokens, DecodeRows.of(rows, positions, device, self.exact))
         out: dict[int, int | None] = {}
         for index, slot in enumerate(rows):
             request = self.requests[slot]

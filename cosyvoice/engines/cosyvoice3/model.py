@@ -123,6 +123,8 @@ class CosyVoice3Model:
         self.device = torch.device(device)
         self._autocast = autocast or contextlib.nullcontext
         self.token_mel_ratio = flow.cfg.token_mel_ratio
+        # A DecodeScheduler (set by the engine) decodes all requests together; None: each in its caller.
+        self.scheduler = None
         self.lookahead = flow.cfg.lookahead
         self.samples_per_frame = hift.config.samples_per_frame
         # The fixed noise bounds one utterance: flow frames (prompt included) and HiFT samples.
@@ -150,7 +152,8 @@ class CosyVoice3Model:
                       max_token_text_ratio: float = 20.0) -> Iterator[int]:
         """LLM tokens with long silences dropped, capped at what the flow noise can render."""
         cap = self.max_speech_tokens(inputs.flow_prompt_tokens.shape[1])
-        raw = self.llm.generate(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
+        decode = self.scheduler.generate if self.scheduler is not None else self.llm.generate
+        raw = decode(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
                                 sampling=self.config.sampling, min_token_text_ratio=min_token_text_ratio,
                                 max_token_text_ratio=max_token_text_ratio, generator=generator, sampler=sampler)
         kept = drop_long_silences(raw)
