@@ -2,7 +2,11 @@
 streaming chunk, peak RSS.
 
     python bench/engine_speed.py --json OUT [--model-dir DIR] [--tokens 250] [--threads 2] [--int8] [--bf16]
-                                 [--stages llm,flow,stream] [--update] [--keep-dir DIR]
+                                 [--stages llm,flow,stream] [--update] [--keep-dir DIR] [--slots 4]
+
+The llm stage also times the decode scheduler (exact fp32): llm_ms_per_token / llm_single_tokens_per_s
+= one request in a 1-slot batch, llm_lone_in_batch_ms_per_token = one request in a --slots batch,
+llm_batch_tokens_per_s = --slots requests decoding at once (--batch-tokens steps each).
 
 Without --model-dir a model dir with the released sizes (Qwen2-0.5B-shaped LLM, 22-layer DiT,
 512-channel HiFT) and random weights is written in the official layout to a temporary dir first
@@ -241,10 +245,72 @@ def decode(model, inputs, n_tokens: int, sampler, seed: int = 0, raw: bool = Fal
     return tokens, first - started, 1000 * (done - first) / max(1, len(tokens) - 1)
 
 
+def _decode_requests(llm, cfg, inputs, count: int, seed: int = 0):
+    sampler = never_stop(cfg.sampling, cfg.llm.speech_token_size)
+    return [llm.decode_request(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
+                               sampling=cfg.sampling, max_token_text_ratio=10_000,
+                               generator=torch.Generator().manual_seed(seed + i), sampler=sampler)
+            for i in range(count)]
+
+
+def time_steps(decoder, requests, n_tokens: int) -> float:
+    """Prefill `requests` into slots 0.. of `decoder`, then seconds per decode step for n_tokens - 1 steps."""
+    with torch.inference_mode():
+        for slot, request in enumerate(requests):
+            decoder.admit(request, slot)
+        started = time.perf_counter()
+        for _ in range(n_tokens - 1):
+            decoder.step()
+        elapsed = time.perf_counter() - started
+        for slot in range(len(requests)):
+            decoder.release(slot)
+    return elapsed / max(1, n_tokens - 1)
+
+
+def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, rounds: int = 3) -> dict:
+    """Decode speed of the scheduler's SlotDecoder, exact fp32 on CPU: one request in a 1-slot batch
+    (single), one request alone in a `slots`-slot batch (lone), and `slots` requests at once (batch).
+
+    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the three are
+    measured in alternating rounds and the median of the rounds is reported."""
+    from statistics import median
+
+    from cosyvoice.engines.cosyvoice3.llm import SlotDecoder, load_llm
+    from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
+    from cosyvoice.engines.cosyvoice3.scheduler import pack_for_slots
+
+    capacity = 4096
+    one = load_llm(model_dir / LLM_WEIGHTS, cfg.llm)
+    many = load_llm(model_dir / LLM_WEIGHTS, cfg.llm)
+    packed = pack_for_slots(one, 1) and pack_for_slots(many, slots)
+    single_dec = SlotDecoder(one, 1, capacity, compact=packed)
+    batch_dec = SlotDecoder(many, slots, capacity, compact=packed)
+    single, lone, batch = [], [], []
+    for _ in range(rounds):
+        single.append(time_steps(single_dec, _decode_requests(one, cfg, inputs, 1), n_tokens))
+        lone.append(time_steps(batch_dec, _decode_requests(many, cfg, inputs, 1), n_tokens))
+        batch.append(time_steps(batch_dec, _decode_requests(many, cfg, inputs, slots), n_tokens))
+    single_s, lone_s, batch_s = median(single), median(lone), median(batch)
+    return {
+        "llm_slots": slots,
+        "llm_batching_mode": "busy slots only" if packed else "all slots padded",
+        "llm_ms_per_token": round(1000 * single_s, 1),
+        "llm_single_tokens_per_s": round(1 / single_s, 2),
+        "llm_lone_in_batch_ms_per_token": round(1000 * lone_s, 1),
+        "llm_batch_tokens_per_s": round(slots / batch_s, 2),
+        "llm_batch_speedup": round(single_s * slots / batch_s, 2),
+        "llm_lone_in_batch_ratio": round(lone_s / single_s, 3),
+        "llm_rounds_ms_per_step": {"single": [round(1000 * x, 1) for x in single],
+                                   "lone": [round(1000 * x, 1) for x in lone],
+                                   "batch": [round(1000 * x, 1) for x in batch]},
+    }
+
+
 STAGES = ("llm", "flow", "stream", "int8", "bf16")
 
 
-def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, save) -> dict:
+def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, save, slots: int = 4,
+        batch_tokens: int | None = None) -> dict:
     """Measure `stages` in order; `save(result)` after each one, so a long run that is cut short
     still leaves what it measured."""
     from cosyvoice.audio import load_prompt_audio
@@ -253,7 +319,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
 
     result.update({"model_dir": str(model_dir), "tokens": n_tokens, "threads": torch.get_num_threads()})
     started = time.perf_counter()
-    engine = CosyVoice3Engine(model_dir, device="cpu", precision="fp32")
+    engine = CosyVoice3Engine(model_dir, device="cpu", precision="fp32", batch_slots=slots)
     result["load_s"] = round(time.perf_counter() - started, 2)
     model, cfg = engine.model, engine.config
     voice = engine.prepare_voice(load_prompt_audio(PROMPT_WAV).audio, PROMPT_TEXT)
@@ -266,7 +332,9 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
     if "llm" in stages:
         tokens, prefill_s, ms_per_token = decode(model, inputs, n_tokens, sampler)
         result["llm_prefill_s"] = round(prefill_s, 3)
-        result["llm_ms_per_token"] = round(ms_per_token, 1)
+        result["llm_engine_ms_per_token"] = round(ms_per_token, 1)   # through the engine's scheduler
+        save(result)
+        result.update(llm_batching(model_dir, cfg, inputs, batch_tokens or n_tokens, slots))
         save(result)
     else:  # flow and HiFT cost does not depend on which tokens they render
         tokens = torch.randint(0, cfg.llm.speech_token_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -337,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     parser.add_argument("--tokens", type=int, default=250, help="speech tokens to decode (25 per second)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=4, help="decode batch slots for the batching figures")
+    parser.add_argument("--batch-tokens", type=int, help="tokens per batching measurement (default --tokens)")
     parser.add_argument("--int8", action="store_true", help="also time the int8 LLM and its greedy agreement")
     parser.add_argument("--bf16", action="store_true", help="also time the bf16 flow and its mel error")
     parser.add_argument("--keep-dir", type=Path, help="build the random model dir here and keep it (reused if present)")
@@ -382,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(partial), file=sys.stderr, flush=True)
 
     try:
-        result = run(model_dir, args.tokens, stages, result, save)
+        result = run(model_dir, args.tokens, stages, result, save, slots=args.slots, batch_tokens=args.batch_tokens)
     finally:
         if temp is not None:
             temp.cleanup()

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, PromptAudio, Style, Voice
 from cosyvoice.engines.cosyvoice3 import features
-from cosyvoice.engines.cosyvoice3.devices import autocast, place, release_memory
+from cosyvoice.engines.cosyvoice3.devices import place, release_memory
 from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs, stage
 from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS, check_model_dir, model_identity
 from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
@@ -75,7 +75,7 @@ class VoiceFeatures:
 class CosyVoice3Engine:
     name = "cosyvoice3"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32",
+    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto",
                  llm_weights: str = LLM_WEIGHTS, batch_slots: int | None = None, quantize: str | None = None,
                  cuda_graphs: bool = True):
         """llm_weights: the LLM checkpoint file in the model dir (llm.pt, or e.g. llm.rl.pt beside it).
@@ -90,8 +90,9 @@ class CosyVoice3Engine:
         self.llm_weights = llm_weights
         self.placement = place(device, precision)
         self.device = str(self.placement.device)
-        self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, torch.float32,
-                                          autocast=lambda: autocast(self.placement), llm_weights=llm_weights)
+        # Weights stored in the compute dtype (no per-step autocast): half precision on CUDA, else float32.
+        self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, self.placement.dtype,
+                                          llm_weights=llm_weights)
         config = self.model.config
         self.config = config
         self.quantize = quantize

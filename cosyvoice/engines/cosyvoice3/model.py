@@ -134,11 +134,12 @@ class CosyVoice3Model:
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
              autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
              llm_weights: str = LLM_WEIGHTS) -> "CosyVoice3Model":
-        """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt)."""
+        """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt).
+        `dtype`: how the LLM and flow weights are stored (half precision on CUDA); HiFT is always float32."""
         config = ModelConfig.from_model_dir(model_dir)
         llm = load_llm(Path(model_dir) / llm_weights, config.llm, device, dtype)
         flow = load_flow(Path(model_dir), config.flow, device, dtype)
-        hift = load_hift(model_dir, config.hift, device, dtype)
+        hift = load_hift(model_dir, config.hift, device, torch.float32)   # the vocoder stays float32
         return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, autocast)
 
     # -- tokens -----------------------------------------------------------------------------------
