@@ -152,6 +152,28 @@ class CapturedStep:
         return self.logits
 
 
+def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False) -> SlotDecoder:
+    """The batch-invariant SlotDecoder for where `llm` lives (see the module docstring): on CPU busy
+    rows only when the packed kernels allow it, else all slots padded; on CUDA all slots masked, the
+    step captured as a CUDA graph when `cuda_graphs`. On CPU this packs the LLM's projections in place."""
+    if slots < 1:
+        raise ValueError(f"batch slots must be at least 1, got {slots}")
+    on_cuda = llm.device.type == "cuda"
+    compact = not on_cuda and pack_for_slots(llm, slots)
+    decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=compact)
+    if cuda_graphs and on_cuda:
+        decoder.step_fn = CapturedStep(llm, decoder.cache)
+    return decoder
+
+
+def decoder_mode(decoder: SlotDecoder) -> str:
+    if decoder.compact:
+        return "busy slots only (row-invariant kernels)"
+    if decoder.exact:
+        return "all slots, padded"
+    return "all slots, masked" + (", CUDA graph" if isinstance(decoder.step_fn, CapturedStep) else "")
+
+
 # ---------------------------------------------------------------------------------------------
 # The scheduler
 
@@ -168,14 +190,8 @@ class DecodeScheduler:
     from any number of threads at once."""
 
     def __init__(self, llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False):
-        if slots < 1:
-            raise ValueError(f"batch slots must be at least 1, got {slots}")
         self.llm = llm
-        on_cuda = llm.device.type == "cuda"
-        self.compact = not on_cuda and pack_for_slots(llm, slots)
-        self.cuda_graphs = cuda_graphs and on_cuda
-        self.decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=self.compact)
-        self._captured: CapturedStep | None = None
+        self.decoder = slot_decoder(llm, slots, capacity, cuda_graphs)
         self._lock = threading.Condition()
         self._pending: deque[Ticket] = deque()
         self._active: dict[int, Ticket] = {}
@@ -188,11 +204,16 @@ class DecodeScheduler:
         return self.decoder.slots
 
     @property
+    def compact(self) -> bool:
+        return self.decoder.compact
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return isinstance(self.decoder.step_fn, CapturedStep)
+
+    @property
     def mode(self) -> str:
-        if self.compact:
-            return "busy slots only (row-invariant kernels)"
-        return "all slots, masked" + (", CUDA graph" if self.cuda_graphs else "") if not self.decoder.exact \
-            else "all slots, padded"
+        return decoder_mode(self.decoder)
 
     def generate(self, text_ids: Tensor, prompt_text_ids: Tensor, prompt_speech_tokens: Tensor,
                  **kwargs) -> Iterator[int]:
@@ -270,9 +291,6 @@ class DecodeScheduler:
             self._active[slot] = ticket
 
     def _step(self) -> None:
-        if self.cuda_graphs and self._captured is None:
-            self._captured = CapturedStep(self.llm, self.decoder.cache)
-            self.decoder.step_fn = self._captured
         try:
             tokens = self.decoder.step()
         except Exception as err:
