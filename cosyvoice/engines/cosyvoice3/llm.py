@@ -97,14 +97,18 @@ class SlotCache:
     """The static keys/values of every decode slot, (layers, slots, kv_heads, capacity, head_dim), allocated
     once: a batched step writes each row at its own position and never reallocates, so its shapes stay fixed.
 
-    torch.zeros maps untouched pages lazily on CPU, so a large capacity costs memory only as it is used.
+    zeroed=False leaves the storage uninitialised, so on CPU untouched pages are never mapped and a large
+    capacity costs memory only as it is used; that is safe only when every read position was written
+    first (per-row exact attention). Masked attention reads every position, so it needs zeroed=True
+    (uninitialised NaNs would leak through the zero softmax weights).
     """
 
     def __init__(self, cfg: LLMConfig, slots: int, capacity: int, dtype: torch.dtype, device: torch.device,
-                 inv_freq: Tensor):
+                 inv_freq: Tensor, zeroed: bool = True):
         shape = (cfg.num_layers, slots, cfg.num_kv_heads, capacity, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        alloc = torch.zeros if zeroed else torch.empty
+        self.k = alloc(shape, dtype=dtype, device=device)
+        self.v = alloc(shape, dtype=dtype, device=device)
         self.inv_freq = inv_freq
         self.cos, self.sin = rope_tables(inv_freq, 0, capacity, dtype)     # (capacity, head_dim)
         self.positions = torch.arange(capacity, device=device)              # key index, for masks
@@ -203,10 +207,13 @@ class Attention(nn.Module):
         group = self.num_heads // self.num_kv_heads
         q = q.reshape(rows_n, self.num_kv_heads, group, self.head_dim)         # query groups as "time"
         if rows.exact:
-            out = torch.cat([
-                F.scaled_dot_product_attention(q[i:i + 1], cache.k[layer, slot:slot + 1, :, :end],
-                                               cache.v[layer, slot:slot + 1, :, :end])
-                for i, (slot, end) in enumerate(zip(rows.slot_list, rows.ends))])
+            # Plain matmul/softmax per row: for one query row CPU's flash SDPA costs milliseconds of
+            # set-up per call, paid once per request per layer, which would eat the batching gain.
+            q = q * self.head_dim ** -0.5
+            out = torch.stack([
+                torch.matmul(torch.matmul(q[i], cache.k[layer, slot, :, :end].transpose(1, 2))
+                             .float().softmax(dim=-1).to(q.dtype), cache.v[layer, slot, :, :end])
+                for i, (slot, end) in enumerate(zip(rows.slot_list, rows.ends))])   # (M, Hkv, group, D)
         else:
             # rows are all slots in order: keys (S, Hkv, C, D), mask (S, 1, 1, C) = key <= own position
             visible = (cache.positions[None, :] <= rows.positions[:, None])[:, None, None]
@@ -307,8 +314,8 @@ class CosyVoice3LM(nn.Module):
         cache.reserve(position + 1)
         return self._forward(self.speech_embedding(tokens), position, cache)
 
-    def new_slot_cache(self, slots: int, capacity: int) -> SlotCache:
-        return SlotCache(self.cfg, slots, capacity, self.dtype, self.device, self.rope_inv_freq)
+    def new_slot_cache(self, slots: int, capacity: int, zeroed: bool = True) -> SlotCache:
+        return SlotCache(self.cfg, slots, capacity, self.dtype, self.device, self.rope_inv_freq, zeroed)
 
     def decode_rows(self, tokens: Tensor, rows: DecodeRows, cache: SlotCache) -> Tensor:
         """tokens (M, 1): the last speech id of each row's request -> logits (M, V_speech).
@@ -440,7 +447,7 @@ class SlotDecoder:
         if not exact and compact:
             raise ValueError("masked attention over all slots needs compact=False")
         self.llm, self.exact, self.compact = llm, exact, compact
-        self.cache = llm.new_slot_cache(slots, capacity)
+        self.cache = llm.new_slot_cache(slots, capacity, zeroed=not exact)
         self.requests: list[DecodeRequest | None] = [None] * slots
         self.step_fn = step_fn or (lambda tokens, rows: llm.decode_rows(tokens, rows, self.cache))
 
