@@ -259,31 +259,13 @@ def _decode_requests(llm, cfg, inputs, count: int, seed: int = 0):
             for i in range(count)]
 
 
-def time_steps(decoder, requests, n_tokens: int) -> float:
-    """Prefill `requests` into slots 0.. of `decoder`, then seconds per decode step for n_tokens - 1 steps."""
-    with torch.inference_mode():
-        for slot, request in enumerate(requests):
-            decoder.admit(request, slot)
-        synchronize(decoder.llm.device)
-        started = time.perf_counter()
-        for _ in range(n_tokens - 1):
-            decoder.step()
-        synchronize(decoder.llm.device)
-        elapsed = time.perf_counter() - started
-        for slot in range(len(requests)):
-            decoder.release(slot)
-    return elapsed / max(1, n_tokens - 1)
-
-
-def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placement, cuda_graphs: bool,
-                 rounds: int = 3) -> dict:
-    """Decode speed of the scheduler's SlotDecoder, exact fp32 on CPU: one request in a 1-slot batch
+def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placement, cuda_graphs: bool) -> dict:
+    """Decode speed of the scheduler's SlotDecoder (exact fp32 on CPU): one request in a 1-slot batch
     (single), one request alone in a `slots`-slot batch (lone), and `slots` requests at once (batch).
 
-    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the three are
-    measured in alternating rounds and the median of the rounds is reported."""
-    from statistics import median
-
+    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the three
+    decoders take their steps in turn (single, lone, batch, single, ...) and each sums only its own
+    step times: a burst of load elsewhere hits all three alike, and the ratios stay fair."""
     from cosyvoice.engines.cosyvoice3.llm import load_llm
     from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
     from cosyvoice.engines.cosyvoice3.scheduler import decoder_mode, slot_decoder
@@ -291,26 +273,33 @@ def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placem
     capacity = 4096
     one = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
     many = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
-    single_dec = slot_decoder(one, 1, capacity, cuda_graphs)
-    batch_dec = slot_decoder(many, slots, capacity, cuda_graphs)
-    single, lone, batch = [], [], []
-    for _ in range(rounds):
-        single.append(time_steps(single_dec, _decode_requests(one, cfg, inputs, 1), n_tokens))
-        lone.append(time_steps(batch_dec, _decode_requests(many, cfg, inputs, 1), n_tokens))
-        batch.append(time_steps(batch_dec, _decode_requests(many, cfg, inputs, slots), n_tokens))
-    single_s, lone_s, batch_s = median(single), median(lone), median(batch)
+    runs = {"single": (slot_decoder(one, 1, capacity, cuda_graphs), 1),
+            "lone": (slot_decoder(many, slots, capacity, cuda_graphs), 1),
+            "batch": (slot_decoder(many, slots, capacity, cuda_graphs), slots)}
+    seconds = dict.fromkeys(runs, 0.0)
+    with torch.inference_mode():
+        for decoder, count in runs.values():
+            for slot, request in enumerate(_decode_requests(decoder.llm, cfg, inputs, count)):
+                decoder.admit(request, slot)
+        for _ in range(n_tokens - 1):
+            for name, (decoder, _) in runs.items():
+                synchronize(placement.device)
+                started = time.perf_counter()
+                decoder.step()
+                synchronize(placement.device)
+                seconds[name] += time.perf_counter() - started
+    steps = max(1, n_tokens - 1)
+    single_s, lone_s, batch_s = (seconds[k] / steps for k in ("single", "lone", "batch"))
     return {
         "llm_slots": slots,
-        "llm_batching_mode": decoder_mode(batch_dec),
+        "llm_batching_mode": decoder_mode(runs["batch"][0]),
+        "llm_batch_steps": steps,
         "llm_ms_per_token": round(1000 * single_s, 1),
         "llm_single_tokens_per_s": round(1 / single_s, 2),
         "llm_lone_in_batch_ms_per_token": round(1000 * lone_s, 1),
         "llm_batch_tokens_per_s": round(slots / batch_s, 2),
         "llm_batch_speedup": round(single_s * slots / batch_s, 2),
         "llm_lone_in_batch_ratio": round(lone_s / single_s, 3),
-        "llm_rounds_ms_per_step": {"single": [round(1000 * x, 1) for x in single],
-                                   "lone": [round(1000 * x, 1) for x in lone],
-                                   "batch": [round(1000 * x, 1) for x in batch]},
     }
 
 

@@ -176,6 +176,7 @@ def test_eight_concurrent_synthesize_calls_equal_each_alone(model_dir) -> None:
         return np.concatenate(list(engine.synthesize(text, voice, Style(mode), seed, lambda p: None, stream=stream)))
 
     alone = [synth(job, stream=index % 2 == 1) for index, job in enumerate(jobs)]
+    assert engine.scheduler.most_in_one_step == 1
     start = threading.Barrier(8)
 
     def together(index):
@@ -185,6 +186,7 @@ def test_eight_concurrent_synthesize_calls_equal_each_alone(model_dir) -> None:
     with ThreadPoolExecutor(8) as pool:
         outputs = list(pool.map(together, range(8)))
     assert len({a.size for a in alone}) > 4                  # different lengths, so they join and leave apart
+    assert engine.scheduler.most_in_one_step == 4            # all slots were shared at some step
     for index, (a, b) in enumerate(zip(alone, outputs)):
         assert a.size > 0
         assert np.array_equal(a, b), f"request {index} changed when decoded beside others"

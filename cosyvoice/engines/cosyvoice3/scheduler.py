@@ -196,6 +196,7 @@ class DecodeScheduler:
         self._pending: deque[Ticket] = deque()
         self._active: dict[int, Ticket] = {}
         self._closed = False
+        self.most_in_one_step = 0    # the largest number of requests decoded in one step (logs, tests)
         self._thread = threading.Thread(target=self._work, name="cv3-decode", daemon=True)
         self._thread.start()
 
@@ -291,6 +292,7 @@ class DecodeScheduler:
             self._active[slot] = ticket
 
     def _step(self) -> None:
+        self.most_in_one_step = max(self.most_in_one_step, len(self._active))
         try:
             tokens = self.decoder.step()
         except Exception as err:
