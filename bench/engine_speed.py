@@ -2,7 +2,11 @@
 streaming chunk, peak RSS.
 
     python bench/engine_speed.py --json OUT [--model-dir DIR] [--tokens 250] [--threads 2] [--int8] [--bf16]
-                                 [--stages llm,flow,stream] [--update] [--keep-dir DIR]
+                                 [--stages llm,flow,stream] [--update] [--keep-dir DIR] [--slots 4]
+
+The llm stage also times the decode scheduler (exact fp32): llm_ms_per_token / llm_single_tokens_per_s
+= one request in a 1-slot batch, llm_lone_in_batch_ms_per_token = one request in a --slots batch,
+llm_batch_tokens_per_s = --slots requests decoding at once (--batch-tokens steps each).
 
 Without --model-dir a model dir with the released sizes (Qwen2-0.5B-shaped LLM, 22-layer DiT,
 512-channel HiFT) and random weights is written in the official layout to a temporary dir first
@@ -220,7 +224,7 @@ def decode(model, inputs, n_tokens: int, sampler, seed: int = 0, raw: bool = Fal
     """(tokens, prefill seconds incl. the first pick, ms per later token).
 
     raw: the LLM's own output, without the silence filter (so step i is token i, for agreement counts)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
     if raw:
         stream: Iterator[int] = model.llm.generate(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
                                                    sampling=model.config.sampling, max_token_text_ratio=10_000,
@@ -241,10 +245,70 @@ def decode(model, inputs, n_tokens: int, sampler, seed: int = 0, raw: bool = Fal
     return tokens, first - started, 1000 * (done - first) / max(1, len(tokens) - 1)
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _decode_requests(llm, cfg, inputs, count: int, seed: int = 0):
+    sampler = never_stop(cfg.sampling, cfg.llm.speech_token_size)
+    return [llm.decode_request(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
+                               sampling=cfg.sampling, max_token_text_ratio=10_000,
+                               generator=torch.Generator(device=llm.device).manual_seed(seed + i),
+                               sampler=sampler)
+            for i in range(count)]
+
+
+def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placement, cuda_graphs: bool) -> dict:
+    """Decode speed of the scheduler's SlotDecoder (exact fp32 on CPU): one request in a 1-slot batch
+    (single), one request alone in a `slots`-slot batch (lone), and `slots` requests at once (batch).
+
+    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the three
+    decoders take their steps in turn (single, lone, batch, single, ...) and each sums only its own
+    step times: a burst of load elsewhere hits all three alike, and the ratios stay fair."""
+    from cosyvoice.engines.cosyvoice3.llm import load_llm
+    from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
+    from cosyvoice.engines.cosyvoice3.scheduler import decoder_mode, slot_decoder
+
+    capacity = 4096
+    one = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
+    many = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
+    runs = {"single": (slot_decoder(one, 1, capacity, cuda_graphs), 1),
+            "lone": (slot_decoder(many, slots, capacity, cuda_graphs), 1),
+            "batch": (slot_decoder(many, slots, capacity, cuda_graphs), slots)}
+    seconds = dict.fromkeys(runs, 0.0)
+    with torch.inference_mode():
+        for decoder, count in runs.values():
+            for slot, request in enumerate(_decode_requests(decoder.llm, cfg, inputs, count)):
+                decoder.admit(request, slot)
+        for _ in range(n_tokens - 1):
+            for name, (decoder, _) in runs.items():
+                synchronize(placement.device)
+                started = time.perf_counter()
+                decoder.step()
+                synchronize(placement.device)
+                seconds[name] += time.perf_counter() - started
+    steps = max(1, n_tokens - 1)
+    single_s, lone_s, batch_s = (seconds[k] / steps for k in ("single", "lone", "batch"))
+    return {
+        "llm_slots": slots,
+        "llm_batching_mode": decoder_mode(runs["batch"][0]),
+        "llm_batch_steps": steps,
+        "llm_ms_per_token": round(1000 * single_s, 1),
+        "llm_single_tokens_per_s": round(1 / single_s, 2),
+        "llm_lone_in_batch_ms_per_token": round(1000 * lone_s, 1),
+        "llm_batch_tokens_per_s": round(slots / batch_s, 2),
+        "llm_batch_speedup": round(single_s * slots / batch_s, 2),
+        "llm_lone_in_batch_ratio": round(lone_s / single_s, 3),
+    }
+
+
 STAGES = ("llm", "flow", "stream", "int8", "bf16")
 
 
-def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, save) -> dict:
+def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, save, slots: int = 4,
+        batch_tokens: int | None = None, device: str = "cpu", precision: str = "fp32",
+        cuda_graphs: bool = True) -> dict:
     """Measure `stages` in order; `save(result)` after each one, so a long run that is cut short
     still leaves what it measured."""
     from cosyvoice.audio import load_prompt_audio
@@ -253,7 +317,10 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
 
     result.update({"model_dir": str(model_dir), "tokens": n_tokens, "threads": torch.get_num_threads()})
     started = time.perf_counter()
-    engine = CosyVoice3Engine(model_dir, device="cpu", precision="fp32")
+    engine = CosyVoice3Engine(model_dir, device=device, precision=precision, batch_slots=slots,
+                              cuda_graphs=cuda_graphs)
+    result.update({"device": str(engine.placement.device), "precision": engine.placement.precision,
+                   "cuda_graphs": engine.scheduler.cuda_graphs})
     result["load_s"] = round(time.perf_counter() - started, 2)
     model, cfg = engine.model, engine.config
     voice = engine.prepare_voice(load_prompt_audio(PROMPT_WAV).audio, PROMPT_TEXT)
@@ -266,7 +333,10 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
     if "llm" in stages:
         tokens, prefill_s, ms_per_token = decode(model, inputs, n_tokens, sampler)
         result["llm_prefill_s"] = round(prefill_s, 3)
-        result["llm_ms_per_token"] = round(ms_per_token, 1)
+        result["llm_engine_ms_per_token"] = round(ms_per_token, 1)   # through the engine's scheduler
+        save(result)
+        result.update(llm_batching(model_dir, cfg, inputs, batch_tokens or n_tokens, slots, engine.placement,
+                                   cuda_graphs))
         save(result)
     else:  # flow and HiFT cost does not depend on which tokens they render
         tokens = torch.randint(0, cfg.llm.speech_token_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -291,7 +361,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
 
     if "stream" in stages:
         started = time.perf_counter()
-        chunks = model.tts_stream(inputs, generator=torch.Generator().manual_seed(0), sampler=sampler)
+        chunks = model.tts_stream(inputs, generator=torch.Generator(device=model.device).manual_seed(0), sampler=sampler)
         first_chunk = next(chunks)
         result["first_chunk_s"] = round(time.perf_counter() - started, 2)
         result["first_chunk_audio_s"] = round(first_chunk.shape[1] / engine.sample_rate, 2)
@@ -337,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     parser.add_argument("--tokens", type=int, default=250, help="speech tokens to decode (25 per second)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=4, help="decode batch slots for the batching figures")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--precision", default="fp32", help="auto, fp32, fp16 or bf16 (half precision only on CUDA)")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="do not capture the decode step (CUDA)")
+    parser.add_argument("--batch-tokens", type=int, help="tokens per batching measurement (default --tokens)")
     parser.add_argument("--int8", action="store_true", help="also time the int8 LLM and its greedy agreement")
     parser.add_argument("--bf16", action="store_true", help="also time the bf16 flow and its mel error")
     parser.add_argument("--keep-dir", type=Path, help="build the random model dir here and keep it (reused if present)")
@@ -382,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(partial), file=sys.stderr, flush=True)
 
     try:
-        result = run(model_dir, args.tokens, stages, result, save)
+        result = run(model_dir, args.tokens, stages, result, save, slots=args.slots, batch_tokens=args.batch_tokens,
+                     device=args.device, precision=args.precision, cuda_graphs=not args.no_cuda_graphs)
     finally:
         if temp is not None:
             temp.cleanup()

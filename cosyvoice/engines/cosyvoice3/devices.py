@@ -1,17 +1,18 @@
 """Device, precision and out-of-memory helpers for the CosyVoice3 engine.
 
-Weights stay float32 everywhere; on CUDA the forward passes run under autocast in the requested
-half precision. On CPU we always compute in float32 (half precision is slower there and the
-parity tolerances are float32 ones).
+On CUDA the LLM and the flow's DiT are *stored* in the chosen half precision (no per-step autocast,
+so no weight is re-cast per token); HiFT stays float32 (its phase-sensitive convolutions are the
+least tolerant). "auto" means bf16 where the GPU supports it, else fp16. On CPU everything runs
+float32 whatever was asked (half precision is slower there and the parity tolerances are float32 ones).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,13 @@ class Placement:
     requested_precision: str
 
     @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return None if self.precision == "fp32" else PRECISIONS[self.precision]
+    def dtype(self) -> torch.dtype:
+        """The dtype the LLM and DiT weights are stored (and computed) in."""
+        return PRECISIONS[self.precision]
 
     @property
     def notice(self) -> str | None:
-        if self.precision != self.requested_precision:
+        if self.precision != self.requested_precision and self.requested_precision != "auto":
             return f"precision {self.requested_precision} is only used on CUDA; running {self.precision} on {self.device.type}"
         return None
 
@@ -42,22 +44,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def place(device: str = "auto", precision: str = "fp32") -> Placement:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+def effective_precision(device: torch.device, precision: str, bf16_supported: bool) -> str:
+    """What runs on `device` when `precision` is asked: fp32 off CUDA; auto -> bf16, or fp16 without bf16."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISION_CHOICES)}")
+    if device.type != "cuda":
+        return "fp32"
+    if precision in ("auto", "bf16"):
+        return "bf16" if bf16_supported else "fp16"
+    return precision
+
+
+def place(device: str = "auto", precision: str = "auto") -> Placement:
     resolved = resolve_device(device)
-    effective = precision if resolved.type == "cuda" else "fp32"
-    if effective == "bf16" and not torch.cuda.is_bf16_supported():
-        effective = "fp16"
-    return Placement(resolved, effective, precision)
-
-
-def autocast(placement: Placement) -> contextlib.AbstractContextManager:
-    """Autocast for CUDA half precision; a no-op context otherwise."""
-    dtype = placement.autocast_dtype
-    if dtype is None or placement.device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    bf16 = resolved.type == "cuda" and torch.cuda.is_bf16_supported()
+    return Placement(resolved, effective_precision(resolved, precision, bf16), precision)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -25,10 +25,12 @@ from torch import Tensor
 
 from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, PromptAudio, Style, Voice
 from cosyvoice.engines.cosyvoice3 import features
-from cosyvoice.engines.cosyvoice3.devices import autocast, place, release_memory
+from cosyvoice.engines.cosyvoice3.devices import place, release_memory
 from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs, stage
 from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS, check_model_dir, model_identity
 from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
+from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
+from cosyvoice.engines.cosyvoice3.scheduler import DecodeScheduler
 from cosyvoice.engines.cosyvoice3.tokenizer import CosyVoice3Tokenizer
 from cosyvoice.errors import UserInputError
 from cosyvoice.text.special_tokens import END_OF_PROMPT, SYSTEM_PROMPT
@@ -36,6 +38,11 @@ from cosyvoice.text.special_tokens import END_OF_PROMPT, SYSTEM_PROMPT
 FEATURE_RATE = 16000                 # campplus and the speech tokenizer take 16 kHz audio
 # Speech tokens per LLM text token when the prompt cannot tell us (progress estimate only).
 DEFAULT_TOKENS_PER_TEXT_ID = 7.0
+DEFAULT_SLOTS_CUDA, DEFAULT_SLOTS_CPU = 4, 2
+QUANTIZE_MODES = (None, "int8")
+# LLM positions a request's prompt sequence may take (sos, prompt text + text, task id, prompt speech):
+# a 30 s prompt is 750 speech tokens, a long text piece a few hundred ids.
+PREFILL_POSITIONS = 2048
 
 
 def zero_shot_prompt_text(transcript: str) -> str:
@@ -68,17 +75,33 @@ class VoiceFeatures:
 class CosyVoice3Engine:
     name = "cosyvoice3"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32",
-                 llm_weights: str = LLM_WEIGHTS):
-        """llm_weights: the LLM checkpoint file in the model dir (llm.pt, or e.g. llm.rl.pt beside it)."""
+    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto",
+                 llm_weights: str = LLM_WEIGHTS, batch_slots: int | None = None, quantize: str | None = None,
+                 cuda_graphs: bool = True):
+        """llm_weights: the LLM checkpoint file in the model dir (llm.pt, or e.g. llm.rl.pt beside it).
+        batch_slots: requests decoded together (None: 4 on CUDA, 2 on CPU); quantize: None or "int8"
+        (weight-only int8 LLM projections); cuda_graphs: capture the decode step on CUDA (no effect on CPU).
+        """
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"unknown quantize mode {quantize!r}: use one of {', '.join(map(str, QUANTIZE_MODES))}")
+        if batch_slots is not None and batch_slots < 1:
+            raise ValueError(f"batch_slots must be at least 1, got {batch_slots}")
         self.model_dir = check_model_dir(model_dir, llm_weights)
         self.llm_weights = llm_weights
         self.placement = place(device, precision)
         self.device = str(self.placement.device)
-        self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, torch.float32,
-                                          autocast=lambda: autocast(self.placement), llm_weights=llm_weights)
+        # Weights stored in the compute dtype (no per-step autocast): half precision on CUDA, else float32.
+        self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, self.placement.dtype,
+                                          llm_weights=llm_weights)
         config = self.model.config
         self.config = config
+        self.quantize = quantize
+        if quantize == "int8":
+            quantize_int8(self.model.llm)
+        on_cuda = self.placement.device.type == "cuda"
+        slots = batch_slots if batch_slots is not None else (DEFAULT_SLOTS_CUDA if on_cuda else DEFAULT_SLOTS_CPU)
+        self.scheduler = DecodeScheduler(self.model.llm, slots, self._slot_capacity(), cuda_graphs=cuda_graphs)
+        self.model.scheduler = self.scheduler
         self.sample_rate = config.sample_rate
         self.model_label = f"CosyVoice3 ({self.model_dir.name})"
         self.tokenizer = CosyVoice3Tokenizer(config.qwen_dir)
@@ -114,6 +137,10 @@ class CosyVoice3Engine:
             "precision": self.placement.precision,
             "requested_precision": self.placement.requested_precision,
             "device": self.device,
+            "batch_slots": self.scheduler.slots,
+            "decode_batching": self.scheduler.mode,
+            "quantize": self.quantize,
+            "cuda_graphs": self.scheduler.cuda_graphs,
         }
 
     def prepare_voice(self, audio: PromptAudio, prompt_text: str | None) -> Voice:
@@ -144,6 +171,11 @@ class CosyVoice3Engine:
         return self._run(inputs, style, generator, on_token, on_progress, stream)
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _slot_capacity(self) -> int:
+        """LLM positions per decode slot: the longest prompt sequence we accept plus the most tokens a
+        request can decode, which the fixed flow noise bounds (the LLM's max_len rule is capped by it)."""
+        return PREFILL_POSITIONS + self.model.max_speech_tokens(0)
 
     def _run(self, inputs: SynthesisInputs, style: Style, generator: torch.Generator, on_token,
              on_progress: ProgressCallback, stream: bool) -> Iterator[np.ndarray]:

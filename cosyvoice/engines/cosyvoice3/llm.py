@@ -17,6 +17,7 @@ drive the same two calls.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -66,11 +67,23 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[3]
 
+    @classmethod
+    def view(cls, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, inv_freq: Tensor) -> "KVCache":
+        """A fixed-capacity cache over existing storage (one slot of a SlotCache): writes land there."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.cos, cache.sin, cache.inv_freq = k, v, cos, sin, inv_freq
+        cache.fixed = True
+        return cache
+
+    fixed = False
+
     def reserve(self, total: int) -> None:
         """Make room for `total` positions (doubling, so growth is rare)."""
         capacity = self.capacity
         if total <= capacity:
             return
+        if self.fixed:
+            raise ValueError(f"sequence of {total} positions does not fit a slot of {capacity}")
         grown = max(total, 2 * capacity)
         for name in ("k", "v"):
             old = getattr(self, name)
@@ -78,6 +91,40 @@ class KVCache:
             new[:, :, :, :capacity] = old
             setattr(self, name, new)
         self.cos, self.sin = rope_tables(self.inv_freq, 0, grown, self.k.dtype)
+
+
+class SlotCache:
+    """The static keys/values of every decode slot, (layers, slots, kv_heads, capacity, head_dim), allocated
+    once: a batched step writes each row at its own position and never reallocates, so its shapes stay fixed.
+
+    zeroed=False leaves the storage uninitialised, so on CPU untouched pages are never mapped and a large
+    capacity costs memory only as it is used; that is safe only when every read position was written
+    first (per-row exact attention). Masked attention reads every position, so it needs zeroed=True
+    (uninitialised NaNs would leak through the zero softmax weights).
+    """
+
+    def __init__(self, cfg: LLMConfig, slots: int, capacity: int, dtype: torch.dtype, device: torch.device,
+                 inv_freq: Tensor, zeroed: bool = True):
+        shape = (cfg.num_layers, slots, cfg.num_kv_heads, capacity, cfg.head_dim)
+        alloc = torch.zeros if zeroed else torch.empty
+        self.k = alloc(shape, dtype=dtype, device=device)
+        self.v = alloc(shape, dtype=dtype, device=device)
+        self.inv_freq = inv_freq
+        self.cos, self.sin = rope_tables(inv_freq, 0, capacity, dtype)     # (capacity, head_dim)
+        self.positions = torch.arange(capacity, device=device)              # key index, for masks
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def slot(self, index: int) -> KVCache:
+        """One slot as a batch-1 KVCache (for its request's prefill)."""
+        return KVCache.view(self.k[:, index:index + 1], self.v[:, index:index + 1], self.cos, self.sin,
+                            self.inv_freq)
 
 
 def rope_inv_freq(cfg: LLMConfig, device: torch.device | str = "cpu") -> Tensor:
@@ -142,6 +189,38 @@ class Attention(nn.Module):
         return self.out(out)
 
 
+    def decode_rows(self, x: Tensor, cos: Tensor, sin: Tensor, cache: SlotCache, layer: int, rows: "DecodeRows") -> Tensor:
+        """One new token per row: x (M, 1, H), row i of slot rows.slots[i] at position rows.positions[i].
+
+        Each row attends to its own slot only, so a row's result never depends on the other rows:
+        per row over its exact prefix (rows.exact, the same call as a lone decode step), or, for fixed
+        shapes (CUDA graphs), all slots at once over the whole cache with a per-row mask.
+        """
+        rows_n = x.shape[0]
+        n_qk = self.num_heads + self.num_kv_heads
+        heads = self.qkv(x).view(rows_n, 1, n_qk + self.num_kv_heads, self.head_dim).transpose(1, 2)
+        qk = apply_rope(heads[:, :n_qk], cos, sin)                             # cos/sin (M, 1, 1, D)
+        q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]                   # (M, H, 1, D), (M, Hkv, 1, D)
+        v = heads[:, n_qk:]
+        cache.k[layer, rows.slots, :, rows.positions] = k[:, :, 0]              # (M, Hkv, D) at own positions
+        cache.v[layer, rows.slots, :, rows.positions] = v[:, :, 0]
+        group = self.num_heads // self.num_kv_heads
+        q = q.reshape(rows_n, self.num_kv_heads, group, self.head_dim)         # query groups as "time"
+        if rows.exact:
+            # Plain matmul/softmax per row: for one query row CPU's flash SDPA costs milliseconds of
+            # set-up per call, paid once per request per layer, which would eat the batching gain.
+            q = q * self.head_dim ** -0.5
+            out = torch.stack([
+                torch.matmul(torch.matmul(q[i], cache.k[layer, slot, :, :end].transpose(1, 2))
+                             .float().softmax(dim=-1).to(q.dtype), cache.v[layer, slot, :, :end])
+                for i, (slot, end) in enumerate(zip(rows.slot_list, rows.ends))])   # (M, Hkv, group, D)
+        else:
+            # rows are all slots in order: keys (S, Hkv, C, D), mask (S, 1, 1, C) = key <= own position
+            visible = (cache.positions[None, :] <= rows.positions[:, None])[:, None, None]
+            out = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer], attn_mask=visible)
+        return self.out(out.reshape(rows_n, 1, self.num_heads * self.head_dim))
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
@@ -165,6 +244,26 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, cache: KVCache, layer: int) -> Tensor:
         x = x + self.attn(self.attn_norm(x), start, cos, sin, cache, layer)
         return x + self.mlp(self.mlp_norm(x))
+
+    def decode_rows(self, x: Tensor, cos: Tensor, sin: Tensor, cache: SlotCache, layer: int, rows: "DecodeRows") -> Tensor:
+        x = x + self.attn.decode_rows(self.attn_norm(x), cos, sin, cache, layer, rows)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+@dataclass
+class DecodeRows:
+    """Which slots one batched step decodes: slots, positions (M,) long tensors on the model's device;
+    exact=True also carries them as python ints (per-row attention slices by them)."""
+    slots: Tensor
+    positions: Tensor
+    exact: bool
+    slot_list: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)          # position + 1: keys each row sees
+
+    @classmethod
+    def of(cls, slots: list[int], positions: list[int], device: torch.device, exact: bool) -> "DecodeRows":
+        return cls(torch.tensor(slots, device=device), torch.tensor(positions, device=device), exact,
+                   list(slots), [p + 1 for p in positions])
 
 
 class CosyVoice3LM(nn.Module):
@@ -215,6 +314,20 @@ class CosyVoice3LM(nn.Module):
         cache.reserve(position + 1)
         return self._forward(self.speech_embedding(tokens), position, cache)
 
+    def new_slot_cache(self, slots: int, capacity: int, zeroed: bool = True) -> SlotCache:
+        return SlotCache(self.cfg, slots, capacity, self.dtype, self.device, self.rope_inv_freq, zeroed)
+
+    def decode_rows(self, tokens: Tensor, rows: DecodeRows, cache: SlotCache) -> Tensor:
+        """tokens (M, 1): the last speech id of each row's request -> logits (M, V_speech).
+
+        The batched form of decode_one_token: M requests, each in its own slot at its own position."""
+        cos = cache.cos[rows.positions][:, None, None]                     # (M, 1, 1, D)
+        sin = cache.sin[rows.positions][:, None, None]
+        x = self.speech_embedding(tokens)                                   # (M, 1, H)
+        for index, layer in enumerate(self.layers):
+            x = layer.decode_rows(x, cos, sin, cache, index, rows)
+        return self.llm_decoder(self.norm(x[:, -1]))
+
     def prefill_embeddings(self, text_ids: Tensor, prompt_text_ids: Tensor, prompt_speech_tokens: Tensor) -> Tensor:
         """[sos, prompt text ++ text, task_id, prompt speech] as one (1, L, H) sequence."""
         cfg, table = self.cfg, self.speech_embedding.weight
@@ -236,7 +349,21 @@ class CosyVoice3LM(nn.Module):
         Shapes: text_ids (1, T), prompt_text_ids (1, Tp), prompt_speech_tokens (1, P) (Tp, P may be 0).
         `sampler(logp, decoded, generator)` replaces RAS (e.g. for greedy or forced decoding);
         `on_logits` sees each step's raw head output (V_speech,) before any masking.
+        Runs here, in the caller's thread, on a one-slot SlotDecoder (the engine's scheduler runs the
+        same steps for many requests).
         """
+        request = self.decode_request(text_ids, prompt_text_ids, prompt_speech_tokens, sampling=sampling,
+                                      min_token_text_ratio=min_token_text_ratio,
+                                      max_token_text_ratio=max_token_text_ratio, generator=generator,
+                                      sampler=sampler, on_logits=on_logits)
+        return self._decode_alone(request)
+
+    def decode_request(self, text_ids: Tensor, prompt_text_ids: Tensor, prompt_speech_tokens: Tensor, *,
+                       sampling: SamplingConfig, min_token_text_ratio: float = 2.0,
+                       max_token_text_ratio: float = 20.0, generator: torch.Generator | None = None,
+                       sampler: Sampler | None = None,
+                       on_logits: Callable[[Tensor], None] | None = None) -> "DecodeRequest":
+        """Check the inputs and build one request's prefill sequence and sampling state (see generate)."""
         for name, ids in (("text_ids", text_ids), ("prompt_text_ids", prompt_text_ids),
                           ("prompt_speech_tokens", prompt_speech_tokens)):
             if ids.dim() != 2 or ids.shape[0] != 1:
@@ -246,38 +373,140 @@ class CosyVoice3LM(nn.Module):
         if prompt_speech_tokens.numel() and int(prompt_speech_tokens.max()) >= self.cfg.speech_token_size:
             raise ValueError("prompt_speech_tokens holds ids outside the speech vocabulary")
         min_len, max_len = decode_length_limits(text_ids.shape[1], min_token_text_ratio, max_token_text_ratio)
-        pick = sampler if sampler is not None else ras_sampler(sampling)
-        return self._decode(text_ids, prompt_text_ids, prompt_speech_tokens, min_len, max_len,
-                            pick, generator, on_logits)
+        with torch.inference_mode():
+            embeds = self.prefill_embeddings(text_ids, prompt_text_ids, prompt_speech_tokens)
+        return DecodeRequest(self.cfg, embeds, min_len, max_len,
+                             sampler if sampler is not None else ras_sampler(sampling), generator, on_logits)
 
-    @torch.inference_mode()
-    def _decode(self, text_ids: Tensor, prompt_text_ids: Tensor, prompt_speech_tokens: Tensor,
-                min_len: int, max_len: int, pick: Sampler, generator: torch.Generator | None,
-                on_logits: Callable[[Tensor], None] | None) -> Iterator[int]:
-        embeds = self.prefill_embeddings(text_ids, prompt_text_ids, prompt_speech_tokens)
-        position = embeds.shape[1]                                  # where the next token goes
-        cache = self.new_cache(position + min(max_len, 512))
-        logits = self.prefill(embeds, cache)[0]                     # (V_speech,)
-        token_ids = torch.empty(1, 1, dtype=torch.long, device=self.device)
-        decoded: list[int] = []
-        for step in range(max_len):
-            if step:
-                token_ids.fill_(decoded[-1])
-                logits = self.decode_one_token(token_ids, position, cache)[0]
-                position += 1
-            if on_logits is not None:
-                on_logits(logits)
-            logp = logits.float().log_softmax(dim=-1)
-            if step < min_len:
-                # Released behaviour, kept on purpose: the min-length mask blocks id speech_token_size,
-                # which in CosyVoice3 is *sos*, not eos (it was eos in CosyVoice2). So eos and the other
-                # stop ids can still end decoding before min_len.
-                logp[self.cfg.sos_id] = -float("inf")
-            token = int(pick(logp, decoded, generator))
-            if self.cfg.is_stop(token):
-                return
+    def _decode_alone(self, request: "DecodeRequest") -> Iterator[int]:
+        decoder = SlotDecoder(self, slots=1, capacity=request.prefill_len + request.max_len, exact=True)
+        with torch.inference_mode():
+            token = decoder.admit(request, 0)
+        while token is not None:
             yield token
-            decoded.append(token)
+            if request.finished:
+                return
+            with torch.inference_mode():
+                token = decoder.step()[0]
+
+
+class DecodeRequest:
+    """One request's decoding state: its prefill sequence (1, L, H), length limits, sampler and seeded
+    generator, and the tokens decoded so far. `choose` turns one step's logits into the next id."""
+
+    def __init__(self, cfg: LLMConfig, embeds: Tensor, min_len: int, max_len: int, pick: Sampler,
+                 generator: torch.Generator | None, on_logits: Callable[[Tensor], None] | None = None):
+        self.cfg, self.embeds, self.min_len, self.max_len = cfg, embeds, min_len, max_len
+        self.pick, self.generator, self.on_logits = pick, generator, on_logits
+        self.decoded: list[int] = []
+        self.finished = max_len <= 0
+
+    @property
+    def prefill_len(self) -> int:
+        return self.embeds.shape[1]
+
+    @property
+    def next_position(self) -> int:
+        """Where the last decoded token goes when it is fed back."""
+        return self.prefill_len + len(self.decoded) - 1
+
+    def choose(self, logits: Tensor) -> int | None:
+        """logits (V_speech,) -> the next id, or None when this request stops here."""
+        if self.on_logits is not None:
+            self.on_logits(logits)
+        logp = logits.float().log_softmax(dim=-1)
+        if len(self.decoded) < self.min_len:
+            # Released behaviour, kept on purpose: the min-length mask blocks id speech_token_size,
+            # which in CosyVoice3 is *sos*, not eos (it was eos in CosyVoice2). So eos and the other
+            # stop ids can still end decoding before min_len.
+            logp[self.cfg.sos_id] = -float("inf")
+        token = int(self.pick(logp, self.decoded, self.generator))
+        if self.cfg.is_stop(token):
+            self.finished = True
+            return None
+        self.decoded.append(token)
+        self.finished = len(self.decoded) >= self.max_len
+        return token
+
+
+class SlotDecoder:
+    """Requests decoded together in a fixed number of slots of one static SlotCache.
+
+    admit() prefills a request into a free slot (alone, so its prefill never depends on other requests)
+    and picks its first token; step() decodes one token for every busy slot at once.
+
+    exact=True: per-row attention over each row's exact prefix; exact=False: all slots over the whole
+    cache with per-row masks (fixed shapes, for CUDA graph capture; needs compact=False).
+    compact=True: only busy slots are computed, so a lone request pays nothing for empty slots; this is
+    batch-invariant only when the projections give a row the same result whatever the row count
+    (the scheduler checks its kernels for that). compact=False: every step computes all slots, padded.
+    """
+
+    def __init__(self, llm: "CosyVoice3LM", slots: int, capacity: int, exact: bool = True,
+                 compact: bool = True, step_fn: Callable[[Tensor, DecodeRows], Tensor] | None = None):
+        if not exact and compact:
+            raise ValueError("masked attention over all slots needs compact=False")
+        self.llm, self.exact, self.compact = llm, exact, compact
+        self.cache = llm.new_slot_cache(slots, capacity, zeroed=not exact)
+        self.requests: list[DecodeRequest | None] = [None] * slots
+        self.step_fn = step_fn or (lambda tokens, rows: llm.decode_rows(tokens, rows, self.cache))
+
+    @property
+    def slots(self) -> int:
+        return len(self.requests)
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity
+
+    def free_slots(self) -> list[int]:
+        return [i for i, r in enumerate(self.requests) if r is None]
+
+    def busy(self) -> bool:
+        return any(r is not None for r in self.requests)
+
+    def release(self, slot: int) -> None:
+        self.requests[slot] = None
+
+    def admit(self, request: DecodeRequest, slot: int) -> int | None:
+        """Prefill `request` into free `slot`; its first token, or None when it stopped at once."""
+        if self.requests[slot] is not None:
+            raise RuntimeError(f"slot {slot} is busy")
+        room = self.capacity - request.prefill_len
+        if room < 1:
+            raise ValueError(f"the prompt and text take {request.prefill_len} LLM positions; "
+                             f"at most {self.capacity - 1} fit")
+        request.max_len = min(request.max_len, room)   # the static cache bounds the new tokens too
+        if request.finished or request.max_len <= 0:
+            return None
+        logits = self.llm.prefill(request.embeds, self.cache.slot(slot))[0]
+        token = request.choose(logits)
+        if token is not None and not request.finished:
+            self.requests[slot] = request
+        return token
+
+    def step(self) -> dict[int, int | None]:
+        """One token for every busy slot: {slot: token, or None when that request stopped}.
+        A stopped or finished request leaves its slot at once."""
+        busy = [i for i, r in enumerate(self.requests) if r is not None]
+        if not busy:
+            return {}
+        rows = busy if self.compact else list(range(self.slots))
+        last = [self.requests[i].decoded[-1] if self.requests[i] is not None else 0 for i in rows]
+        positions = [self.requests[i].next_position if self.requests[i] is not None else 0 for i in rows]
+        device = self.llm.device
+        tokens = torch.tensor(last, dtype=torch.long, device=device)[:, None]
+        logits = self.step_fn(tokens, DecodeRows.of(rows, positions, device, self.exact))
+        out: dict[int, int | None] = {}
+        for index, slot in enumerate(rows):
+            request = self.requests[slot]
+            if request is None:
+                continue
+            token = request.choose(logits[index])
+            out[slot] = token
+            if token is None or request.finished:
+                self.requests[slot] = None
+        return out
 
 
 def decode_length_limits(text_len: int, min_ratio: float, max_ratio: float) -> tuple[int, int]:

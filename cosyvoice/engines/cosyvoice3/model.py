@@ -123,6 +123,8 @@ class CosyVoice3Model:
         self.device = torch.device(device)
         self._autocast = autocast or contextlib.nullcontext
         self.token_mel_ratio = flow.cfg.token_mel_ratio
+        # A DecodeScheduler (set by the engine) decodes all requests together; None: each in its caller.
+        self.scheduler = None
         self.lookahead = flow.cfg.lookahead
         self.samples_per_frame = hift.config.samples_per_frame
         # The fixed noise bounds one utterance: flow frames (prompt included) and HiFT samples.
@@ -132,11 +134,12 @@ class CosyVoice3Model:
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
              autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
              llm_weights: str = LLM_WEIGHTS) -> "CosyVoice3Model":
-        """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt)."""
+        """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt).
+        `dtype`: how the LLM and flow weights are stored (half precision on CUDA); HiFT is always float32."""
         config = ModelConfig.from_model_dir(model_dir)
         llm = load_llm(Path(model_dir) / llm_weights, config.llm, device, dtype)
         flow = load_flow(Path(model_dir), config.flow, device, dtype)
-        hift = load_hift(model_dir, config.hift, device, dtype)
+        hift = load_hift(model_dir, config.hift, device, torch.float32)   # the vocoder stays float32
         return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, autocast)
 
     # -- tokens -----------------------------------------------------------------------------------
@@ -150,7 +153,8 @@ class CosyVoice3Model:
                       max_token_text_ratio: float = 20.0) -> Iterator[int]:
         """LLM tokens with long silences dropped, capped at what the flow noise can render."""
         cap = self.max_speech_tokens(inputs.flow_prompt_tokens.shape[1])
-        raw = self.llm.generate(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
+        decode = self.scheduler.generate if self.scheduler is not None else self.llm.generate
+        raw = decode(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
                                 sampling=self.config.sampling, min_token_text_ratio=min_token_text_ratio,
                                 max_token_text_ratio=max_token_text_ratio, generator=generator, sampler=sampler)
         kept = drop_long_silences(raw)

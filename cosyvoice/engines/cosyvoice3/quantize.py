@@ -67,11 +67,19 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales_bf16", None if scales is None else scales.to(torch.bfloat16))
         self.register_buffer("bias", bias)
         self.use_kernel = linear.in_features % 16 == 0
+        self.row_wise_rows = self.KERNEL_MAX_ROWS   # inputs up to this many rows are quantised row by row
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)                                  # (M, in)
         if self.packed is not None:
-            out = torch.ops.quantized.linear_dynamic(flat.float().contiguous(), self.packed, self.REDUCE_RANGE)
+            flat = flat.float().contiguous()
+            if 1 < flat.shape[0] <= self.row_wise_rows:
+                # Decode steps of several requests: the dynamic input scale is per call, so each row
+                # is its own call and a request's result never depends on the rows beside it.
+                out = torch.cat([torch.ops.quantized.linear_dynamic(row, self.packed, self.REDUCE_RANGE)
+                                 for row in flat.split(1)])
+            else:
+                out = torch.ops.quantized.linear_dynamic(flat, self.packed, self.REDUCE_RANGE)
             return out.to(x.dtype).view(*x.shape[:-1], self.out_features)      # bias already added
         if self.use_kernel and flat.shape[0] <= self.KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16).contiguous(), self.weight,

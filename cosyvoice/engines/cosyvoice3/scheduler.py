@@ -1,0 +1,317 @@
+"""Continuous batching for the CosyVoice3 LLM: one worker thread owns the model and decodes every
+request in flight together, one token per step, in a fixed number of slots.
+
+    synthesize() thread ─submit(request)─> pending ─admit (prefill alone, into a free slot)─┐
+          ^                                                                                 v
+          └──── tokens, then DONE ─── per-request queue <── step(): one token for every busy slot
+
+A request joins between any two steps and leaves its slot as soon as it stops (or its consumer
+closes the token iterator). The KV cache is one static SlotCache (slots x capacity positions),
+allocated once.
+
+Batch invariance (a request's tokens do not depend on who else is decoding): each request samples
+with its own seeded generator, attends only to its own slot, and the projections are computed so
+that one row's result does not depend on the others:
+
+* CPU: weights prepacked for oneDNN at the slot count give a row the same bits whatever the number
+  of rows (checked at start-up), so only busy slots are computed and a lone request pays nothing for
+  the empty ones. int8 rows are quantised one row at a time (see quantize.Int8Linear). Where the
+  check fails, every step computes all slots (padded), so the shapes never change.
+* CUDA: every step runs all slots at fixed shapes over the whole cache with per-row masks, and is
+  captured once as a CUDA graph (cuda_graphs=True).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from loguru import logger
+from torch import Tensor, nn
+
+from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, DecodeRequest, DecodeRows, SlotCache, SlotDecoder
+
+DONE = object()   # end of one request's tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-invariant projections on CPU
+
+
+def _onednn_linear_available() -> bool:
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear with its weight prepacked for oneDNN at a fixed batch size (float32, CPU).
+
+    Packed for the slot count, this kernel computes each output row the same way for 1..N rows, which
+    plain F.linear does not (its small-M paths differ from M=1); it is also faster than F.linear for
+    a few rows on the CPUs we measured.
+    """
+
+    def __init__(self, linear: nn.Linear, batch: int):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float(), batch)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    @property
+    def weight(self) -> Tensor:
+        """The plain (out, in) weight, unpacked (for inspection; forward uses the packed one)."""
+        return self.packed.to_dense()
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+def rows_are_independent(linear: nn.Module, in_features: int, slots: int) -> bool:
+    """Does `linear` give row 0 the same bits alone, among `slots` rows, and at every row index?"""
+    gen = torch.Generator().manual_seed(0)
+    row = torch.randn(1, in_features, generator=gen)
+    with torch.inference_mode():
+        alone = linear(row)[0]
+        for count in range(2, slots + 1):
+            others = torch.randn(count, in_features, generator=gen)
+            for index in range(count):
+                batch = others.clone()
+                batch[index] = row[0]
+                if not torch.equal(linear(batch)[index], alone):
+                    return False
+    return True
+
+
+def pack_for_slots(llm: CosyVoice3LM, slots: int) -> bool:
+    """On CPU float32, swap the LLM's plain nn.Linear projections for PackedLinear when that makes
+    rows independent of each other; True when every projection now is (int8 ones count as such)."""
+    from cosyvoice.engines.cosyvoice3.quantize import Int8Linear
+
+    if llm.device.type != "cpu" or llm.dtype != torch.float32 or not _onednn_linear_available():
+        return False
+    probe = PackedLinear(nn.Linear(llm.cfg.hidden_size, llm.cfg.intermediate_size), slots)
+    if not rows_are_independent(probe, llm.cfg.hidden_size, slots):
+        logger.info("oneDNN rows depend on the batch here; every decode step computes all slots")
+        return False
+
+    int8 = [m for m in llm.modules() if isinstance(m, Int8Linear)]
+    if any(m.packed is None for m in int8):
+        return False        # only the fbgemm int8 path quantises row by row
+    for module in int8:
+        module.row_wise_rows = max(module.row_wise_rows, slots)
+
+    def swap(parent: nn.Module, name: str) -> None:
+        module = getattr(parent, name)
+        if isinstance(module, nn.Linear):
+            setattr(parent, name, PackedLinear(module, slots))
+        elif not isinstance(module, (PackedLinear, Int8Linear)):
+            raise TypeError(f"unexpected projection {type(module).__name__} at {name}")
+
+    for layer in llm.layers:
+        swap(layer.attn, "qkv")
+        swap(layer.attn, "out")
+        swap(layer.mlp, "gate_up")
+        swap(layer.mlp, "down")
+    swap(llm, "llm_decoder")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graph of the all-slots step
+
+
+class CapturedStep:
+    """decode_rows over all slots with masks, captured once as a CUDA graph and replayed per step."""
+
+    def __init__(self, llm: CosyVoice3LM, cache: SlotCache):
+        device, slots = llm.device, cache.slots
+        self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=device)
+        rows = DecodeRows(torch.arange(slots, device=device), self.positions, exact=False)
+        # Warm-up on a side stream (as torch requires before capture); it writes position 0 of the
+        # free slots only, which every prefill overwrites.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                llm.decode_rows(self.tokens, rows, cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = llm.decode_rows(self.tokens, rows, cache)
+
+    def __call__(self, tokens: Tensor, rows: DecodeRows) -> Tensor:
+        self.tokens.copy_(tokens)
+        self.positions.copy_(rows.positions)
+        self.graph.replay()
+        return self.logits
+
+
+def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False) -> SlotDecoder:
+    """The batch-invariant SlotDecoder for where `llm` lives (see the module docstring): on CPU busy
+    rows only when the packed kernels allow it, else all slots padded; on CUDA all slots masked, the
+    step captured as a CUDA graph when `cuda_graphs`. On CPU this packs the LLM's projections in place."""
+    if slots < 1:
+        raise ValueError(f"batch slots must be at least 1, got {slots}")
+    on_cuda = llm.device.type == "cuda"
+    compact = not on_cuda and pack_for_slots(llm, slots)
+    decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=compact)
+    if cuda_graphs and on_cuda:
+        decoder.step_fn = CapturedStep(llm, decoder.cache)
+    return decoder
+
+
+def decoder_mode(decoder: SlotDecoder) -> str:
+    if decoder.compact:
+        return "busy slots only (row-invariant kernels)"
+    if decoder.exact:
+        return "all slots, padded"
+    return "all slots, masked" + (", CUDA graph" if isinstance(decoder.step_fn, CapturedStep) else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The scheduler
+
+
+@dataclass
+class Ticket:
+    request: DecodeRequest
+    out: "queue.Queue[object]" = field(default_factory=queue.Queue)
+    cancelled: bool = False
+
+
+class DecodeScheduler:
+    """Owns `llm` for decoding; generate() has the signature of CosyVoice3LM.generate and may be called
+    from any number of threads at once."""
+
+    def __init__(self, llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False):
+        self.llm = llm
+        self.decoder = slot_decoder(llm, slots, capacity, cuda_graphs)
+        self._lock = threading.Condition()
+        self._pending: deque[Ticket] = deque()
+        self._active: dict[int, Ticket] = {}
+        self._closed = False
+        self.most_in_one_step = 0    # the largest number of requests decoded in one step (logs, tests)
+        self._thread = threading.Thread(target=self._work, name="cv3-decode", daemon=True)
+        self._thread.start()
+
+    @property
+    def slots(self) -> int:
+        return self.decoder.slots
+
+    @property
+    def compact(self) -> bool:
+        return self.decoder.compact
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return isinstance(self.decoder.step_fn, CapturedStep)
+
+    @property
+    def mode(self) -> str:
+        return decoder_mode(self.decoder)
+
+    def generate(self, text_ids: Tensor, prompt_text_ids: Tensor, prompt_speech_tokens: Tensor,
+                 **kwargs) -> Iterator[int]:
+        """Like CosyVoice3LM.generate, decoded by the worker beside the other requests."""
+        request = self.llm.decode_request(text_ids, prompt_text_ids, prompt_speech_tokens, **kwargs)
+        return self.submit(request)
+
+    def submit(self, request: DecodeRequest) -> Iterator[int]:
+        ticket = Ticket(request)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the decode scheduler was closed")
+            self._pending.append(ticket)
+            self._lock.notify()
+        return self._receive(ticket)
+
+    def _receive(self, ticket: Ticket) -> Iterator[int]:
+        try:
+            while True:
+                item = ticket.out.get()
+                if item is DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # Closed early (client gone, token cap reached): free the slot at the next step.
+            ticket.cancelled = True
+            with self._lock:
+                self._lock.notify()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=10)
+
+    # -- worker ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not self._closed and not self._pending and not self._active:
+                        self._lock.wait()
+                    if self._closed:
+                        self._fail_all(RuntimeError("the decode scheduler was closed"))
+                        return
+                    joining = []
+                    free = self.decoder.free_slots()
+                    while free and self._pending:
+                        ticket = self._pending.popleft()
+                        if not ticket.cancelled:
+                            joining.append((free.pop(0), ticket))
+                for slot, ticket in joining:
+                    self._admit(slot, ticket)
+                for slot in [s for s, t in self._active.items() if t.cancelled]:
+                    self.decoder.release(slot)
+                    del self._active[slot]
+                if self._active:
+                    self._step()
+
+    def _admit(self, slot: int, ticket: Ticket) -> None:
+        try:
+            token = self.decoder.admit(ticket.request, slot)
+        except Exception as err:  # one bad request must not stop the worker
+            self.decoder.release(slot)
+            ticket.out.put(err)
+            return
+        if token is not None:
+            ticket.out.put(token)
+        if self.decoder.requests[slot] is None:
+            ticket.out.put(DONE)
+        else:
+            self._active[slot] = ticket
+
+    def _step(self) -> None:
+        self.most_in_one_step = max(self.most_in_one_step, len(self._active))
+        try:
+            tokens = self.decoder.step()
+        except Exception as err:
+            logger.exception("LLM decode step failed; ending the {} request(s) in flight", len(self._active))
+            for slot, ticket in self._active.items():
+                self.decoder.release(slot)
+                ticket.out.put(err)
+            self._active.clear()
+            return
+        for slot, token in tokens.items():
+            ticket = self._active[slot]
+            if token is not None:
+                ticket.out.put(token)
+            if self.decoder.requests[slot] is None:
+                ticket.out.put(DONE)
+                del self._active[slot]
+
+    def _fail_all(self, err: BaseException) -> None:
+        for ticket in list(self._active.values()) + list(self._pending):
+            ticket.out.put(err)
+        self._active.clear()
+        self._pending.clear()
