@@ -10,7 +10,7 @@ from .base import Engine
 from .cosyvoice3.model_dir import DEFAULT_MODEL_DIR, LLM_WEIGHTS, download_hint
 
 ENGINE_CHOICES = ("auto", "lite", "cosyvoice3")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -19,13 +19,21 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="auto: cosyvoice3 when --model-dir is complete, else the embedded lite engine")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="auto: bf16 (else fp16) weights on CUDA, fp32 on CPU")
     parser.add_argument("--llm-weights", default=LLM_WEIGHTS,
                         help="LLM checkpoint in the model dir: llm.pt, or llm.rl.pt where the dir has it")
+    parser.add_argument("--batch-slots", type=int, default=None,
+                        help="requests decoded together by the LLM (default 4 on CUDA, 2 on CPU)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="int8 LLM projections (fbgemm on CPU); faster, nearly the same tokens")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="run the one-token decode step without CUDA graph capture")
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    return create_engine(args.engine, args.model_dir, args.device, args.precision, args.llm_weights)
+    return create_engine(args.engine, args.model_dir, args.device, args.precision, args.llm_weights,
+                         batch_slots=args.batch_slots, quantize=args.quantize, cuda_graphs=args.cuda_graphs)
 
 
 def resolve_engine_name(name: str, model_dir: Path) -> str:
@@ -41,7 +49,8 @@ def resolve_engine_name(name: str, model_dir: Path) -> str:
 
 
 def create_engine(name: str = "auto", model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto",
-                  precision: str = "fp32", llm_weights: str = LLM_WEIGHTS) -> Engine:
+                  precision: str = "auto", llm_weights: str = LLM_WEIGHTS, *, batch_slots: int | None = None,
+                  quantize: str | None = None, cuda_graphs: bool = True) -> Engine:
     name = resolve_engine_name(name, Path(model_dir))
     if name == "lite":
         from .lite import LiteEngine
@@ -50,5 +59,6 @@ def create_engine(name: str = "auto", model_dir: Path = DEFAULT_MODEL_DIR, devic
     if name == "cosyvoice3":
         from .cosyvoice3 import CosyVoice3Engine
 
-        return CosyVoice3Engine(Path(model_dir), device=device, precision=precision, llm_weights=llm_weights)
+        return CosyVoice3Engine(Path(model_dir), device=device, precision=precision, llm_weights=llm_weights,
+                                batch_slots=batch_slots, quantize=quantize, cuda_graphs=cuda_graphs)
     raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_CHOICES)}")
