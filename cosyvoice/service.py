@@ -467,10 +467,11 @@ class SynthesisService:
         for notice in notices:
             log.warning(notice)
             yield Event(notice=notice)
-        with stage("synthesize"):
+        with stage("synthesize") as synthesize_span:
             started = time.perf_counter()
             audio: list[np.ndarray] = []
-            for event in self._synthesize(items, voice, style, request.seed, request.stream, log, request_id):
+            for event in self._synthesize(items, voice, style, request.seed, request.stream, log, request_id,
+                                          synthesize_span):
                 if event.chunk is not None:
                     if not audio:
                         metrics.TIME_TO_FIRST_AUDIO.observe(time.time() - received)
@@ -608,7 +609,7 @@ class SynthesisService:
             log.warning(f"result saved, but its history entry could not be written: {err}")
 
     def _synthesize(self, items: list[str | Pause], voice: Voice, style: Style, seed: int, stream: bool,
-                    log, request_id: str) -> Iterator[Event]:
+                    log, request_id: str, parent_span) -> Iterator[Event]:
         """Pieces in order, each from the engine, with a written pause as exact silence; nothing added between."""
         total = sum(1 for item in items if not isinstance(item, Pause))
         shown: set[str] = set()
@@ -620,9 +621,16 @@ class SynthesisService:
             index += 1
             pending: list[Event] = []
             last_logged = 0.0
+            engine_span = None
 
             def on_progress(progress: Progress) -> None:
-                nonlocal last_logged
+                nonlocal last_logged, engine_span
+                if progress.stage:           # the engine's own parts become child spans of "synthesize"
+                    if engine_span is not None:
+                        engine_span.end()
+                    engine_span = tracer().start_span(progress.stage, attributes={"piece": index},
+                                                      context=trace.set_span_in_context(parent_span))
+                    return
                 if progress.notice:
                     if progress.message not in shown:
                         shown.add(progress.message)
@@ -648,6 +656,8 @@ class SynthesisService:
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
                 produced += len(chunk)
                 yield Event(chunk=chunk)
+            if engine_span is not None:
+                engine_span.end()
             while pending:
                 yield pending.pop(0)
             log.info(f"piece {index}/{total} vocoded ({produced / self.engine.sample_rate:.2f} s audio)")

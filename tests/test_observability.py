@@ -25,20 +25,32 @@ def synthesize(app, request_id: str, text: str = "你好。"):
                           normalize=True, api_name="/synthesize")
 
 
-def test_one_request_span_with_its_stage_spans_in_order(tmp_path):
+@pytest.fixture(scope="module")
+def _provider():
+    """OpenTelemetry takes one global tracer provider per process: install it once, with an in-memory exporter."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace.set_tracer_provider(provider)
+    return memory
+
+
+@pytest.fixture()
+def exporter(_provider):
+    _provider.clear()
+    return _provider
+
+
+def test_one_request_span_with_its_stage_spans_in_order(tmp_path, exporter):
     from cosyvoice.engines.lite import LiteEngine
     from cosyvoice.log import setup_logging
     from cosyvoice.service import ServiceConfig, SynthesisRequest, SynthesisService
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     setup_logging(tmp_path / "logs", stdout=False)
     service = SynthesisService(LiteEngine(), ServiceConfig(outputs_dir=tmp_path / "outputs"))
     service.synthesize(SynthesisRequest(text="你好。", prompt_wav=str(ZERO_SHOT_PROMPT),
@@ -155,3 +167,29 @@ scrape_configs:
         prom.terminate()
         prom.wait(timeout=30)
         stop_app(app)
+
+
+def test_the_neural_engine_traces_llm_flow_and_hift_under_synthesize(tmp_path, exporter):
+    import torch
+
+    from conftest import FIXTURE
+    from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
+    from cosyvoice.log import flush, setup_logging
+    from cosyvoice.service import ServiceConfig, SynthesisRequest, SynthesisService
+    from tiny_onnx import make_tiny_model_dir
+
+    torch.set_num_threads(2)
+    setup_logging(tmp_path / "logs", stdout=False)
+    engine = CosyVoice3Engine(make_tiny_model_dir(FIXTURE, tmp_path / "model"), device="cpu", precision="fp32")
+    service = SynthesisService(engine, ServiceConfig(outputs_dir=tmp_path / "outputs"))
+    service.synthesize(SynthesisRequest(text="你好。", prompt_wav=str(ZERO_SHOT_PROMPT),
+                                        prompt_text=ZERO_SHOT_TRANSCRIPT, seed=1), request_id="neural1")
+    spans = exporter.get_finished_spans()
+    synthesize = next(s for s in spans if s.name == "synthesize")
+    inner = sorted((s for s in spans if s.parent and s.parent.span_id == synthesize.context.span_id),
+                   key=lambda s: s.start_time)
+    assert [s.name for s in inner] == ["llm", "flow", "hift"]
+    flush()
+    log = (tmp_path / "logs" / "runtime.log").read_text()
+    # Progress is logged as progress: a WARNING would mean a progress line was taken for a notice.
+    assert "speech tokens" not in "".join(line for line in log.splitlines() if "WARNING" in line)

@@ -48,6 +48,7 @@ class Style:
 @dataclass
 class Progress:
     message: str                    # e.g. "speech tokens 120/~180"
+    stage: str | None = None        # the engine entered this part of its work ("llm", "flow", "hift"): traced
     notice: bool = False            # something the user asked for that could not be rendered: shown and logged
 
 

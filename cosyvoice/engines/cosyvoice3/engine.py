@@ -166,7 +166,7 @@ class CosyVoice3Engine:
 
         def on_token(count: int) -> None:
             if count % 5 == 0:
-                on_progress(Progress(f"speech tokens {count}/~{expected}", min(count / expected, 0.95)))
+                on_progress(Progress(f"speech tokens {count}/~{expected}"))
 
         return self._run(inputs, style, generator, on_token, on_progress, stream)
 
@@ -186,11 +186,12 @@ class CosyVoice3Engine:
                 produced = 0
                 for piece in self.model.tts_stream(inputs, generator=generator, on_token=on_token):
                     produced += piece.shape[1]
-                    on_progress(Progress(f"vocoded {produced / self.sample_rate:.1f} s", None))
+                    on_progress(Progress(f"vocoded {produced / self.sample_rate:.1f} s"))
                     yield piece[0].float().cpu().numpy()
             else:
-                wav, _ = self.model.tts(inputs, speed=style.speed, generator=generator, on_token=on_token)
-                on_progress(Progress(f"vocoded {wav.shape[1] / self.sample_rate:.1f} s", 1.0))
+                wav, _ = self.model.tts(inputs, speed=style.speed, generator=generator, on_token=on_token,
+                                        on_stage=lambda name: on_progress(Progress(f"{name} started", stage=name)))
+                on_progress(Progress(f"vocoded {wav.shape[1] / self.sample_rate:.1f} s"))
                 yield wav[0].float().cpu().numpy()
         finally:
             release_memory(self.placement.device)

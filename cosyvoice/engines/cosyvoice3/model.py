@@ -184,20 +184,30 @@ class CosyVoice3Model:
         return speech
 
     def token2wav(self, tokens: Tensor, prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor, *,
-                  finalize: bool = True, streaming: bool = False, speed: float = 1.0) -> Tensor:
+                  finalize: bool = True, streaming: bool = False, speed: float = 1.0,
+                  on_stage: Callable[[str], None] | None = None) -> Tensor:
         """Waveform (1, N) for speech tokens (1, T) in one go; speed != 1 stretches the mel in time."""
+        if on_stage is not None:
+            on_stage("flow")
         mel = self.flow_mel(tokens, prompt_token, prompt_feat, embedding, streaming=streaming, finalize=finalize)
         if speed != 1.0:
             if not finalize:
                 raise ValueError("speed change needs the whole utterance (finalize=True)")
             mel = F.interpolate(mel, size=int(mel.shape[2] / speed), mode="linear")
+        if on_stage is not None:
+            on_stage("hift")
         return self.vocode(mel, finalize=finalize)
 
     # -- whole requests ---------------------------------------------------------------------------
 
     def tts(self, inputs: SynthesisInputs, *, speed: float = 1.0, generator: torch.Generator | None = None,
-            sampler: Sampler | None = None, on_token: Callable[[int], None] | None = None) -> tuple[Tensor, list[int]]:
-        """Non-streaming: (waveform (1, N), the speech tokens it was made from)."""
+            sampler: Sampler | None = None, on_token: Callable[[int], None] | None = None,
+            on_stage: Callable[[str], None] | None = None) -> tuple[Tensor, list[int]]:
+        """Non-streaming: (waveform (1, N), the speech tokens it was made from).
+
+        on_stage is told "llm", "flow" and "hift" as each begins (for traces)."""
+        if on_stage is not None:
+            on_stage("llm")
         tokens: list[int] = []
         for token in self.speech_tokens(inputs, generator=generator, sampler=sampler):
             tokens.append(token)
@@ -206,7 +216,8 @@ class CosyVoice3Model:
         if not tokens:
             return torch.zeros(1, 0), tokens
         wav = self.token2wav(torch.tensor([tokens], dtype=torch.int64), inputs.flow_prompt_tokens,
-                             inputs.prompt_mel, inputs.embedding, finalize=True, streaming=False, speed=speed)
+                             inputs.prompt_mel, inputs.embedding, finalize=True, streaming=False, speed=speed,
+                             on_stage=on_stage)
         return wav, tokens
 
     def tts_stream(self, inputs: SynthesisInputs, *, generator: torch.Generator | None = None,
