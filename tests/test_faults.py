@@ -14,6 +14,8 @@ import pytest
 
 from conftest import PYTHON, ROOT, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, free_port, start_app, stop_app
 
+pytestmark = pytest.mark.slow          # each starts its own app (CI runs them with -m slow)
+
 
 def synthesize(app, request_id: str, text: str = "你好。"):
     from gradio_client import handle_file

@@ -66,6 +66,7 @@ def test_one_request_span_with_its_stage_spans_in_order(tmp_path, exporter):
     assert all(child.end_time <= root.end_time for child in children)
 
 
+@pytest.mark.slow
 def test_ready_is_503_until_the_warm_up_and_health_stays_fast(tmp_path):
     port = free_port()
     env = dict(os.environ, COSYVOICE_TEST_WARMUP_DELAY_S="4")
@@ -98,6 +99,7 @@ def test_ready_is_503_until_the_warm_up_and_health_stays_fast(tmp_path):
     assert slowest < 1.0, slowest
 
 
+@pytest.mark.slow
 def test_json_log_lines_parse_and_carry_the_given_request_id(tmp_path):
     app = start_app(tmp_path, "--engine", "lite", "--log-format", "json")
     try:
@@ -127,6 +129,7 @@ def _query(base: str, expr: str) -> list:
     return response["data"]["result"]
 
 
+@pytest.mark.slow
 @requires_prometheus
 def test_a_real_prometheus_reads_the_request_count_and_stage_histograms(tmp_path):
     assert PROMETHEUS, "prometheus is required in CI"

@@ -186,6 +186,7 @@ def test_instructions_select_instruct_mode(api_app, narrator):
     assert any("received instruct" in line for line in lines) and any("instruction: 请用非常快的语速说" in l for l in lines)
 
 
+@pytest.mark.slow
 def test_saved_voice_after_restart_speaks_like_the_original_upload(tmp_path):
     voices = str(tmp_path / "voices")
     (tmp_path / "first").mkdir()
