@@ -7,12 +7,10 @@ name prefix, so the retention sweep removes them with their WAV.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from .outputs import PARTIAL_SUFFIX, PREFIX
+from .outputs import PREFIX, atomic_file
 
 TEXT_KEPT = 500          # characters of the text kept in a sidecar (enough to repeat typical requests)
 
@@ -24,14 +22,8 @@ def sidecar_path(wav: Path) -> Path:
 def write_sidecar(wav: Path, record: dict) -> Path:
     """Write the record beside the WAV, whole or not at all."""
     path = sidecar_path(wav)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"file": Path(wav).name, **record}, handle, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as handle:
+        json.dump({"file": Path(wav).name, **record}, handle, ensure_ascii=False)
     return path
 
 

@@ -8,6 +8,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from contextlib import contextmanager
+from typing import IO, Iterator
+
 import numpy as np
 import soundfile as sf
 
@@ -21,41 +24,38 @@ def output_path(outputs_dir: Path, request_id: str, now: datetime | None = None)
     return Path(outputs_dir) / f"{PREFIX}{stamp}_{request_id}.wav"
 
 
-def write_wav_atomic(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
-    """Write to a hidden temporary file in the same directory, fsync, then rename over `path`.
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb", *, make_parents: bool = True) -> Iterator[IO]:
+    """Write `path` whole or not at all: a hidden temporary file beside it, fsync, then rename over it.
 
-    A crash at any point leaves either no file or the complete file, never a truncated WAV.
+    A crash at any point leaves either no file or the complete file (plus, at worst, a `.partial`
+    that start-up and the hourly sweep remove), never a truncated one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, np.asarray(samples, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_wav_atomic(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
+    with atomic_file(path) as handle:
+        sf.write(handle, np.asarray(samples, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16")
+    return Path(path)
 
 
 def copy_atomic(source: Path, target: Path) -> Path:
-    """Copy `source` to `target` whole or not at all (temporary name beside it, then rename)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle, open(source, "rb") as src:
-            shutil.copyfileobj(src, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_file(target) as handle, open(source, "rb") as src:
+        shutil.copyfileobj(src, handle)
+    return Path(target)
 
 
 def remove_expired(outputs_dir: Path, retention_days: float, now: float | None = None) -> list[Path]:

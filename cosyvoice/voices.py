@@ -38,6 +38,7 @@ from loguru import logger
 from .audio import load_prompt_audio, prompt_from_samples
 from .engines.base import Engine, PromptAudio, Voice
 from .errors import StudioError, UserInputError
+from .outputs import atomic_file
 
 MAX_NAME_CHARS = 64
 MAX_NOTES_CHARS = 500
@@ -134,30 +135,14 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", make_parents=False) as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=1)
 
 
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(exist_ok=True)     # not parents: a voice deleted meanwhile must not reappear
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, make_parents=False) as handle:
+        np.savez(handle, **arrays)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -409,18 +394,11 @@ class VoiceLibrary:
     def export_zip(self, name_or_id: str, target: Path) -> Path:
         entry = self.get(name_or_id)
         target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-                archive.write(entry.folder / META_FILE, META_FILE)
-                archive.write(entry.audio_path, AUDIO_FILE)
-                for path in sorted((entry.folder / FEATURES_DIR).glob("*.npz")):
-                    archive.write(path, f"{FEATURES_DIR}/{path.name}")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(entry.folder / META_FILE, META_FILE)
+            archive.write(entry.audio_path, AUDIO_FILE)
+            for path in sorted((entry.folder / FEATURES_DIR).glob("*.npz")):
+                archive.write(path, f"{FEATURES_DIR}/{path.name}")
         return target
 
     def import_zip(self, archive_path: Path, name: str | None = None) -> VoiceEntry:

@@ -8,9 +8,7 @@ NOT_RUN with the reason; the two set-up commands at the top are what the test su
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 

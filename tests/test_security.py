@@ -6,7 +6,6 @@ that nothing was copied or served, and that /health kept answering within 1 s.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid

@@ -5,7 +5,7 @@ turns (prepared voice, one text piece, style, seed) into audio chunks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
