@@ -149,7 +149,7 @@ def synthesize_via_rest(base: str, text: str = "你好，世界。", headers: di
             with open(ZERO_SHOT_PROMPT, "rb") as wav:
                 uploaded = seen(client.post("/gradio_api/upload", files={"files": wav})).json()[0]
             prompt = {"path": uploaded, "meta": {"_type": "gradio.FileData"}, "orig_name": "prompt.wav"}
-            data = [text, "zero_shot", prompt, ZERO_SHOT_TRANSCRIPT, "", 0, 1.0, False, True]
+            data = [text, "zero_shot", prompt, ZERO_SHOT_TRANSCRIPT, "", 0, 1.0, False, True, ""]
             event_id = seen(client.post("/gradio_api/call/synthesize", json={"data": data})).json()["event_id"]
             result = None
             with client.stream("GET", f"/gradio_api/call/synthesize/{event_id}") as stream:
@@ -208,7 +208,7 @@ def test_stable_instances_share_gradio_client_traffic_and_a_canary_at_0_gets_non
         try:
             client = Client(nginx.url, verbose=False)     # a new client = a new nginx session
             client.predict(f"第{i}句话。", "zero_shot", handle_file(str(ZERO_SHOT_PROMPT)), ZERO_SHOT_TRANSCRIPT,
-                           "", 0, 1.0, False, True, api_name="/synthesize")
+                           "", 0, 1.0, False, True, "", api_name="/synthesize")
         except Exception as err:                          # noqa: BLE001 - every failure is counted
             errors.append(repr(err))
     served = {name: metric_ok_count(inst) - before[name] for name, inst in instances.items()}
@@ -276,7 +276,7 @@ def test_streaming_through_nginx_delivers_audio_before_the_synthesis_ends(cluste
         session = uuid.uuid4().hex
         text = "今天天气很好，我们去公园散步吧。" * 8
         joined = client.post("/gradio_api/queue/join", json={
-            "data": ["zero_shot", text, prompt, ZERO_SHOT_TRANSCRIPT, "", 0, 1.0, True, True], "event_data": None,
+            "data": ["zero_shot", text, prompt, ZERO_SHOT_TRANSCRIPT, "", 0, 1.0, True, True, None], "event_data": None,
             "fn_index": dep["id"], "trigger_id": dep["targets"][0][0], "session_hash": session})
         assert joined.status_code == 200, joined.text
         first_audio_at = completed_at = None

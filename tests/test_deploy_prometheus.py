@@ -110,7 +110,7 @@ def test_a_real_prometheus_scrapes_an_instance_and_evaluates_the_rules(tmp_path,
         client = lite_app.client()
         for i in range(5):
             client.predict(f"第{i}句。", "zero_shot", handle_file(str(ZERO_SHOT_PROMPT)), ZERO_SHOT_TRANSCRIPT,
-                           "", 0, 1.0, False, True, api_name="/synthesize")
+                           "", 0, 1.0, False, True, "", api_name="/synthesize")
         wait_for('sum(cosyvoice_requests_total{outcome="ok"})',
                  lambda r: r and float(r[0]["value"][1]) - start == 5)
         rate = wait_for('track:cosyvoice_requests:rate5m{track="stable"}', lambda r: r and float(r[0]["value"][1]) > 0)
