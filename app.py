@@ -205,7 +205,9 @@ class Studio:
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
                                      normalize=normalize, voice=voice)
         request_id = _request_id(request)
-        yield None, None, f"⏳ 已提交 Submitted · req `{request_id}`"
+        # The download box and summary are cleared at once; the player keeps its stream open (a None there
+        # would end the streamed playlist before the first chunk).
+        yield gr.skip(), None, f"⏳ 已提交 Submitted · req `{request_id}`"
         try:
             for event in self.service.run(synthesis, request_id):
                 if event.notice:

@@ -54,3 +54,15 @@ def watch_gpu_memory() -> bool:
     GPU_MEMORY.labels("allocated").set_function(torch.cuda.memory_allocated)
     GPU_MEMORY.labels("reserved").set_function(torch.cuda.memory_reserved)
     return True
+
+
+def _start_at_zero() -> None:
+    """Every mode × outcome series exists from the first scrape, so rate() sees the first request."""
+    from cosyvoice.modes import MODE_IDS
+
+    for mode in MODE_IDS:
+        for outcome in ("ok", "refused", "busy", "error"):
+            REQUESTS.labels(mode, outcome)
+
+
+_start_at_zero()

@@ -288,8 +288,10 @@ def test_streaming_through_nginx_delivers_audio_before_the_synthesis_ends(cluste
                     continue
                 message = json.loads(line[5:])
                 if message["msg"] == "process_generating" and first_audio_at is None:
-                    stream = message["output"]["data"][0]
-                    if isinstance(stream, dict) and stream.get("url", "").endswith(".m3u8"):
+                    # The player's stream URL, whether the update came whole or as a diff.
+                    urls = re.findall(r'"(http[^"]+\.m3u8)"', json.dumps(message["output"]))
+                    if urls:
+                        stream = {"url": urls[0]}
                         # Fetch the playlist and its first segment through nginx while the job still runs.
                         playlist = client.get(stream["url"].split(nginx.url, 1)[-1]).text
                         segment = next(ln for ln in playlist.splitlines() if ln and not ln.startswith("#"))
@@ -320,10 +322,12 @@ def test_gradio_ui_through_nginx_completes_a_request_in_headless_chromium(cluste
             page = browser.new_page()
             page.on("response", lambda r: instances_seen.append(r.headers.get("x-instance", ""))
                     if "/gradio_api/" in r.url else None)
-            page.goto(nginx.url, wait_until="networkidle", timeout=60_000)
-            page.get_by_label("合成文本 Text to synthesise").fill("你好，欢迎使用语音合成。")
-            page.locator("input[type=file]").first.set_input_files(str(ZERO_SHOT_PROMPT))
-            page.get_by_label("参考音频文本 Prompt transcript").fill(ZERO_SHOT_TRANSCRIPT)
+            # The status line polls every second, so the network is never idle: wait for the form.
+            page.goto(nginx.url, wait_until="load", timeout=60_000)
+            page.locator("#text-input textarea").wait_for(timeout=60_000)
+            page.locator("#text-input textarea").fill("你好，欢迎使用语音合成。")
+            page.locator("#prompt-audio input[type=file]").set_input_files(str(ZERO_SHOT_PROMPT))
+            page.locator("#prompt-text textarea").fill(ZERO_SHOT_TRANSCRIPT)
             page.wait_for_timeout(1500)     # the upload finishes
             page.get_by_role("button", name="生成 Generate").click()
             page.get_by_text("已保存 Saved").wait_for(timeout=120_000)
