@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,24 @@ def test_rendered_nginx_config_passes_nginx_t_and_canary_sh_edits_only_the_weigh
                                                    capture_output=True, text=True).stdout
     bad = subprocess.run([str(canary), "--conf-dir", str(tmp_path), "set-weight", "-3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "25% canary;" in (tmp_path / "canary-weight.conf").read_text()
+
+
+VALIDATE = Path(__file__).resolve().parents[1] / "deploy" / "validate"
+
+
+def _crd_check(*files: Path) -> subprocess.CompletedProcess:
+    assert (VALIDATE / "node_modules").is_dir(), "run .ci/install-deploy-deps.sh (npm install in deploy/validate)"
+    return subprocess.run(["node", str(VALIDATE / "crds.mjs"), *map(str, files)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_argo_rollout_and_istio_objects_match_their_crd_schemas(tmp_path):
+    root = VALIDATE.parent
+    result = _crd_check(root / "k8s" / "rollout.yaml", root / "istio" / "cosyvoice.yaml")
+    assert result.returncode == 0, result.stderr
+    for kind in ("Rollout", "AnalysisTemplate", "VirtualService", "DestinationRule"):
+        assert f": {kind} " in result.stdout
+    broken = tmp_path / "rollout.yaml"
+    broken.write_text((root / "k8s" / "rollout.yaml").read_text().replace("setWeight: ", "setWeight: x", 1))
+    refused = _crd_check(broken)
+    assert refused.returncode == 1 and "setWeight" in refused.stderr
