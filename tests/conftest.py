@@ -88,3 +88,24 @@ def lite_app(tmp_path_factory):
     app = start_app(tmp, "--engine", "lite", "--max-text-chars", "300")
     yield app
     stop_app(app)
+
+
+def synthesize_as(app: RunningApp, request_id: str, text: str = "你好。") -> str:
+    """One zero-shot /synthesize call through gradio_client under a given X-Request-ID; the saved path."""
+    from gradio_client import handle_file
+
+    client = app.client()
+    client.headers["X-Request-ID"] = request_id
+    return client.predict(text=text, mode="zero_shot", prompt_wav=handle_file(str(ZERO_SHOT_PROMPT)),
+                          prompt_text=ZERO_SHOT_TRANSCRIPT, instruct_text="", seed=1, speed=1.0, stream=False,
+                          normalize=True, api_name="/synthesize")
+
+
+def request_log_lines(app: RunningApp, request_id: str, timeout: float = 5) -> list[str]:
+    """runtime.log lines of one request, waiting (briefly) until its SUCCESS or WARNING line is there."""
+    deadline = time.time() + timeout
+    while True:
+        lines = [line for line in app.log_text().splitlines() if f"req={request_id} " in line]
+        if any("SUCCESS" in line or "WARNING" in line for line in lines) or time.time() > deadline:
+            return lines
+        time.sleep(0.2)

@@ -12,7 +12,7 @@ import soundfile as sf
 from gradio_client import handle_file
 
 import audio_variants
-from conftest import AUDIO, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT
+from conftest import AUDIO, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, request_log_lines
 
 SHORT_TEXT = "今天天气很好。"
 LONG_TEXT = "今天天气很好，我们一起去公园散步吧。公园里有很多人在跑步，还有小朋友在放风筝。"
@@ -40,15 +40,6 @@ def request_id_of(path: Path) -> str:
     return match.group(1)
 
 
-def log_lines_for(app, request_id: str) -> list[str]:
-    deadline = time.time() + 5
-    while True:
-        lines = [line for line in app.log_text().splitlines() if f"req={request_id} " in line]
-        if any("SUCCESS" in line or "WARNING" in line for line in lines) or time.time() > deadline:
-            return lines
-        time.sleep(0.2)
-
-
 def test_zero_shot_returns_complete_speech_in_proportion_to_text(lite_app):
     short = saved_copy(lite_app, synth(lite_app, SHORT_TEXT))
     long = saved_copy(lite_app, synth(lite_app, LONG_TEXT))
@@ -74,7 +65,7 @@ def test_cross_lingual_and_instruct(lite_app, mode, extra):
 
 def test_log_has_every_stage_in_order_ending_in_success(lite_app):
     path = synth(lite_app, LONG_TEXT)
-    lines = log_lines_for(lite_app, request_id_of(path))
+    lines = request_log_lines(lite_app, request_id_of(path))
     stages = ["received zero_shot", "text:", "prompt audio:", "voice features ready", "piece 1/", "vocoded",
               "SUCCESS"]
     positions = []
@@ -136,7 +127,7 @@ def test_bad_inputs_get_clear_messages_and_service_keeps_serving(lite_app, tmp_p
 def test_multichannel_and_mp3_prompts_are_converted(lite_app, tmp_path, rate, channels, fmt, described):
     prompt = audio_variants.resampled(tmp_path, rate, channels, fmt)
     path = synth(lite_app, SHORT_TEXT, prompt=prompt)
-    lines = log_lines_for(lite_app, request_id_of(path))
+    lines = request_log_lines(lite_app, request_id_of(path))
     assert any("prompt audio:" in line and described in line for line in lines), lines
 
 
@@ -167,7 +158,7 @@ def test_health_and_version_answer_fast_even_during_synthesis(lite_app):
 def test_what_the_engine_cannot_render_is_reported_not_ignored(lite_app):
     path = synth(lite_app, "今天天气很好[laughter]。", mode="instruct", prompt_text="",
                  instruct_text="请用四川话说")
-    lines = log_lines_for(lite_app, request_id_of(path))
+    lines = request_log_lines(lite_app, request_id_of(path))
     warnings = [line for line in lines if "| WARNING" in line]
     assert any("四川话" in line and "plain Mandarin" in line for line in warnings), lines
     assert any("[laughter]" in line for line in warnings), lines

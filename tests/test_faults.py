@@ -12,19 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import PYTHON, ROOT, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app
+from conftest import PYTHON, ROOT, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app, synthesize_as
 
 pytestmark = pytest.mark.slow          # each starts its own app (CI runs them with -m slow)
-
-
-def synthesize(app, request_id: str, text: str = "你好。"):
-    from gradio_client import handle_file
-
-    client = app.client()
-    client.headers["X-Request-ID"] = request_id
-    return client.predict(text=text, mode="zero_shot", prompt_wav=handle_file(str(ZERO_SHOT_PROMPT)),
-                          prompt_text=ZERO_SHOT_TRANSCRIPT, instruct_text="", seed=1, speed=1.0, stream=False,
-                          normalize=True, api_name="/synthesize")
 
 
 def wait_ready(app, want: int, timeout: float = 60) -> dict:
@@ -56,7 +46,7 @@ def test_unwritable_outputs_is_a_clear_error_ready_turns_503_and_the_fix_is_pick
         shutil.rmtree(app.outputs_dir, ignore_errors=True)
         app.outputs_dir.write_text("not a folder")           # as root, a file in its place is what blocks writes
         with pytest.raises(Exception) as refused:
-            synthesize(app, "disk-1")
+            synthesize_as(app, "disk-1")
         assert "could not be saved" in str(refused.value) and str(app.outputs_dir) in str(refused.value)
         assert any("| ERROR   |" in line and "could not be saved" in line for line in log_lines(app.log_dir, "disk-1"))
         reason = wait_ready(app, 503)["reason"]
@@ -65,7 +55,7 @@ def test_unwritable_outputs_is_a_clear_error_ready_turns_503_and_the_fix_is_pick
         app.outputs_dir.unlink()
         app.outputs_dir.mkdir()
         wait_ready(app, 200, timeout=10)
-        assert Path(synthesize(app, "disk-2")).exists()
+        assert Path(synthesize_as(app, "disk-2")).exists()
     finally:
         stop_app(app)
 
@@ -75,7 +65,7 @@ def test_a_deleted_log_folder_is_recreated_on_the_next_line(tmp_path):
     try:
         wait_ready(app, 200)
         shutil.rmtree(app.log_dir)
-        synthesize(app, "logs-1")
+        synthesize_as(app, "logs-1")
         lines = log_lines(app.log_dir, "logs-1")
         assert any("SUCCESS" in line for line in lines), lines
     finally:
@@ -89,7 +79,7 @@ def test_a_full_or_unwritable_log_falls_back_to_stderr_with_one_warning(tmp_path
     app = start_app(tmp_path, "--engine", "lite", "--log-dir", str(full_dir))
     try:
         wait_ready(app, 200)
-        synthesize(app, "full-1")
+        synthesize_as(app, "full-1")
         out = (tmp_path / "app.out").read_text(errors="replace")
         assert out.count("cannot write the log file") == 1, out[-2000:]
         assert "req=full-1" in out and "SUCCESS" in out
@@ -129,7 +119,7 @@ def test_sigterm_lets_the_running_request_finish_then_logs_stopped(tmp_path):
 
     def client():
         try:
-            result["path"] = synthesize(app, "term-1", long_text)
+            result["path"] = synthesize_as(app, "term-1", long_text)
         except Exception as err:      # noqa: BLE001 - the assertion below says what went wrong
             result["error"] = err
 

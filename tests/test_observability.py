@@ -11,17 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, free_port, start_app, stop_app
-
-
-def synthesize(app, request_id: str, text: str = "你好。"):
-    from gradio_client import handle_file
-
-    client = app.client()
-    client.headers["X-Request-ID"] = request_id
-    return client.predict(text=text, mode="zero_shot", prompt_wav=handle_file(str(ZERO_SHOT_PROMPT)),
-                          prompt_text=ZERO_SHOT_TRANSCRIPT, instruct_text="", seed=1, speed=1.0, stream=False,
-                          normalize=True, api_name="/synthesize")
+from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, free_port, start_app, stop_app, synthesize_as
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +95,7 @@ def test_json_log_lines_parse_and_carry_the_given_request_id(tmp_path):
         response = httpx.get(f"{app.url}/health", headers={"X-Request-ID": "probe-7"}, timeout=5)
         assert response.headers["x-request-id"] == "probe-7"
         assert len(httpx.get(f"{app.url}/health", timeout=5).headers["x-request-id"]) >= 6
-        synthesize(app, "json-req-1")
+        synthesize_as(app, "json-req-1")
         from cosyvoice.log import flush
         flush()
         time.sleep(1)
@@ -147,7 +137,7 @@ scrape_configs:
     base = f"http://127.0.0.1:{prom_port}"
     try:
         for index in range(5):
-            synthesize(app, f"prom-{index}")
+            synthesize_as(app, f"prom-{index}")
         deadline = time.time() + 60
         total = None
         while time.time() < deadline:
@@ -164,7 +154,11 @@ scrape_configs:
                   for r in _query(base, "cosyvoice_stage_duration_seconds_count")}
         for stage in ("text", "voice", "synthesize", "save"):
             assert stages.get(stage, 0) >= 5, stages
-        assert _query(base, "histogram_quantile(0.95, sum by (le) (rate(cosyvoice_request_duration_seconds_bucket[1m])))")
+        p95 = "histogram_quantile(0.95, sum by (le) (rate(cosyvoice_request_duration_seconds_bucket[1m])))"
+        deadline = time.time() + 30          # rate() needs two scrapes after the requests
+        while not _query(base, p95) and time.time() < deadline:
+            time.sleep(1)
+        assert _query(base, p95)
     finally:
         prom.terminate()
         prom.wait(timeout=30)

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import av
@@ -18,7 +17,7 @@ import soundfile as sf
 from gradio_client import handle_file
 
 import audio_variants
-from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app
+from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, request_log_lines, start_app, stop_app
 
 KEY = "sk-test-cosyvoice"
 TEXT = "今天天气很好，我们一起去公园散步吧。"
@@ -59,15 +58,6 @@ def decoded_seconds(data: bytes) -> float:
         stream = container.streams.audio[0]
         frames = sum(frame.samples for frame in container.decode(stream))
         return frames / stream.codec_context.sample_rate
-
-
-def log_lines(app, request_id: str) -> list[str]:
-    deadline = time.time() + 5
-    while True:
-        lines = [line for line in app.log_text().splitlines() if f"req={request_id} " in line]
-        if any("SUCCESS" in line or "WARNING" in line for line in lines) or time.time() > deadline:
-            return lines
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("response_format", ["wav", "mp3", "flac"])
@@ -146,7 +136,7 @@ def test_unknown_voice_and_bad_name_get_openai_errors_with_the_request_id(api_ap
     assert "no saved voice 'nobody'" in error.body["message"] and "narrator" in error.body["message"]
     assert error.request_id and f"(request {error.request_id})" in error.body["message"]
     assert any("WARNING" in line and "refused" in line and "'nobody'" in line
-               for line in log_lines(api_app, error.request_id))
+               for line in request_log_lines(api_app, error.request_id))
     with pytest.raises(openai.BadRequestError) as caught:
         create_voice(client, "../../etc/passwd")
     assert "characters a name cannot hold" in caught.value.body["message"] and caught.value.body["param"] == "name"
@@ -182,7 +172,7 @@ def test_instructions_select_instruct_mode(api_app, narrator):
     response = client_for(api_app).audio.speech.with_raw_response.create(
         model="tts-1", voice="narrator", input=TEXT, instructions="请用非常快的语速说", response_format="wav")
     assert response.content
-    lines = log_lines(api_app, response.headers["x-request-id"])
+    lines = request_log_lines(api_app, response.headers["x-request-id"])
     assert any("received instruct" in line for line in lines) and any("instruction: 请用非常快的语速说" in l for l in lines)
 
 
@@ -206,7 +196,7 @@ def test_saved_voice_after_restart_speaks_like_the_original_upload(tmp_path):
         response = client.audio.speech.with_raw_response.create(model="tts-1", voice="kept", input=TEXT,
                                                                 response_format="wav", extra_body={"seed": 21})
         again = sf.read(io.BytesIO(response.content), dtype="int16")[0]
-        lines = log_lines(second, response.headers["x-request-id"])
+        lines = request_log_lines(second, response.headers["x-request-id"])
     finally:
         stop_app(second)
     assert np.array_equal(original, again)
