@@ -12,7 +12,10 @@ from conftest import ROOT, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, st
 
 pytestmark = [pytest.mark.slow, requires_browser]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-SIXTEEN = "[pause:0.05]".join(f"这是第{n}句话，我们慢慢地读出来。" for n in range(1, 17))
+# Long enough (about 20 s of work on a slow CI box) that the two requests behind it are still
+# waiting when the Backend tab is read.
+PIECES = 40
+LONG_TEXT = "[pause:0.05]".join(f"这是第{n}句话，我们慢慢地读出来。" for n in range(1, PIECES + 1))
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +41,12 @@ def test_progress_backend_tab_queue_place_and_lasting_results(one_worker_app):
     ARTIFACTS.mkdir(exist_ok=True)
     with browser_session() as open_page:
         first, third = open_page(one_worker_app.url), open_page(one_worker_app.url)
-        fill_form(first, SIXTEEN)
+        fill_form(first, LONG_TEXT)
         first.get_by_role("button", name="生成 Generate").click()
-        first.locator("#result").get_by_text("/16").first.wait_for(timeout=60000)
+        first.locator("#result").get_by_text(f"/{PIECES}").first.wait_for(timeout=60000)
         shown = result_text(first)
-        assert "piece" in shown and "/16" in shown, shown
-        first.screenshot(path=str(ARTIFACTS / "progress_piece_of_16.png"), full_page=True)
+        assert "piece" in shown and f"/{PIECES}" in shown, shown
+        first.screenshot(path=str(ARTIFACTS / "progress_piece_of_n.png"), full_page=True)
 
         # A second request from a script and a third from another browser wait behind the first.
         from gradio_client import Client, handle_file
@@ -64,10 +67,10 @@ def test_progress_backend_tab_queue_place_and_lasting_results(one_worker_app):
         third.screenshot(path=str(ARTIFACTS / "queue_position.png"), full_page=True)
 
         first.get_by_role("tab", name="后台 Backend").click()
-        first.wait_for_function("document.querySelector('#jobs-table').innerText.includes('running')",
-                                timeout=30000)
         first.wait_for_function("document.querySelector('#log-tail textarea').value.includes('piece')",
                                 timeout=30000)
+        first.wait_for_function("(() => { const t = document.querySelector('#jobs-table').innerText;"
+                                " return t.includes('running') && t.includes('queued'); })()", timeout=30000)
         table = first.locator("#jobs-table").inner_text()
         assert "running" in table and "queued" in table, table
         tail = first.locator("#log-tail textarea").input_value()
