@@ -1,5 +1,5 @@
-"""Speed of our CosyVoice3 engine on CPU: LLM prefill and per-token time, flow, HiFT, RTF, first
-streaming chunk, peak RSS.
+"""Speed of our CosyVoice3 engine on CPU: LLM prefill and per-token time, flow, HiFT, RTF, streaming
+(first chunk and whole request against one-shot), peak RSS.
 
     python bench/engine_speed.py --json OUT [--model-dir DIR] [--tokens 250] [--threads 2] [--int8] [--bf16]
                                  [--stages llm,flow,stream] [--update] [--keep-dir DIR] [--slots 4]
@@ -7,6 +7,9 @@ streaming chunk, peak RSS.
 The llm stage also times the decode scheduler (exact fp32): llm_ms_per_token / llm_single_tokens_per_s
 = one request in a 1-slot batch, llm_lone_in_batch_ms_per_token = one request in a --slots batch,
 llm_batch_tokens_per_s = --slots requests decoding at once (--batch-tokens steps each).
+The stream stage times whole requests of --tokens tokens, LLM included: oneshot_total_s, then
+streamed with a new voice (stream_first_chunk_cold_s, stream_total_cold_s) and with a voice already
+used (stream_first_chunk_s, stream_total_s).
 
 Without --model-dir a model dir with the released sizes (Qwen2-0.5B-shaped LLM, 22-layer DiT,
 512-channel HiFT) and random weights is written in the official layout to a temporary dir first
@@ -220,6 +223,41 @@ def greedy(speech_token_size: int, follow: list[int] | None = None, picks: list[
     return sample
 
 
+def exactly(sampler, n_tokens: int, stop_id: int):
+    """`sampler` for the first n_tokens picks, then a stop id."""
+    def sample(logp: torch.Tensor, decoded: list[int], generator) -> int:
+        return stop_id if len(decoded) >= n_tokens else sampler(logp, decoded, generator)
+    return sample
+
+
+def streaming(model, inputs, sampler, sample_rate: int) -> dict:
+    """Whole requests through the engine's model, LLM included, same tokens each time: one-shot, then
+    streamed with the voice's prompt prefix not yet cached (cold), then streamed again (warm: what
+    every later request with that voice gets)."""
+    def seeded() -> torch.Generator:
+        return torch.Generator(device=model.device).manual_seed(0)
+
+    out: dict = {}
+    started = time.perf_counter()
+    wav, tokens = model.tts(inputs, generator=seeded(), sampler=sampler)
+    out["oneshot_total_s"] = round(time.perf_counter() - started, 2)
+    out["oneshot_audio_s"] = round(wav.shape[1] / sample_rate, 2)
+    model._voice_prefixes.clear()
+    for name in ("cold", "warm"):
+        started = time.perf_counter()
+        first, total = None, 0
+        for chunk in model.tts_stream(inputs, generator=seeded(), sampler=sampler):
+            first = first or round(time.perf_counter() - started, 2)
+            total += chunk.shape[1]
+        suffix = "_cold" if name == "cold" else ""
+        out[f"stream_first_chunk{suffix}_s"] = first
+        out[f"stream_total{suffix}_s"] = round(time.perf_counter() - started, 2)
+        out["stream_audio_s"] = round(total / sample_rate, 2)
+    out["stream_total_ratio"] = round(out["stream_total_s"] / out["oneshot_total_s"], 3)
+    out["stream_total_cold_ratio"] = round(out["stream_total_cold_s"] / out["oneshot_total_s"], 3)
+    return out
+
+
 def decode(model, inputs, n_tokens: int, sampler, seed: int = 0, raw: bool = False) -> tuple[list[int], float, float]:
     """(tokens, prefill seconds incl. the first pick, ms per later token).
 
@@ -360,12 +398,8 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
         result["rtf"] = round((llm_s + result["flow_s"] + result["hift_s"]) / result["audio_s"], 3)
 
     if "stream" in stages:
-        started = time.perf_counter()
-        chunks = model.tts_stream(inputs, generator=torch.Generator(device=model.device).manual_seed(0), sampler=sampler)
-        first_chunk = next(chunks)
-        result["first_chunk_s"] = round(time.perf_counter() - started, 2)
-        result["first_chunk_audio_s"] = round(first_chunk.shape[1] / engine.sample_rate, 2)
-        chunks.close()
+        result.update(streaming(model, inputs, exactly(sampler, n_tokens, cfg.llm.speech_token_size),
+                                engine.sample_rate))
     result["peak_rss_mib"] = max(result.get("peak_rss_mib", 0), round(peak_rss_mib()))
     save(result)
 

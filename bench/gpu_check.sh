@@ -88,7 +88,8 @@ step "summary"
 "$PY" - "$OUT" <<'EOF'
 import json, pathlib, sys
 keys = ["device", "precision", "cuda_graphs", "llm_slots", "llm_batching_mode", "llm_ms_per_token",
-        "llm_lone_in_batch_ms_per_token", "llm_single_tokens_per_s", "llm_batch_tokens_per_s", "first_chunk_s"]
+        "llm_lone_in_batch_ms_per_token", "llm_single_tokens_per_s", "llm_batch_tokens_per_s",
+        "stream_first_chunk_s", "stream_total_s", "oneshot_total_s"]
 for path in sorted(pathlib.Path(sys.argv[1]).glob("engine_speed_*.json")):
     result = json.loads(path.read_text())
     print(path.name, {k: result.get(k) for k in keys})

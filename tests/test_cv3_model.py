@@ -94,16 +94,21 @@ def test_streaming_hops_grow_within_a_request_and_restart_for_the_next(model, mo
     """Chunk bookkeeping only, so flow and HiFT are replaced by shape-exact stand-ins."""
     ratio, lookahead, per_frame = model.token_mel_ratio, model.lookahead, model.samples_per_frame
 
-    def fake_flow(tokens, prompt_token, prompt_feat, embedding, *, streaming, finalize):
-        assert streaming
-        n = tokens.shape[1] - (0 if finalize else lookahead)
-        return torch.arange(n * ratio, dtype=torch.float32).expand(1, 80, -1)
+    class FakeStream:
+        """Numbers each mel frame after the prompt; hands out each one once, like FlowStream."""
+        returned = 0
+
+        def advance(self, tokens, *, finalize):
+            n = (tokens.shape[1] - (0 if finalize else lookahead)) * ratio
+            frames = torch.arange(self.returned, n, dtype=torch.float32).expand(1, 80, -1)
+            self.returned = n
+            return frames
 
     def fake_vocode(mel, *, finalize):
         frames = mel.shape[2] if finalize else mel.shape[2] - 8
         return mel[:, :1, :frames].repeat_interleave(per_frame, dim=2)[:, 0]
 
-    monkeypatch.setattr(model, "flow_mel", fake_flow)
+    monkeypatch.setattr(model, "flow_stream", lambda *voice: FakeStream())
     monkeypatch.setattr(model, "vocode", fake_vocode)
     case = load_case(FIXTURE, "token2wav.pt")
     inputs = voice_inputs(load_case(FIXTURE, "tts_greedy.pt"), case)

@@ -58,6 +58,17 @@ class CausalPositionConv(nn.Module):
         h = F.mish(self.conv2(F.pad(h, (POS_CONV_KERNEL - 1, 0))))
         return h.transpose(1, 2)                                # (B, T, dim)
 
+    def forward_after(self, x: Tensor, past_in: Tensor, past_mid: Tensor) -> tuple[Tensor, Tensor]:
+        """The same for new frames x (B, n, dim) that follow earlier ones: past_in / past_mid hold the
+        last <= 30 inputs and first-conv outputs before them (fewer at the sequence start, where the
+        full pass pads with zeros too). Returns (output (B, n, dim), first-conv output (B, n, dim))."""
+        context = POS_CONV_KERNEL - 1
+        h = torch.cat((past_in, x), dim=1).transpose(1, 2)     # (B, dim, L + n), L <= 30
+        mid = F.mish(self.conv1(F.pad(h, (context - past_in.shape[1], 0))))             # (B, dim, n)
+        m = torch.cat((past_mid.transpose(1, 2), mid), dim=2)
+        out = F.mish(self.conv2(F.pad(m, (context - past_mid.shape[1], 0))))           # (B, dim, n)
+        return out.transpose(1, 2), mid.transpose(1, 2)
+
 
 class InputEmbedding(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
@@ -70,6 +81,14 @@ class InputEmbedding(nn.Module):
         frames = x.shape[1]
         h = self.proj(torch.cat((x, cond, mu, spks.unsqueeze(1).expand(-1, frames, -1)), dim=-1))
         return h + self.pos_conv(h)                              # (B, T, dim)
+
+    def forward_after(self, x: Tensor, cond: Tensor, mu: Tensor, spks: Tensor,
+                      past: "StepCache") -> tuple[Tensor, Tensor, Tensor]:
+        """New frames only (see CausalPositionConv.forward_after): (embedding, projection, first-conv output)."""
+        frames = x.shape[1]
+        h = self.proj(torch.cat((x, cond, mu, spks.unsqueeze(1).expand(-1, frames, -1)), dim=-1))
+        pos, mid = self.pos_conv.forward_after(h, past.proj_tail, past.conv_tail)
+        return h + pos, h, mid
 
 
 @dataclass
@@ -89,6 +108,41 @@ class FrameTables:
             visible = pos.unsqueeze(0) < ((pos // block + 1) * block).unsqueeze(1)
             mask = torch.zeros(frames, frames, device=inv_freq.device).masked_fill_(~visible, float("-inf"))
         return cls(angles.cos(), angles.sin(), mask)
+
+
+def block_causal_mask(first: int, frames: int, block: int, device: torch.device) -> Tensor:
+    """(frames - first, frames) additive mask of query frames first..frames-1 over key frames 0..frames-1:
+    query i sees key j iff j < (i // block + 1) * block."""
+    queries = torch.arange(first, frames, device=device)
+    keys = torch.arange(frames, device=device)
+    visible = keys.unsqueeze(0) < ((queries // block + 1) * block).unsqueeze(1)
+    return torch.zeros(frames - first, frames, device=device).masked_fill_(~visible, float("-inf"))
+
+
+@dataclass
+class StepCache:
+    """What the frames solved so far leave for later ones at one solver step: every block's rotated
+    keys and values, and the last inputs of the two causal position convolutions. Under block-causal
+    attention a finished block never looks at later frames, so none of this changes when frames
+    are appended. Tensors are replaced, never written in place, so a cache can be shared (a voice's
+    prompt prefix is the start of every stream with that voice)."""
+    keys: list[Tensor]       # depth x (B, H, frames, Dh)
+    values: list[Tensor]
+    proj_tail: Tensor        # (B, <=30, dim) input projections of the last frames
+    conv_tail: Tensor        # (B, <=30, dim) first position-conv outputs of the last frames
+
+    @classmethod
+    def empty(cls, cfg: DiTConfig, batch: int, dtype: torch.dtype, device: torch.device) -> "StepCache":
+        none = torch.zeros(batch, cfg.heads, 0, cfg.dim_head, dtype=dtype, device=device)
+        tail = torch.zeros(batch, 0, cfg.dim, dtype=dtype, device=device)
+        return cls([none] * cfg.depth, [none] * cfg.depth, tail, tail)
+
+    @property
+    def frames(self) -> int:
+        return self.keys[0].shape[2]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
 def rotate_pairs_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
@@ -130,6 +184,19 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                      # (B, H, T, Dh)
         return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner))
 
+    def forward_after(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, past_k: Tensor,
+                      past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """New frames x (B, n, dim) attending to the cached past_k/past_v (B, H, P, Dh) and to each other;
+        cos/sin are the rows of their own positions, mask (n, P + n). Returns (out, keys, values)."""
+        batch, frames, _ = x.shape
+        qkv = self.qkv(x)
+        rotate_pairs_(qkv[..., :self.dim_head], cos, sin)
+        rotate_pairs_(qkv[..., self.inner:self.inner + self.dim_head], cos, sin)
+        q, k, v = qkv.view(batch, frames, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (B, H, n, Dh)
+        keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)          # (B, H, P+n, Dh)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype))
+        return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner)), keys, values
+
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: float) -> None:
@@ -159,6 +226,15 @@ class DiTBlock(nn.Module):
         x.addcmul_(gate_a, self.attn(_modulated_norm(x, shift_a, scale_a), tables))
         x.addcmul_(gate_f, self.ff(_modulated_norm(x, shift_f, scale_f)))
         return x
+
+    def forward_after(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, past_k: Tensor,
+                      past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod.unsqueeze(1).chunk(6, dim=-1)
+        out, keys, values = self.attn.forward_after(_modulated_norm(x, shift_a, scale_a), cos, sin, mask,
+                                                    past_k, past_v)
+        x.addcmul_(gate_a, out)
+        x.addcmul_(gate_f, self.ff(_modulated_norm(x, shift_f, scale_f)))
+        return x, keys, values
 
 
 class FinalNorm(nn.Module):
@@ -199,6 +275,35 @@ class DiT(nn.Module):
         for layer, layer_mod in zip(self.blocks, mod.blocks):
             h = layer(h, layer_mod, tables)
         return self.proj_out(self.norm_out(h, mod.final)).transpose(1, 2)
+
+    def velocity_after(self, x: Tensor, mu: Tensor, spks: Tensor, cond: Tensor, mod: Modulation,
+                       past: StepCache, keep: bool = True) -> tuple[Tensor, StepCache | None]:
+        """Block-causal velocity of new frames that follow the `past.frames` already solved at this step.
+
+        x, mu, cond: (B, C, n) of the new frames; past.frames must be a multiple of the attention block.
+        Returns (velocity (B, mel, n), the cache extended by the new frames, or None when not `keep`).
+        Equal, within float rounding, to the new frames' columns of `velocity` over all frames."""
+        start, block = past.frames, self.cfg.static_chunk_size
+        if start % block:
+            raise ValueError(f"cached frames ({start}) must end on an attention block ({block} frames)")
+        end = start + x.shape[-1]
+        angles = torch.outer(torch.arange(start, end, device=x.device).float(), self.inv_freq.float())
+        cos, sin = angles.cos(), angles.sin()                                          # (n, Dh/2)
+        mask = block_causal_mask(start, end, block, x.device)                          # (n, end)
+        h, proj, mid = self.input_embed.forward_after(x.transpose(1, 2), cond.transpose(1, 2),
+                                                      mu.transpose(1, 2), spks, past)  # (B, n, dim)
+        keys, values = [], []
+        for layer, layer_mod, past_k, past_v in zip(self.blocks, mod.blocks, past.keys, past.values):
+            h, k, v = layer.forward_after(h, layer_mod, cos, sin, mask, past_k, past_v)
+            keys.append(k)
+            values.append(v)
+        velocity = self.proj_out(self.norm_out(h, mod.final)).transpose(1, 2)
+        if not keep:
+            return velocity, None
+        context = POS_CONV_KERNEL - 1
+        tails = (torch.cat((past.proj_tail, proj), dim=1)[:, -context:],
+                 torch.cat((past.conv_tail, mid), dim=1)[:, -context:])
+        return velocity, StepCache(keys, values, *tails)
 
     def forward(self, x: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor, streaming: bool = False) -> Tensor:
         """One velocity evaluation: x, mu, cond (B, C, T); t (B,); spks (B, spk_dim) -> (B, mel, T)."""

@@ -19,7 +19,7 @@ from cosyvoice.errors import EngineError
 
 from . import checkpoint
 from .config import FlowConfig
-from .dit import DiT, checkpoint_key as dit_checkpoint_key, stack_qkv
+from .dit import DiT, Modulation, StepCache, checkpoint_key as dit_checkpoint_key, stack_qkv
 
 # trace(event, tensors): optional observer of intermediate values, for parity checks only.
 # Events: "pre_lookahead" {"out"}; "estimator" {"step", "x", "mask", "mu", "t", "spks", "cond", "out"}
@@ -53,6 +53,21 @@ def time_grid(n_steps: int, scheduler: str, dtype: torch.dtype, device: torch.de
     if scheduler == "cosine":   # small steps near the noise end
         grid = 1 - torch.cos(grid * 0.5 * math.pi)
     return grid
+
+
+def euler_times(n_steps: int, scheduler: str, dtype: torch.dtype, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
+    """(t (1,) at each step, dt of each step). t and dt are carried the way the reference solver does
+    (t += dt; dt = grid[k+1] - t) so the float32 times match it bit for bit."""
+    grid = time_grid(n_steps, scheduler, dtype, device)
+    times, deltas = [], []
+    t, dt = grid[0:1], grid[1] - grid[0]
+    for step in range(1, n_steps + 1):
+        times.append(t)
+        deltas.append(dt)
+        t = t + dt
+        if step < n_steps:
+            dt = grid[step + 1] - t
+    return times, deltas
 
 
 class CausalFlow(nn.Module):
@@ -108,17 +123,7 @@ class CausalFlow(nn.Module):
     def solve(self, x: Tensor, mu: Tensor, spks: Tensor, cond: Tensor, streaming: bool, n_steps: int,
               bf16: bool = False, trace: Trace | None = None) -> Tensor:
         """Euler integration of the guided velocity from t=0 (noise x) to t=1. x, mu, cond: (1, C, T)."""
-        grid = time_grid(n_steps, self.cfg.t_scheduler, x.dtype, x.device)
-        # t and dt are carried the way the reference solver does (t += dt; dt = grid[k+1] - t) so the
-        # float32 times match it bit for bit
-        times, deltas = [], []
-        t, dt = grid[0:1], grid[1] - grid[0]
-        for step in range(1, n_steps + 1):
-            times.append(t)
-            deltas.append(dt)
-            t = t + dt
-            if step < n_steps:
-                dt = grid[step + 1] - t
+        times, deltas = euler_times(n_steps, self.cfg.t_scheduler, x.dtype, x.device)
         # row 0 conditional, row 1 unconditional (no tokens, speaker or prompt) for guidance
         mu2 = torch.cat((mu, torch.zeros_like(mu)))
         spks2 = torch.cat((spks, torch.zeros_like(spks)))
@@ -138,6 +143,99 @@ class CausalFlow(nn.Module):
                                     "t": times[step].expand(2), "spks": spks2, "cond": cond2, "out": v2})
             x = x + deltas[step] * ((1.0 + rate) * v2[:1] - rate * v2[1:])
         return x
+
+
+class FlowStream:
+    """One streamed utterance through the flow, solving each new frame once.
+
+    In streaming mode the estimator's attention is block-causal and its position convolutions look
+    only back, so a finished block's keys and values at every solver step, and the last inputs of
+    the convolutions, are all a later chunk needs from it: advance() solves only the frames after
+    those it cached (per step a StepCache) and returns the same mel as re-solving the whole window
+    (within float rounding). A voice's prompt frames before the first speech token can reach them
+    are the same for every stream with that voice: `prefix` (from voice_prefix) starts the stream
+    past them. Above `budget_bytes` of cache the stream stops adding to it, and later chunks solve
+    again from the last frames it kept (correct, only slower).
+    """
+
+    def __init__(self, flow: "CausalFlow", prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor,
+                 noise: Tensor, *, n_steps: int = 10, prefix: list[StepCache] | None = None,
+                 budget_bytes: int | None = None):
+        self.flow, self.n_steps, self.budget_bytes = flow, n_steps, budget_bytes
+        weight = flow.spk_proj.weight
+        self.dtype, self.device = weight.dtype, weight.device
+        self.prompt_token = prompt_token.to(self.device)
+        self.prompt_feat = prompt_feat.to(self.device, self.dtype)
+        self.noise = noise
+        with torch.inference_mode():
+            spks = flow.spk_proj(F.normalize(embedding.to(self.device, self.dtype), dim=1))   # (1, mel)
+            self.spks2 = torch.cat((spks, torch.zeros_like(spks)))   # guidance rows: conditional, unconditional
+            self.times, self.deltas = euler_times(n_steps, flow.cfg.t_scheduler, self.dtype, self.device)
+            self.modulation = flow.estimator.modulation(torch.cat(self.times))
+        self.caches = prefix or [StepCache.empty(flow.cfg.dit, 2, self.dtype, self.device) for _ in range(n_steps)]
+        self.returned = self.prompt_feat.shape[1]                     # mel frames handed out (prompt counts)
+
+    @property
+    def cached_frames(self) -> int:
+        return self.caches[0].frames
+
+    def bytes_per_frame(self) -> int:
+        dit = self.flow.cfg.dit
+        return self.n_steps * dit.depth * 2 * 2 * dit.heads * dit.dim_head * self.prompt_feat.element_size()
+
+    @torch.inference_mode()
+    def advance(self, token: Tensor, *, finalize: bool) -> Tensor:
+        """Speech tokens so far (1, T) -> mel (1, mel, n) of the frames after the prompt not returned
+        before. Without finalize the last `lookahead` tokens are right context only, and the frames
+        before them must end on an attention block (the hop schedule cuts there)."""
+        mu = self.flow.token_features(torch.cat((self.prompt_token, token.to(self.device)), dim=1), finalize)
+        frames = mu.shape[1]
+        if frames < self.prompt_feat.shape[1]:
+            raise EngineError(f"flow: prompt mel has {self.prompt_feat.shape[1]} frames but the tokens give only {frames}")
+        if self.noise.shape[-1] < frames:
+            raise EngineError(f"flow: {frames} mel frames exceed the fixed noise length {self.noise.shape[-1]}")
+        cond = torch.zeros(1, frames, self.flow.cfg.mel_dim, device=self.device, dtype=self.dtype)
+        cond[:, :self.prompt_feat.shape[1]] = self.prompt_feat
+        keep = not finalize and (self.budget_bytes is None or frames * self.bytes_per_frame() <= self.budget_bytes)
+        mel = self._solve(mu, cond, frames, keep)                   # frames cached_frames..frames (before keep)
+        first = frames - mel.shape[-1]
+        new = mel[:, :, max(0, self.returned - first):]
+        self.returned = max(self.returned, frames)
+        return new.float()
+
+    def _solve(self, mu: Tensor, cond: Tensor, end: int, keep: bool) -> Tensor:
+        """Euler-solve frames cached_frames..end with guidance; mu, cond (1, frames, C) of the window."""
+        start = self.cached_frames
+        mu2 = torch.cat((mu[:, start:end], torch.zeros_like(mu[:, start:end]))).transpose(1, 2)  # (2, C, n)
+        cond2 = torch.cat((cond[:, start:end], torch.zeros_like(cond[:, start:end]))).transpose(1, 2)
+        x = self.noise[:, :, start:end].to(self.device, self.dtype)                            # (1, mel, n)
+        rate = self.flow.cfg.cfg_rate
+        caches = []
+        for step in range(self.n_steps):
+            v2, cache = self.flow.estimator.velocity_after(x.expand(2, -1, -1), mu2, self.spks2, cond2,
+                                                           self.modulation.row(step), self.caches[step], keep)
+            caches.append(cache)
+            x = x + self.deltas[step] * ((1.0 + rate) * v2[:1] - rate * v2[1:])
+        if keep:
+            self.caches = caches
+        return x
+
+
+def voice_prefix(flow: "CausalFlow", prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor,
+                 noise: Tensor, n_steps: int = 10) -> list[StepCache] | None:
+    """The StepCaches of a voice's prompt frames that no speech token can reach (the PreLookahead
+    layer lets each token see `lookahead` tokens ahead), in whole attention blocks; None if the
+    prompt is too short to fill one."""
+    block = flow.cfg.dit.static_chunk_size
+    reachable = flow.cfg.token_mel_ratio * max(0, prompt_token.shape[1] - flow.cfg.lookahead)
+    frames = reachable // block * block
+    if frames == 0:
+        return None
+    stream = FlowStream(flow, prompt_token, prompt_feat, embedding, noise, n_steps=n_steps)
+    with torch.inference_mode():
+        mu = flow.token_features(stream.prompt_token, finalize=True)                     # (1, 2P, C)
+        stream._solve(mu, stream.prompt_feat, frames, keep=True)
+    return stream.caches
 
 
 def checkpoint_key(key: str) -> str:

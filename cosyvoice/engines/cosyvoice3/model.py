@@ -5,19 +5,26 @@
 Non-streaming: all tokens first, then one flow call and one HiFT call (`tts`).
 Streaming (`tts_stream`): the flow runs in block-causal mode, so the mel of tokens that already
 have their right context does not change when more tokens arrive. A chunk is cut whenever
-`hop + lookahead` new tokens are there: the flow is re-run on all tokens so far and only the new
-frames are kept, HiFT is re-run on all frames so far and only the new samples are emitted (HiFT is
-causal, so the old samples would come out the same). Chunk boundaries stay on flow attention
-blocks: the first hop is padded so that prompt + first hop fills whole blocks, later hops are
-multiples of the block.
+`hop + lookahead` new tokens are there. The flow solves only the frames it has not solved before
+(flow.FlowStream keeps every finished block's keys/values per solver step), starting past the
+voice's prompt frames that no speech token reaches (computed once per voice, kept for the last
+VOICE_PREFIXES_KEPT voices). HiFT is re-run on all frames so far and only the new samples are
+emitted (HiFT is causal, so the old samples would come out the same; it is ~5 % of the work).
+Chunk boundaries stay on flow attention blocks: the first hop is padded so that prompt + first hop
+fills whole blocks, later hops are multiples of the block.
 
-Every piece of decoding state (tokens, hop length, mel so far, samples emitted) belongs to one
-call: the model object holds only weights and the fixed noise, so requests cannot affect each other.
+Every piece of decoding state (tokens, hop length, flow caches, samples emitted) belongs to one
+call. The model object holds weights, the fixed noise and the per-voice prompt prefixes, which
+depend on the voice alone and are never written after they are made, so requests cannot affect
+each other.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -28,7 +35,8 @@ from torch import Tensor
 
 from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.devices import is_out_of_memory
-from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
+from cosyvoice.engines.cosyvoice3.dit import StepCache
+from cosyvoice.engines.cosyvoice3.flow import CausalFlow, FlowStream, load_flow, voice_prefix
 from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, load_hift
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, load_llm
 from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
@@ -45,6 +53,13 @@ MAX_SILENT_RUN = 5
 # later hops double up to MAX_HOP_BLOCKS blocks, so long texts need few flow/HiFT re-runs.
 HOP_GROWTH = 2
 MAX_HOP_BLOCKS = 4
+
+# A streamed utterance caches keys/values of every solver step and DiT layer: 3.6 MB per mel frame at
+# full size (10 steps x 22 layers x 2 guidance rows x 1024 x k,v x fp32), about 0.2 GB per second of
+# audio. Past this budget a stream stops caching and re-solves from its last cached frame (slower,
+# same audio). The prompt prefixes of the last two voices are kept (a 5 s prompt is about 0.5 GB).
+STREAM_CACHE_BYTES = 4 << 30
+VOICE_PREFIXES_KEPT = 2
 
 OOM_ADVICE = {
     "llm": "shorten the text piece, or start the server with --precision fp16 or --device cpu",
@@ -129,6 +144,8 @@ class CosyVoice3Model:
         self.samples_per_frame = hift.config.samples_per_frame
         # The fixed noise bounds one utterance: flow frames (prompt included) and HiFT samples.
         self.max_mel_frames = noise.flow_z.shape[-1]
+        self._voice_prefixes: OrderedDict[str, list[StepCache] | None] = OrderedDict()
+        self._prefix_lock = threading.Lock()
 
     @classmethod
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -176,6 +193,30 @@ class CosyVoice3Model:
             return self.flow.inference(tokens.to(self.device), prompt_token.to(self.device),
                                        prompt_feat.to(self.device), embedding.to(self.device),
                                        self.noise.flow_z, streaming=streaming, finalize=finalize)
+
+    def flow_stream(self, prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor) -> FlowStream:
+        """A FlowStream for one streamed utterance, started past the voice's cached prompt prefix."""
+        key = hashlib.sha256(str(self.flow.spk_proj.weight.dtype).encode() + b"".join(
+            t.detach().cpu().contiguous().numpy().tobytes() for t in (prompt_token, prompt_feat, embedding))).hexdigest()
+        with self._prefix_lock:
+            known = key in self._voice_prefixes
+            prefix = self._voice_prefixes.get(key)
+            if known:
+                self._voice_prefixes.move_to_end(key)
+        if not known:
+            with stage("flow"), self._autocast():
+                prefix = voice_prefix(self.flow, prompt_token, prompt_feat, embedding, self.noise.flow_z)
+            with self._prefix_lock:
+                self._voice_prefixes[key] = prefix
+                while len(self._voice_prefixes) > VOICE_PREFIXES_KEPT:
+                    self._voice_prefixes.popitem(last=False)
+        return FlowStream(self.flow, prompt_token, prompt_feat, embedding, self.noise.flow_z, prefix=prefix,
+                          budget_bytes=STREAM_CACHE_BYTES)
+
+    def stream_mel(self, stream: FlowStream, tokens: Tensor, *, finalize: bool) -> Tensor:
+        """(1, T) tokens so far -> (1, 80, n) mel frames the stream had not returned yet."""
+        with stage("flow"), self._autocast():
+            return stream.advance(tokens, finalize=finalize)
 
     def vocode(self, mel: Tensor, *, finalize: bool) -> Tensor:
         """(1, 80, frames) -> (1, samples). finalize=False: the last frames are look-ahead only."""
@@ -234,6 +275,7 @@ class CosyVoice3Model:
         hop = schedule.first()
         mel = torch.zeros(1, self.flow.cfg.mel_dim, 0, device=self.device)
         emitted = 0                                  # samples already yielded
+        stream: FlowStream | None = None             # made at the first chunk (its voice prefix costs flow time)
 
         for token in self.speech_tokens(inputs, generator=generator, sampler=sampler):
             tokens.append(token)
@@ -242,8 +284,9 @@ class CosyVoice3Model:
             if len(tokens) - offset < hop + self.lookahead:
                 continue
             window = torch.tensor([tokens[:offset + hop + self.lookahead]], dtype=torch.int64)
-            new_mel = self.flow_mel(window, prompt_token, prompt_mel, embedding, streaming=True, finalize=False)
-            mel = torch.cat([mel, new_mel[:, :, offset * self.token_mel_ratio:].to(mel.device)], dim=2)
+            stream = stream or self.flow_stream(prompt_token, prompt_mel, embedding)
+            new_mel = self.stream_mel(stream, window, finalize=False)
+            mel = torch.cat([mel, new_mel.to(mel.device)], dim=2)
             speech = self.vocode(mel, finalize=False)
             if on_chunk is not None:
                 on_chunk(offset, hop)
@@ -257,7 +300,8 @@ class CosyVoice3Model:
             return
         # Last chunk: every remaining token, no right context left to wait for.
         all_tokens = torch.tensor([tokens], dtype=torch.int64)
-        new_mel = self.flow_mel(all_tokens, prompt_token, prompt_mel, embedding, streaming=True, finalize=True)
-        mel = torch.cat([mel, new_mel[:, :, offset * self.token_mel_ratio:].to(mel.device)], dim=2)
+        stream = stream or self.flow_stream(prompt_token, prompt_mel, embedding)
+        new_mel = self.stream_mel(stream, all_tokens, finalize=True)
+        mel = torch.cat([mel, new_mel.to(mel.device)], dim=2)
         speech = self.vocode(mel, finalize=True)
         yield speech[:, emitted:]
