@@ -239,14 +239,14 @@ def streaming(model, inputs, sampler, sample_rate: int) -> dict:
 
     out: dict = {}
     started = time.perf_counter()
-    wav, tokens = model.tts(inputs, generator=seeded(), sampler=sampler)
+    wav, tokens = model.tts(inputs, generator=seeded(), sampler=sampler, max_token_text_ratio=10_000)
     out["oneshot_total_s"] = round(time.perf_counter() - started, 2)
     out["oneshot_audio_s"] = round(wav.shape[1] / sample_rate, 2)
     model._voice_prefixes.clear()
     for name in ("cold", "warm"):
         started = time.perf_counter()
         first, total = None, 0
-        for chunk in model.tts_stream(inputs, generator=seeded(), sampler=sampler):
+        for chunk in model.tts_stream(inputs, generator=seeded(), sampler=sampler, max_token_text_ratio=10_000):
             first = first or round(time.perf_counter() - started, 2)
             total += chunk.shape[1]
         suffix = "_cold" if name == "cold" else ""

@@ -243,14 +243,17 @@ class CosyVoice3Model:
 
     def tts(self, inputs: SynthesisInputs, *, speed: float = 1.0, generator: torch.Generator | None = None,
             sampler: Sampler | None = None, on_token: Callable[[int], None] | None = None,
-            on_stage: Callable[[str], None] | None = None) -> tuple[Tensor, list[int]]:
+            on_stage: Callable[[str], None] | None = None,
+            max_token_text_ratio: float = 20.0) -> tuple[Tensor, list[int]]:
         """Non-streaming: (waveform (1, N), the speech tokens it was made from).
 
-        on_stage is told "llm", "flow" and "hift" as each begins (for traces)."""
+        on_stage is told "llm", "flow" and "hift" as each begins (for traces); max_token_text_ratio
+        bounds the speech tokens per text token (the released rule; benchmarks raise it)."""
         if on_stage is not None:
             on_stage("llm")
         tokens: list[int] = []
-        for token in self.speech_tokens(inputs, generator=generator, sampler=sampler):
+        for token in self.speech_tokens(inputs, generator=generator, sampler=sampler,
+                                        max_token_text_ratio=max_token_text_ratio):
             tokens.append(token)
             if on_token is not None:
                 on_token(len(tokens))
@@ -263,7 +266,8 @@ class CosyVoice3Model:
 
     def tts_stream(self, inputs: SynthesisInputs, *, generator: torch.Generator | None = None,
                    sampler: Sampler | None = None, on_token: Callable[[int], None] | None = None,
-                   on_chunk: Callable[[int, int], None] | None = None) -> Iterator[Tensor]:
+                   on_chunk: Callable[[int, int], None] | None = None,
+                   max_token_text_ratio: float = 20.0) -> Iterator[Tensor]:
         """Streaming: yield (1, n) waveform pieces as the tokens arrive; the last one is finalized.
 
         on_chunk(token_offset, hop) is told each non-final chunk's start and hop (for tests/logs).
@@ -277,7 +281,8 @@ class CosyVoice3Model:
         emitted = 0                                  # samples already yielded
         stream: FlowStream | None = None             # made at the first chunk (its voice prefix costs flow time)
 
-        for token in self.speech_tokens(inputs, generator=generator, sampler=sampler):
+        for token in self.speech_tokens(inputs, generator=generator, sampler=sampler,
+                                        max_token_text_ratio=max_token_text_ratio):
             tokens.append(token)
             if on_token is not None:
                 on_token(len(tokens))
