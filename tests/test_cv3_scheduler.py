@@ -140,6 +140,26 @@ def test_scheduler_threads_join_leave_and_free_slots_of_closed_consumers() -> No
         scheduler.close()
 
 
+@pytest.mark.parametrize("compact", [True, False])
+def test_a_request_decodes_at_most_max_ahead_beyond_its_consumer_while_others_go_on(compact) -> None:
+    llm = make_llm(False)
+    scheduler = DecodeScheduler(llm, slots=2, capacity=512, max_ahead=2)
+    scheduler.decoder.compact = compact          # padded rows: the waiting one is computed, not sampled
+    try:
+        alone = [list(scheduler.submit(request(llm, i))) for i in (0, 1)]
+        slow = request(llm, 0)
+        slow_tokens = scheduler.submit(slow)
+        taken = [next(slow_tokens)]
+        # The other request runs to its end while the slow consumer takes nothing...
+        assert list(scheduler.submit(request(llm, 1))) == alone[1]
+        # ...and the slow one has not decoded more than 2 (+ the one in the step under way) past its consumer.
+        assert len(slow.decoded) <= len(taken) + 3 < len(alone[0])
+        taken += list(slow_tokens)
+        assert taken == alone[0]                 # the pauses change nothing in its tokens
+    finally:
+        scheduler.close()
+
+
 def test_a_request_too_long_for_a_slot_fails_alone_and_the_cache_bounds_the_rest() -> None:
     llm = make_llm(False)
     lengths = [request(llm, i).prefill_len for i in range(4)]

@@ -33,15 +33,20 @@ def model64() -> CosyVoice3Model:
     return exact
 
 
-@pytest.fixture(scope="module")
-def long_voice() -> SynthesisInputs:
-    """The fixture's voice with its prompt said three times (69 tokens): long enough that two whole
-    attention blocks of it lie before any speech token can reach them."""
+def voice_with_prompt(n_tokens: int) -> SynthesisInputs:
+    """The fixture's voice with its prompt said over and over, cut to n_tokens (and 2 mel frames each)."""
     text, flow = load_case(FIXTURE, "tts_greedy.pt"), load_case(FIXTURE, "token2wav.pt")
     return SynthesisInputs(text_ids=text["text"], prompt_text_ids=text["prompt_text"],
                            llm_prompt_tokens=text["llm_prompt_speech_token"],
-                           flow_prompt_tokens=flow["prompt_token"].repeat(1, 3),
-                           prompt_mel=flow["prompt_feat"].repeat(1, 3, 1), embedding=flow["embedding"])
+                           flow_prompt_tokens=flow["prompt_token"].repeat(1, 4)[:, :n_tokens],
+                           prompt_mel=flow["prompt_feat"].repeat(1, 4, 1)[:, :2 * n_tokens],
+                           embedding=flow["embedding"])
+
+
+@pytest.fixture(scope="module")
+def long_voice() -> SynthesisInputs:
+    """A 69-token prompt: two whole attention blocks of it lie before any speech token can reach them."""
+    return voice_with_prompt(69)
 
 
 def speech_tokens() -> list[int]:
@@ -104,12 +109,17 @@ def capture_stream_mel(model: CosyVoice3Model, monkeypatch) -> list[torch.Tensor
     return mels
 
 
-def test_streamed_audio_equals_rerendering_every_window(model64, long_voice):
+@pytest.mark.parametrize("prompt_tokens, expected_hops", [
+    (69, [(0, 31), (31, 50), (81, 100)]),   # 6 tokens fill the prompt's last block: first hop 25 + 6
+    (60, [(0, 15), (15, 50), (65, 100)]),   # 15 tokens fill it (over half a block): the first chunk is cut there
+])
+def test_streamed_audio_equals_rerendering_every_window(model64, prompt_tokens, expected_hops):
+    voice = voice_with_prompt(prompt_tokens)
     tokens = speech_tokens()
-    chunks, hops = stream(model64, long_voice, tokens)
-    assert hops == [(0, 31), (31, 50), (81, 100)]          # 69 prompt tokens: first hop 25 + 6 padding
+    chunks, hops = stream(model64, voice, tokens)
+    assert hops == expected_hops
     assert sum(c.shape[1] for c in chunks) == N_TOKENS * 2 * 480
-    assert_close(chunks, rerendered(model64, long_voice, tokens, hops))
+    assert_close(chunks, rerendered(model64, voice, tokens, hops))
 
 
 def test_float32_stream_is_the_rerendering_within_rounding(model, long_voice, monkeypatch):

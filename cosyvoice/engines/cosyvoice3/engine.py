@@ -39,6 +39,7 @@ FEATURE_RATE = 16000                 # campplus and the speech tokenizer take 16
 # Speech tokens per LLM text token when the prompt cannot tell us (progress estimate only).
 DEFAULT_TOKENS_PER_TEXT_ID = 7.0
 DEFAULT_SLOTS_CUDA, DEFAULT_SLOTS_CPU = 4, 2
+CPU_DECODE_AHEAD = 2   # tokens a request may decode beyond what its consumer took (CPU)
 QUANTIZE_MODES = (None, "int8")
 # LLM positions a request's prompt sequence may take (sos, prompt text + text, task id, prompt speech):
 # a 30 s prompt is 750 speech tokens, a long text piece a few hundred ids.
@@ -100,7 +101,10 @@ class CosyVoice3Engine:
             quantize_int8(self.model.llm)
         on_cuda = self.placement.device.type == "cuda"
         slots = batch_slots if batch_slots is not None else (DEFAULT_SLOTS_CUDA if on_cuda else DEFAULT_SLOTS_CPU)
-        self.scheduler = DecodeScheduler(self.model.llm, slots, self._slot_capacity(), cuda_graphs=cuda_graphs)
+        # On CPU the LLM and the flow share the cores: a streaming request decodes at most a couple of
+        # tokens beyond what its consumer took (see scheduler). On a GPU decoding ahead is free overlap.
+        self.scheduler = DecodeScheduler(self.model.llm, slots, self._slot_capacity(), cuda_graphs=cuda_graphs,
+                                         max_ahead=None if on_cuda else CPU_DECODE_AHEAD)
         self.model.scheduler = self.scheduler
         self.sample_rate = config.sample_rate
         self.model_label = f"CosyVoice3 ({self.model_dir.name})"

@@ -485,10 +485,12 @@ class SlotDecoder:
             self.requests[slot] = request
         return token
 
-    def step(self) -> dict[int, int | None]:
-        """One token for every busy slot: {slot: token, or None when that request stopped}.
-        A stopped or finished request leaves its slot at once."""
-        busy = [i for i, r in enumerate(self.requests) if r is not None]
+    def step(self, skip: frozenset[int] = frozenset()) -> dict[int, int | None]:
+        """One token for every busy slot not in `skip`: {slot: token, or None when that request stopped}.
+        A stopped or finished request leaves its slot at once. A skipped request keeps its state; in the
+        padded modes its row is still computed (fixed shapes) and rewrites the same cache entry the
+        next real step writes, but nothing is sampled."""
+        busy = [i for i, r in enumerate(self.requests) if r is not None and i not in skip]
         if not busy:
             return {}
         rows = busy if self.compact else list(range(self.slots))
@@ -500,7 +502,7 @@ class SlotDecoder:
         out: dict[int, int | None] = {}
         for index, slot in enumerate(rows):
             request = self.requests[slot]
-            if request is None:
+            if request is None or slot in skip:
                 continue
             token = request.choose(logits[index])
             out[slot] = token

@@ -10,8 +10,9 @@ have their right context does not change when more tokens arrive. A chunk is cut
 voice's prompt frames that no speech token reaches (computed once per voice, kept for the last
 VOICE_PREFIXES_KEPT voices). HiFT is re-run on all frames so far and only the new samples are
 emitted (HiFT is causal, so the old samples would come out the same; it is ~5 % of the work).
-Chunk boundaries stay on flow attention blocks: the first hop is padded so that prompt + first hop
-fills whole blocks, later hops are multiples of the block.
+Chunk boundaries stay on flow attention blocks: prompt + first hop fills whole blocks (the first
+hop is the prompt's last block's remainder, plus one block when that remainder is under half a
+block), later hops are multiples of the block.
 
 Every piece of decoding state (tokens, hop length, flow caches, samples emitted) belongs to one
 call. The model object holds weights, the fixed noise and the per-voice prompt prefixes, which
@@ -121,8 +122,11 @@ class HopSchedule:
     n_prompt: int              # flow prompt tokens: they fill the first blocks
 
     def first(self) -> int:
+        """The official first hop is one block plus the tokens that fill the prompt's last block. When
+        those alone are at least half a block of speech, the first chunk is cut right there: the
+        audio is the same (block-causal flow, causal HiFT), it only comes sooner."""
         pad = math.ceil(self.n_prompt / self.block) * self.block - self.n_prompt
-        return self.block + pad
+        return pad if 2 * pad >= self.block else self.block + pad
 
     def after(self, hop: int, first: bool) -> int:
         base = self.block if first else hop

@@ -6,7 +6,9 @@ request in flight together, one token per step, in a fixed number of slots.
           └──── tokens, then DONE ─── per-request queue <── step(): one token for every busy slot
 
 A request joins between any two steps and leaves its slot as soon as it stops (or its consumer
-closes the token iterator). The KV cache is one static SlotCache (slots x capacity positions),
+closes the token iterator). With `max_ahead`, a request whose consumer has not taken that many of
+its tokens yet sits out the steps until it does: on CPU the LLM and a streaming request's flow share
+the same cores, and decoding far ahead would only slow the chunk its listener is waiting for. The KV cache is one static SlotCache (slots x capacity positions),
 allocated once.
 
 Batch invariance (a request's tokens do not depend on who else is decoding): each request samples
@@ -189,8 +191,10 @@ class DecodeScheduler:
     """Owns `llm` for decoding; generate() has the signature of CosyVoice3LM.generate and may be called
     from any number of threads at once."""
 
-    def __init__(self, llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False):
+    def __init__(self, llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False,
+                 max_ahead: int | None = None):
         self.llm = llm
+        self.max_ahead = max_ahead   # tokens a request may decode beyond what its consumer took; None: no limit
         self.decoder = slot_decoder(llm, slots, capacity, cuda_graphs)
         self._lock = threading.Condition()
         self._pending: deque[Ticket] = deque()
@@ -235,6 +239,9 @@ class DecodeScheduler:
         try:
             while True:
                 item = ticket.out.get()
+                if self.max_ahead is not None:
+                    with self._lock:          # the worker may be waiting for this consumer to catch up
+                        self._lock.notify()
                 if item is DONE:
                     return
                 if isinstance(item, BaseException):
@@ -274,8 +281,17 @@ class DecodeScheduler:
                 for slot in [s for s, t in self._active.items() if t.cancelled]:
                     self.decoder.release(slot)
                     del self._active[slot]
-                if self._active:
-                    self._step()
+                waiting = self._waiting_for_consumers()
+                if self._active and len(waiting) == len(self._active):
+                    with self._lock:          # every request is ahead of its consumer: sleep until one takes
+                        self._lock.wait(timeout=0.05)
+                elif self._active:
+                    self._step(waiting)
+
+    def _waiting_for_consumers(self) -> frozenset[int]:
+        if self.max_ahead is None:
+            return frozenset()
+        return frozenset(slot for slot, ticket in self._active.items() if ticket.out.qsize() > self.max_ahead)
 
     def _admit(self, slot: int, ticket: Ticket) -> None:
         try:
@@ -291,10 +307,10 @@ class DecodeScheduler:
         else:
             self._active[slot] = ticket
 
-    def _step(self) -> None:
-        self.most_in_one_step = max(self.most_in_one_step, len(self._active))
+    def _step(self, waiting: frozenset[int] = frozenset()) -> None:
+        self.most_in_one_step = max(self.most_in_one_step, len(self._active) - len(waiting))
         try:
-            tokens = self.decoder.step()
+            tokens = self.decoder.step(skip=waiting)
         except Exception as err:
             logger.exception("LLM decode step failed; ending the {} request(s) in flight", len(self._active))
             for slot, ticket in self._active.items():
