@@ -124,25 +124,45 @@ class StepCache:
     """What the frames solved so far leave for later ones at one solver step: every block's rotated
     keys and values, and the last inputs of the two causal position convolutions. Under block-causal
     attention a finished block never looks at later frames, so none of this changes when frames
-    are appended. Tensors are replaced, never written in place, so a cache can be shared (a voice's
-    prompt prefix is the start of every stream with that voice)."""
-    keys: list[Tensor]       # depth x (B, H, frames, Dh)
+    are appended.
+
+    Keys/values live in buffers with room to grow (time-major, as the projection lays them out), so
+    a chunk writes only its own rows. `shared` buffers (a voice's prompt prefix, the start of every
+    stream with that voice) are never written: the first write copies them into buffers of its own.
+    """
+    keys: list[Tensor]       # depth x (B, capacity, H, Dh); rows 0..frames-1 are filled
     values: list[Tensor]
+    frames: int
     proj_tail: Tensor        # (B, <=30, dim) input projections of the last frames
     conv_tail: Tensor        # (B, <=30, dim) first position-conv outputs of the last frames
+    shared: bool = False
 
     @classmethod
     def empty(cls, cfg: DiTConfig, batch: int, dtype: torch.dtype, device: torch.device) -> "StepCache":
-        none = torch.zeros(batch, cfg.heads, 0, cfg.dim_head, dtype=dtype, device=device)
+        none = torch.zeros(batch, 0, cfg.heads, cfg.dim_head, dtype=dtype, device=device)
         tail = torch.zeros(batch, 0, cfg.dim, dtype=dtype, device=device)
-        return cls([none] * cfg.depth, [none] * cfg.depth, tail, tail)
+        return cls([none] * cfg.depth, [none] * cfg.depth, 0, tail, tail, shared=True)
 
-    @property
-    def frames(self) -> int:
-        return self.keys[0].shape[2]
+    def share(self) -> "StepCache":
+        """A view of the same frames for another stream (both may read; neither writes these buffers)."""
+        self.shared = True
+        return StepCache(self.keys, self.values, self.frames, self.proj_tail, self.conv_tail, shared=True)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+    def reserve(self, total: int) -> None:
+        """Make rows up to `total` writable in buffers of our own (growing by doubling)."""
+        capacity = self.keys[0].shape[1]
+        if total <= capacity and not self.shared:
+            return
+        capacity = max(total, 2 * capacity)
+
+        def grown(old: Tensor) -> Tensor:
+            new = old.new_empty(old.shape[0], capacity, *old.shape[2:])
+            new[:, :self.frames] = old[:, :self.frames]
+            return new
+
+        self.keys = [grown(k) for k in self.keys]
+        self.values = [grown(v) for v in self.values]
+        self.shared = False
 
 
 def rotate_pairs_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
@@ -184,18 +204,22 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                      # (B, H, T, Dh)
         return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner))
 
-    def forward_after(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, past_k: Tensor,
-                      past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """New frames x (B, n, dim) attending to the cached past_k/past_v (B, H, P, Dh) and to each other;
-        cos/sin are the rows of their own positions, mask (n, P + n). Returns (out, keys, values)."""
+    def forward_after(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keys: Tensor, values: Tensor,
+                      start: int) -> Tensor:
+        """New frames x (B, n, dim) at start..start+n-1: their keys/values are written into the buffers
+        keys/values (B, capacity, H, Dh) after the `start` rows cached there, and they attend to all of
+        them; cos/sin are the rows of their own positions, mask (n, start + n)."""
         batch, frames, _ = x.shape
+        end = start + frames
         qkv = self.qkv(x)
         rotate_pairs_(qkv[..., :self.dim_head], cos, sin)
         rotate_pairs_(qkv[..., self.inner:self.inner + self.dim_head], cos, sin)
-        q, k, v = qkv.view(batch, frames, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (B, H, n, Dh)
-        keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)          # (B, H, P+n, Dh)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype))
-        return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner)), keys, values
+        parts = qkv.view(batch, frames, 3, self.heads, self.dim_head)
+        keys[:, start:end] = parts[:, :, 1]
+        values[:, start:end] = parts[:, :, 2]
+        out = F.scaled_dot_product_attention(parts[:, :, 0].transpose(1, 2), keys[:, :end].transpose(1, 2),
+                                             values[:, :end].transpose(1, 2), attn_mask=mask.to(qkv.dtype))
+        return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner))   # (B, n, dim)
 
 
 class FeedForward(nn.Module):
@@ -227,14 +251,13 @@ class DiTBlock(nn.Module):
         x.addcmul_(gate_f, self.ff(_modulated_norm(x, shift_f, scale_f)))
         return x
 
-    def forward_after(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, past_k: Tensor,
-                      past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_after(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keys: Tensor,
+                      values: Tensor, start: int) -> Tensor:
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod.unsqueeze(1).chunk(6, dim=-1)
-        out, keys, values = self.attn.forward_after(_modulated_norm(x, shift_a, scale_a), cos, sin, mask,
-                                                    past_k, past_v)
-        x.addcmul_(gate_a, out)
+        x.addcmul_(gate_a, self.attn.forward_after(_modulated_norm(x, shift_a, scale_a), cos, sin, mask,
+                                                   keys, values, start))
         x.addcmul_(gate_f, self.ff(_modulated_norm(x, shift_f, scale_f)))
-        return x, keys, values
+        return x
 
 
 class FinalNorm(nn.Module):
@@ -277,33 +300,29 @@ class DiT(nn.Module):
         return self.proj_out(self.norm_out(h, mod.final)).transpose(1, 2)
 
     def velocity_after(self, x: Tensor, mu: Tensor, spks: Tensor, cond: Tensor, mod: Modulation,
-                       past: StepCache, keep: bool = True) -> tuple[Tensor, StepCache | None]:
-        """Block-causal velocity of new frames that follow the `past.frames` already solved at this step.
-
-        x, mu, cond: (B, C, n) of the new frames; past.frames must be a multiple of the attention block.
-        Returns (velocity (B, mel, n), the cache extended by the new frames, or None when not `keep`).
+                       cache: StepCache, keep: bool = True) -> Tensor:
+        """Block-causal velocity (B, mel, n) of new frames that follow the `cache.frames` already solved
+        at this step. x, mu, cond: (B, C, n) of the new frames; cache.frames must end an attention block.
+        With `keep` the new frames join the cache; without, the cache still holds only the old ones.
         Equal, within float rounding, to the new frames' columns of `velocity` over all frames."""
-        start, block = past.frames, self.cfg.static_chunk_size
+        start, block = cache.frames, self.cfg.static_chunk_size
         if start % block:
             raise ValueError(f"cached frames ({start}) must end on an attention block ({block} frames)")
         end = start + x.shape[-1]
+        cache.reserve(end)
         angles = torch.outer(torch.arange(start, end, device=x.device).float(), self.inv_freq.float())
         cos, sin = angles.cos(), angles.sin()                                          # (n, Dh/2)
         mask = block_causal_mask(start, end, block, x.device)                          # (n, end)
         h, proj, mid = self.input_embed.forward_after(x.transpose(1, 2), cond.transpose(1, 2),
-                                                      mu.transpose(1, 2), spks, past)  # (B, n, dim)
-        keys, values = [], []
-        for layer, layer_mod, past_k, past_v in zip(self.blocks, mod.blocks, past.keys, past.values):
-            h, k, v = layer.forward_after(h, layer_mod, cos, sin, mask, past_k, past_v)
-            keys.append(k)
-            values.append(v)
-        velocity = self.proj_out(self.norm_out(h, mod.final)).transpose(1, 2)
-        if not keep:
-            return velocity, None
-        context = POS_CONV_KERNEL - 1
-        tails = (torch.cat((past.proj_tail, proj), dim=1)[:, -context:],
-                 torch.cat((past.conv_tail, mid), dim=1)[:, -context:])
-        return velocity, StepCache(keys, values, *tails)
+                                                      mu.transpose(1, 2), spks, cache)  # (B, n, dim)
+        for layer, layer_mod, keys, values in zip(self.blocks, mod.blocks, cache.keys, cache.values):
+            h = layer.forward_after(h, layer_mod, cos, sin, mask, keys, values, start)
+        if keep:
+            context = POS_CONV_KERNEL - 1
+            cache.proj_tail = torch.cat((cache.proj_tail, proj), dim=1)[:, -context:]
+            cache.conv_tail = torch.cat((cache.conv_tail, mid), dim=1)[:, -context:]
+            cache.frames = end
+        return self.proj_out(self.norm_out(h, mod.final)).transpose(1, 2)
 
     def forward(self, x: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor, streaming: bool = False) -> Tensor:
         """One velocity evaluation: x, mu, cond (B, C, T); t (B,); spks (B, spk_dim) -> (B, mel, T)."""

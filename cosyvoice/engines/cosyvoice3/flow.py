@@ -172,7 +172,8 @@ class FlowStream:
             self.spks2 = torch.cat((spks, torch.zeros_like(spks)))   # guidance rows: conditional, unconditional
             self.times, self.deltas = euler_times(n_steps, flow.cfg.t_scheduler, self.dtype, self.device)
             self.modulation = flow.estimator.modulation(torch.cat(self.times))
-        self.caches = prefix or [StepCache.empty(flow.cfg.dit, 2, self.dtype, self.device) for _ in range(n_steps)]
+        self.caches = ([cache.share() for cache in prefix] if prefix else
+                       [StepCache.empty(flow.cfg.dit, 2, self.dtype, self.device) for _ in range(n_steps)])
         self.returned = self.prompt_feat.shape[1]                     # mel frames handed out (prompt counts)
 
     @property
@@ -210,14 +211,10 @@ class FlowStream:
         cond2 = torch.cat((cond[:, start:end], torch.zeros_like(cond[:, start:end]))).transpose(1, 2)
         x = self.noise[:, :, start:end].to(self.device, self.dtype)                            # (1, mel, n)
         rate = self.flow.cfg.cfg_rate
-        caches = []
         for step in range(self.n_steps):
-            v2, cache = self.flow.estimator.velocity_after(x.expand(2, -1, -1), mu2, self.spks2, cond2,
-                                                           self.modulation.row(step), self.caches[step], keep)
-            caches.append(cache)
+            v2 = self.flow.estimator.velocity_after(x.expand(2, -1, -1), mu2, self.spks2, cond2,
+                                                    self.modulation.row(step), self.caches[step], keep)
             x = x + self.deltas[step] * ((1.0 + rate) * v2[:1] - rate * v2[1:])
-        if keep:
-            self.caches = caches
         return x
 
 
