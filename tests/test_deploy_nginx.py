@@ -100,9 +100,16 @@ class Nginx:
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    def access_log(self) -> list[dict]:
+    def access_log(self, until=None, timeout: float = 5.0) -> list[dict]:
+        """The JSON access log's complete lines. nginx writes a line just after the response went out,
+        so `until(entries)` polls (up to `timeout`) for the lines a test needs."""
         path = self.conf_dir / "logs" / "access.json"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+            if until is None or until(entries) or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -231,9 +238,10 @@ def test_probes_are_not_logged_and_request_ids_pass_through(cluster):
     assert given.headers["x-request-id"] == "trace-abc-123"
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
     assert given.json()["instance"] == given.headers["x-instance"]
-    uris = [e["uri"] for e in nginx.access_log()]
+    log = nginx.access_log(until=lambda log: any(e["request_id"] == "trace-abc-123" for e in log))
+    uris = [e["uri"] for e in log]
     assert "/health" not in uris and "/version" in uris
-    logged = [e for e in nginx.access_log() if e["request_id"] == "trace-abc-123"]
+    logged = [e for e in log if e["request_id"] == "trace-abc-123"]
     assert logged and logged[0]["instance"] == given.headers["x-instance"] and logged[0]["status"] == 200
 
 
@@ -350,7 +358,8 @@ def test_failing_canary_is_drained_after_max_fails_and_the_rest_succeeds(cluster
         post = httpx.post(f"{nginx.url}/gradio_api/call/synthesize", json={"data": ["x"]},
                           headers={"X-Canary": "1", "X-Request-ID": "post-once"}, timeout=10)
         assert post.status_code == 500 and post.headers["x-instance"] == "canary-bad"
-        [logged] = [e for e in nginx.access_log() if e["request_id"] == "post-once"]
+        [logged] = [e for e in nginx.access_log(until=lambda log: any(e["request_id"] == "post-once" for e in log))
+                    if e["request_id"] == "post-once"]
         reached = [a.strip() for a in re.split(r"[,:] ", logged["upstream"]) if not a.strip().startswith("unix:")]
         assert reached == [faulty.addr], logged     # (the placeholder socket is refused before sending)
 

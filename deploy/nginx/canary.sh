@@ -45,6 +45,22 @@ served_weight() { curl -fsS -m 2 "$(status_url)" 2>/dev/null | tr -d '[:space:]'
 
 running() { [ -f "$conf_dir/nginx.pid" ] && kill -0 "$(cat "$conf_dir/nginx.pid")" 2>/dev/null; }
 
+worker_pids() {   # the master's worker processes now (from /proc: no ps needed in slim images)
+    local master stat pid
+    master=$(cat "$conf_dir/nginx.pid" 2>/dev/null) || return 0
+    for stat in /proc/[0-9]*/stat; do
+        pid=${stat#/proc/}; pid=${pid%/stat}
+        [ "$(awk '{print $4}' "$stat" 2>/dev/null)" = "$master" ] || continue
+        tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "worker process" && echo "$pid"
+    done
+}
+
+old_workers_left() {   # old_workers_left PIDS...: how many of them still run
+    local n=0 pid
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && n=$((n + 1)); done
+    echo "$n"
+}
+
 apply_weight() {   # apply_weight P: write, test, reload, wait; the old file comes back if the test fails
     local p=$1
     [[ "$p" =~ ^[0-9]+([.][0-9]+)?$ ]] && awk -v p="$p" 'BEGIN{exit !(p>=0 && p<=100)}' \
@@ -64,12 +80,24 @@ apply_weight() {   # apply_weight P: write, test, reload, wait; the old file com
         echo "canary weight ${before:-?} % -> $p % written; nginx is not running (it applies on start)"
         return 0
     fi
+    local old
+    old=$(worker_pids)
     nginx_cmd -s reload
+    local served=""
     for _ in $(seq 1 50); do     # reload is asynchronous: wait for new workers to answer
-        [ "$(served_weight)" = "$p" ] && { echo "canary weight ${before:-?} % -> $p % (nginx reloaded)"; return 0; }
+        [ "$(served_weight)" = "$p" ] && { served=yes; break; }
         sleep 0.1
     done
-    die "nginx reloaded but $(status_url) does not show $p % yet; see $conf_dir/logs/error.log"
+    [ -n "$served" ] || die "nginx reloaded but $(status_url) does not show $p % yet; see $conf_dir/logs/error.log"
+    # Old workers may still take a new connection for a moment, and keep their open ones (streams)
+    # until those end: a session that starts there and moves on would cross channels. Wait for them.
+    # shellcheck disable=SC2086
+    for _ in $(seq 1 100); do
+        [ "$(old_workers_left $old)" = 0 ] && { echo "canary weight ${before:-?} % -> $p % (nginx reloaded)"; return 0; }
+        sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    echo "canary weight ${before:-?} % -> $p % (nginx reloaded; $(old_workers_left $old) old worker(s) still finish open connections at the old weight)"
 }
 
 case "${1:-status}" in
