@@ -91,23 +91,10 @@ class InputEmbedding(nn.Module):
         return h + pos, h, mid
 
 
-@dataclass
-class FrameTables:
-    """What depends only on the sequence length: built once per solve, shared by all steps and blocks."""
-    cos: Tensor             # (T, dim_head/2) rotary cos of position * frequency, float32
-    sin: Tensor
-    mask: Tensor | None     # (T, T) additive attention mask (0 / -inf) when streaming, else None
-
-    @classmethod
-    def build(cls, inv_freq: Tensor, frames: int, block: int | None) -> "FrameTables":
-        pos = torch.arange(frames, device=inv_freq.device)
-        angles = torch.outer(pos.float(), inv_freq.float())
-        mask = None
-        if block is not None:
-            # block-causal: frame i sees frame j iff j < (i // block + 1) * block
-            visible = pos.unsqueeze(0) < ((pos // block + 1) * block).unsqueeze(1)
-            mask = torch.zeros(frames, frames, device=inv_freq.device).masked_fill_(~visible, float("-inf"))
-        return cls(angles.cos(), angles.sin(), mask)
+def rotary_rows(inv_freq: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+    """(cos, sin), each (end - start, dim_head/2) float32, of frame positions start..end-1."""
+    angles = torch.outer(torch.arange(start, end, device=inv_freq.device).float(), inv_freq.float())
+    return angles.cos(), angles.sin()
 
 
 def block_causal_mask(first: int, frames: int, block: int, device: torch.device) -> Tensor:
@@ -117,6 +104,19 @@ def block_causal_mask(first: int, frames: int, block: int, device: torch.device)
     keys = torch.arange(frames, device=device)
     visible = keys.unsqueeze(0) < ((queries // block + 1) * block).unsqueeze(1)
     return torch.zeros(frames - first, frames, device=device).masked_fill_(~visible, float("-inf"))
+
+
+@dataclass
+class FrameTables:
+    """What depends only on the sequence length: built once per solve, shared by all steps and blocks."""
+    cos: Tensor             # (T, dim_head/2) rotary cos of position * frequency, float32
+    sin: Tensor
+    mask: Tensor | None     # (T, T) additive attention mask (0 / -inf) when streaming, else None
+
+    @classmethod
+    def build(cls, inv_freq: Tensor, frames: int, block: int | None) -> "FrameTables":
+        mask = None if block is None else block_causal_mask(0, frames, block, inv_freq.device)
+        return cls(*rotary_rows(inv_freq, 0, frames), mask)
 
 
 @dataclass
@@ -310,8 +310,7 @@ class DiT(nn.Module):
             raise ValueError(f"cached frames ({start}) must end on an attention block ({block} frames)")
         end = start + x.shape[-1]
         cache.reserve(end)
-        angles = torch.outer(torch.arange(start, end, device=x.device).float(), self.inv_freq.float())
-        cos, sin = angles.cos(), angles.sin()                                          # (n, Dh/2)
+        cos, sin = rotary_rows(self.inv_freq, start, end)                              # (n, Dh/2)
         mask = block_causal_mask(start, end, block, x.device)                          # (n, end)
         h, proj, mid = self.input_embed.forward_after(x.transpose(1, 2), cond.transpose(1, 2),
                                                       mu.transpose(1, 2), spks, cache)  # (B, n, dim)

@@ -19,7 +19,7 @@ from cosyvoice.errors import EngineError
 
 from . import checkpoint
 from .config import FlowConfig
-from .dit import DiT, Modulation, StepCache, checkpoint_key as dit_checkpoint_key, stack_qkv
+from .dit import DiT, StepCache, checkpoint_key as dit_checkpoint_key, stack_qkv
 
 # trace(event, tensors): optional observer of intermediate values, for parity checks only.
 # Events: "pre_lookahead" {"out"}; "estimator" {"step", "x", "mask", "mu", "t", "spks", "cond", "out"}
