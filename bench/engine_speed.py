@@ -242,7 +242,7 @@ def streaming(model, inputs, sampler, sample_rate: int) -> dict:
     wav, tokens = model.tts(inputs, generator=seeded(), sampler=sampler, max_token_text_ratio=10_000)
     out["oneshot_total_s"] = round(time.perf_counter() - started, 2)
     out["oneshot_audio_s"] = round(wav.shape[1] / sample_rate, 2)
-    model._voice_prefixes.clear()
+    model.forget_voice_prefixes()
     for name in ("cold", "warm"):
         started = time.perf_counter()
         first, total = None, 0

@@ -147,7 +147,7 @@ def count_solved_frames(model: CosyVoice3Model, monkeypatch) -> list[int]:
 
 def test_each_frame_is_solved_once_and_the_voice_prompt_once_per_voice(model64, long_voice, monkeypatch):
     model = model64
-    model._voice_prefixes.clear()
+    model.forget_voice_prefixes()
     solved = count_solved_frames(model, monkeypatch)
     tokens = speech_tokens()
     prompt_frames = long_voice.prompt_mel.shape[1]

@@ -217,6 +217,11 @@ class CosyVoice3Model:
         return FlowStream(self.flow, prompt_token, prompt_feat, embedding, self.noise.flow_z, prefix=prefix,
                           budget_bytes=STREAM_CACHE_BYTES)
 
+    def forget_voice_prefixes(self) -> None:
+        """Drop the cached prompt prefixes (the next stream of each voice solves its prompt again)."""
+        with self._prefix_lock:
+            self._voice_prefixes.clear()
+
     def stream_mel(self, stream: FlowStream, tokens: Tensor, *, finalize: bool) -> Tensor:
         """(1, T) tokens so far -> (1, 80, n) mel frames the stream had not returned yet."""
         with stage("flow"), self._autocast():
