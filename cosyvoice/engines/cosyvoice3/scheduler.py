@@ -8,8 +8,8 @@ request in flight together, one token per step, in a fixed number of slots.
 A request joins between any two steps and leaves its slot as soon as it stops (or its consumer
 closes the token iterator). With `max_ahead`, a request whose consumer has not taken that many of
 its tokens yet sits out the steps until it does: on CPU the LLM and a streaming request's flow share
-the same cores, and decoding far ahead would only slow the chunk its listener is waiting for. The KV cache is one static SlotCache (slots x capacity positions),
-allocated once.
+the same cores, and decoding far ahead would only slow the chunk its listener is waiting for.
+The KV cache is one static SlotCache (slots x capacity positions), allocated once.
 
 Batch invariance (a request's tokens do not depend on who else is decoding): each request samples
 with its own seeded generator, attends only to its own slot, and the projections are computed so
