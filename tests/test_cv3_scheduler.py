@@ -17,6 +17,7 @@ from cosyvoice.engines.cosyvoice3.config import ModelConfig, SamplingConfig
 from cosyvoice.engines.cosyvoice3.llm import SlotDecoder, load_llm
 from cosyvoice.engines.cosyvoice3.quantize import Int8Linear, quantize_int8
 from cosyvoice.engines.cosyvoice3.sampling import ras_pick, ras_sampler
+from cosyvoice.engines.cosyvoice3.rows_linear import RowsLinear
 from cosyvoice.engines.cosyvoice3.scheduler import DecodeScheduler, PackedLinear, pack_for_slots
 from cosyvoice.parity import load_case
 from tiny_onnx import make_tiny_model_dir
@@ -70,16 +71,21 @@ def make_llm(quantized: bool):
     return quantize_int8(llm) if quantized else llm
 
 
-# (label, int8, compact, exact): how the step computes rows; compact = only busy slots (CPU default).
-MODES = [("fp32-busy-rows", False, True, True), ("int8-busy-rows", True, True, True),
-         ("fp32-padded", False, False, True), ("fp32-masked-all-slots", False, False, False)]
+# (label, int8, kernel, exact): how the step computes rows; a kernel = only busy slots on it (CPU
+# default: our rows kernel), None = every slot, padded.
+MODES = [("fp32-busy-rows", False, "rows", True), ("fp32-busy-rows-onednn", False, "onednn", True),
+         ("int8-busy-rows", True, "auto", True),
+         ("fp32-padded", False, None, True), ("fp32-masked-all-slots", False, None, False)]
 
 
-@pytest.mark.parametrize("label, quantized, compact, exact", MODES, ids=[m[0] for m in MODES])
-def test_tokens_identical_alone_and_beside_others(label, quantized, compact, exact) -> None:
+@pytest.mark.parametrize("label, quantized, kernel, exact", MODES, ids=[m[0] for m in MODES])
+def test_tokens_identical_alone_and_beside_others(label, quantized, kernel, exact) -> None:
     llm = make_llm(quantized)
+    compact = kernel is not None
     if compact:
-        assert pack_for_slots(llm, 4), "this CPU's kernels are not row-invariant; the engine would pad"
+        assert pack_for_slots(llm, 4, kernel), "this CPU's kernels are not row-invariant; the engine would pad"
+        want = {"rows": RowsLinear, "onednn": PackedLinear, "auto": Int8Linear}[kernel]
+        assert isinstance(llm.layers[0].mlp.down, want)
     decoder = SlotDecoder(llm, slots=4, capacity=512, exact=exact, compact=compact)
     alone = {i: run_plan(decoder, llm, {i: 0})[i] for i in range(4)}
     lengths = sorted(len(t) for t in alone.values())
@@ -219,7 +225,7 @@ def test_engine_flags_are_reported_and_int8_is_real(model_dir) -> None:
     assert isinstance(engine.model.llm.layers[0].mlp.gate_up, Int8Linear)
     default = CosyVoice3Engine(model_dir, device="cpu", precision="fp32")
     assert default.version_info()["batch_slots"] == 2 and default.version_info()["quantize"] is None
-    assert isinstance(default.model.llm.layers[0].mlp.gate_up, PackedLinear)
+    assert isinstance(default.model.llm.layers[0].mlp.gate_up, RowsLinear)
     with pytest.raises(ValueError, match="quantize"):
         CosyVoice3Engine(model_dir, device="cpu", quantize="int4")
 

@@ -15,10 +15,13 @@ Batch invariance (a request's tokens do not depend on who else is decoding): eac
 with its own seeded generator, attends only to its own slot, and the projections are computed so
 that one row's result does not depend on the others:
 
-* CPU: weights prepacked for oneDNN at the slot count give a row the same bits whatever the number
-  of rows (checked at start-up), so only busy slots are computed and a lone request pays nothing for
-  the empty ones. int8 rows are quantised one row at a time (see quantize.Int8Linear). Where the
-  check fails, every step computes all slots (padded), so the shapes never change.
+* CPU: the projections run on our rows kernel (rows_linear.RowsLinear: each output element computed
+  the same way whatever the number of rows, and 4 rows cost little more than 1), or where it cannot
+  be built on oneDNN with weights prepacked at the slot count (also row-invariant on the CPUs we
+  measured, but 1.4x slower for 4 rows). Either is checked at start-up; then only busy slots are
+  computed and a lone request pays nothing for the empty ones. int8 rows are quantised one row at a
+  time (see quantize.Int8Linear). Where the check fails, every step computes all slots (padded), so
+  the shapes never change.
 * CUDA: every step runs all slots at fixed shapes over the whole cache with per-row masks, and is
   captured once as a CUDA graph (cuda_graphs=True).
 """
@@ -35,6 +38,7 @@ from loguru import logger
 from torch import Tensor, nn
 
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, DecodeRequest, DecodeRows, SlotCache, SlotDecoder
+from cosyvoice.engines.cosyvoice3.rows_linear import RowsLinear, load_rows_kernel, why_not
 
 DONE = object()   # end of one request's tokens
 
@@ -89,29 +93,55 @@ def rows_are_independent(linear: nn.Module, in_features: int, slots: int) -> boo
     return True
 
 
-def pack_for_slots(llm: CosyVoice3LM, slots: int) -> bool:
-    """On CPU float32, swap the LLM's plain nn.Linear projections for PackedLinear when that makes
-    rows independent of each other; True when every projection now is (int8 ones count as such)."""
+CPU_KERNELS = ("auto", "rows", "onednn")
+
+
+def _row_invariant_projection(llm: CosyVoice3LM, slots: int, kernel: str):
+    """A function nn.Linear -> row-invariant projection for `kernel`, or None (with the reason logged)."""
+    if kernel not in CPU_KERNELS:
+        raise ValueError(f"CPU decode kernel must be one of {', '.join(CPU_KERNELS)}, got {kernel!r}")
+    candidates = []
+    if kernel in ("auto", "rows"):
+        if load_rows_kernel():
+            candidates.append(("rows", lambda linear: RowsLinear(linear, slots)))
+        else:
+            logger.warning("The CPU decode kernel is not available ({}); requests decoding together use "
+                           "oneDNN, about 1.4x slower per step for 4 requests", why_not())
+    if kernel in ("auto", "onednn") and _onednn_linear_available():
+        candidates.append(("onednn", lambda linear: PackedLinear(linear, slots)))
+    hidden, inner = llm.cfg.hidden_size, llm.cfg.intermediate_size
+    for name, make in candidates:
+        if rows_are_independent(make(nn.Linear(hidden, inner)), hidden, slots):
+            return make
+        logger.info("The {} kernel gives rows that depend on the batch here; not used", name)
+    return None
+
+
+def pack_for_slots(llm: CosyVoice3LM, slots: int, kernel: str = "auto") -> bool:
+    """On CPU float32, swap the LLM's plain nn.Linear projections for row-invariant ones (RowsLinear,
+    else oneDNN's PackedLinear; `kernel` forces one); True when every projection now is (int8 ones
+    count as such)."""
     from cosyvoice.engines.cosyvoice3.quantize import Int8Linear
 
-    if llm.device.type != "cpu" or llm.dtype != torch.float32 or not _onednn_linear_available():
+    if llm.device.type != "cpu" or llm.dtype != torch.float32:
         return False
-    probe = PackedLinear(nn.Linear(llm.cfg.hidden_size, llm.cfg.intermediate_size), slots)
-    if not rows_are_independent(probe, llm.cfg.hidden_size, slots):
-        logger.info("oneDNN rows depend on the batch here; every decode step computes all slots")
-        return False
-
     int8 = [m for m in llm.modules() if isinstance(m, Int8Linear)]
     if any(m.packed is None for m in int8):
         return False        # only the fbgemm int8 path quantises row by row
+    make = None
+    if any(isinstance(m, nn.Linear) for m in llm.modules()):
+        make = _row_invariant_projection(llm, slots, kernel)
+        if make is None:
+            logger.info("No row-invariant kernel for the LLM's projections; every decode step computes all slots")
+            return False
     for module in int8:
         module.row_wise_rows = max(module.row_wise_rows, slots)
 
     def swap(parent: nn.Module, name: str) -> None:
         module = getattr(parent, name)
         if isinstance(module, nn.Linear):
-            setattr(parent, name, PackedLinear(module, slots))
-        elif not isinstance(module, (PackedLinear, Int8Linear)):
+            setattr(parent, name, make(module))
+        elif not isinstance(module, (RowsLinear, PackedLinear, Int8Linear)):
             raise TypeError(f"unexpected projection {type(module).__name__} at {name}")
 
     for layer in llm.layers:
@@ -154,14 +184,16 @@ class CapturedStep:
         return self.logits
 
 
-def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False) -> SlotDecoder:
+def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False,
+                 cpu_kernel: str = "auto") -> SlotDecoder:
     """The batch-invariant SlotDecoder for where `llm` lives (see the module docstring): on CPU busy
-    rows only when the packed kernels allow it, else all slots padded; on CUDA all slots masked, the
-    step captured as a CUDA graph when `cuda_graphs`. On CPU this packs the LLM's projections in place."""
+    rows only when a row-invariant kernel is there (`cpu_kernel`: auto, rows or onednn), else all slots
+    padded; on CUDA all slots masked, the step captured as a CUDA graph when `cuda_graphs`. On CPU this
+    swaps the LLM's projections in place."""
     if slots < 1:
         raise ValueError(f"batch slots must be at least 1, got {slots}")
     on_cuda = llm.device.type == "cuda"
-    compact = not on_cuda and pack_for_slots(llm, slots)
+    compact = not on_cuda and pack_for_slots(llm, slots, cpu_kernel)
     decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=compact)
     if cuda_graphs and on_cuda:
         decoder.step_fn = CapturedStep(llm, decoder.cache)
@@ -170,7 +202,9 @@ def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool
 
 def decoder_mode(decoder: SlotDecoder) -> str:
     if decoder.compact:
-        return "busy slots only (row-invariant kernels)"
+        kernels = {type(m).__name__ for m in decoder.llm.modules() if isinstance(m, (RowsLinear, PackedLinear))}
+        kind = {"RowsLinear": "rows kernel", "PackedLinear": "oneDNN"}
+        return f"busy slots only ({', '.join(sorted(kind[k] for k in kernels)) or 'int8'})"
     if decoder.exact:
         return "all slots, padded"
     return "all slots, masked" + (", CUDA graph" if isinstance(decoder.step_fn, CapturedStep) else "")
