@@ -116,3 +116,35 @@ def test_without_a_compiler_decoding_falls_back_to_onednn_and_says_why(tmp_path)
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "WARNING" in done.stderr and "no C++ compiler found" in done.stderr
+
+
+def attention_reference(q, k, v, slots, ends):
+    # float64 softmax attention of each row against its own slot's first `end` positions
+    rows = []
+    for m, (slot, end) in enumerate(zip(slots.tolist(), ends.tolist())):
+        keys, values = k[slot, :, :end].double(), v[slot, :, :end].double()          # (Hkv, S, D)
+        weights = (q[m].double() @ keys.transpose(1, 2)).softmax(dim=-1)            # (Hkv, G, S)
+        rows.append(weights @ values)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("kv_heads, group, head_dim", [(2, 7, 64), (1, 2, 8)])   # full size, tiny fixture
+def test_row_attention_matches_float64_and_ignores_other_rows(kv_heads, group, head_dim) -> None:
+    gen = torch.Generator().manual_seed(head_dim)
+    k = torch.randn(4, kv_heads, 300, head_dim, generator=gen)
+    v = torch.randn(4, kv_heads, 300, head_dim, generator=gen)
+    q = torch.randn(4, kv_heads, group, head_dim, generator=gen) * head_dim ** -0.5
+    slots, ends = torch.tensor([2, 0, 3, 1]), torch.tensor([1, 300, 77, 150])
+    attention = torch.ops.cosyvoice_rows.rows_attention
+    out = attention(q, k, v, slots, ends)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, slots, ends), rtol=1e-5, atol=1e-6)
+    for m in range(4):   # alone, or beside other rows: the same bits
+        assert torch.equal(attention(q[m:m + 1], k, v, slots[m:m + 1], ends[m:m + 1])[0], out[m])
+    k[2, :, 77:] = float("nan")                              # past a row's end is never read
+    assert torch.equal(attention(q[2:3], k, v, slots[2:3], ends[2:3])[0], out[2])
+
+
+def test_row_attention_refuses_reads_outside_the_cache() -> None:
+    k = torch.randn(2, 1, 16, 8)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        torch.ops.cosyvoice_rows.rows_attention(torch.randn(1, 1, 2, 8), k, k, torch.tensor([1]), torch.tensor([17]))

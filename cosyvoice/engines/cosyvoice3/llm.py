@@ -206,7 +206,12 @@ class Attention(nn.Module):
         cache.v[layer, rows.slots, :, rows.positions] = v[:, :, 0]
         group = self.num_heads // self.num_kv_heads
         q = q.reshape(rows_n, self.num_kv_heads, group, self.head_dim)         # query groups as "time"
-        if rows.exact:
+        if rows.exact and rows.fused:
+            # Every row against its own slot in one call (csrc/rows_linear.cpp): the per-row loop
+            # below costs ~1.5 ms per request per step in small-op overhead.
+            out = torch.ops.cosyvoice_rows.rows_attention(q * self.head_dim ** -0.5, cache.k[layer], cache.v[layer],
+                                                          rows.slots, rows.ends_tensor)
+        elif rows.exact:
             # Plain matmul/softmax per row: for one query row CPU's flash SDPA costs milliseconds of
             # set-up per call, paid once per request per layer, which would eat the batching gain.
             q = q * self.head_dim ** -0.5
@@ -253,17 +258,22 @@ class DecoderLayer(nn.Module):
 @dataclass
 class DecodeRows:
     """Which slots one batched step decodes: slots, positions (M,) long tensors on the model's device;
-    exact=True also carries them as python ints (per-row attention slices by them)."""
+    exact=True also carries them as python ints (per-row attention slices by them); fused=True runs
+    that per-row attention as one kernel call per layer (rows_linear's rows_attention)."""
     slots: Tensor
     positions: Tensor
     exact: bool
     slot_list: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)          # position + 1: keys each row sees
+    fused: bool = False
+    ends_tensor: Tensor | None = None
 
     @classmethod
-    def of(cls, slots: list[int], positions: list[int], device: torch.device, exact: bool) -> "DecodeRows":
+    def of(cls, slots: list[int], positions: list[int], device: torch.device, exact: bool,
+           fused: bool = False) -> "DecodeRows":
+        ends = [p + 1 for p in positions]
         return cls(torch.tensor(slots, device=device), torch.tensor(positions, device=device), exact,
-                   list(slots), [p + 1 for p in positions])
+                   list(slots), ends, fused, torch.tensor(ends, device=device) if fused else None)
 
 
 class CosyVoice3LM(nn.Module):
@@ -450,6 +460,7 @@ class SlotDecoder:
         self.cache = llm.new_slot_cache(slots, capacity, zeroed=not exact)
         self.requests: list[DecodeRequest | None] = [None] * slots
         self.step_fn = step_fn or (lambda tokens, rows: llm.decode_rows(tokens, rows, self.cache))
+        self.fused_attention = False     # exact attention as one kernel call per layer (set by the scheduler)
 
     @property
     def slots(self) -> int:
@@ -498,7 +509,7 @@ class SlotDecoder:
         positions = [self.requests[i].next_position if self.requests[i] is not None else 0 for i in rows]
         device = self.llm.device
         tokens = torch.tensor(last, dtype=torch.long, device=device)[:, None]
-        logits = self.step_fn(tokens, DecodeRows.of(rows, positions, device, self.exact))
+        logits = self.step_fn(tokens, DecodeRows.of(rows, positions, device, self.exact, self.fused_attention))
         out: dict[int, int | None] = {}
         for index, slot in enumerate(rows):
             request = self.requests[slot]

@@ -70,8 +70,9 @@ def _build(compiler: str, target: Path) -> None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                               f"{compiler} exited with {done.returncode}")
+            lines = done.stderr.strip().splitlines()
+            errors = [line for line in lines if "error" in line] or lines[-1:]
+            raise RuntimeError(errors[0].strip() if errors else f"{compiler} exited with {done.returncode}")
         os.replace(temp, target)
     finally:
         if os.path.exists(temp):

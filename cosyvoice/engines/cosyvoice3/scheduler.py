@@ -195,6 +195,8 @@ def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool
     on_cuda = llm.device.type == "cuda"
     compact = not on_cuda and pack_for_slots(llm, slots, cpu_kernel)
     decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=compact)
+    decoder.fused_attention = (compact and llm.cfg.head_dim % 8 == 0 and llm.dtype == torch.float32
+                               and load_rows_kernel())
     if cuda_graphs and on_cuda:
         decoder.step_fn = CapturedStep(llm, decoder.cache)
     return decoder
@@ -204,7 +206,8 @@ def decoder_mode(decoder: SlotDecoder) -> str:
     if decoder.compact:
         kernels = {type(m).__name__ for m in decoder.llm.modules() if isinstance(m, (RowsLinear, PackedLinear))}
         kind = {"RowsLinear": "rows kernel", "PackedLinear": "oneDNN"}
-        return f"busy slots only ({', '.join(sorted(kind[k] for k in kernels)) or 'int8'})"
+        attention = ", fused attention" if decoder.fused_attention else ""
+        return f"busy slots only ({', '.join(sorted(kind[k] for k in kernels)) or 'int8'}{attention})"
     if decoder.exact:
         return "all slots, padded"
     return "all slots, masked" + (", CUDA graph" if isinstance(decoder.step_fn, CapturedStep) else "")

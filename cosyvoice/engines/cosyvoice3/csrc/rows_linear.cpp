@@ -21,6 +21,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 namespace {
 
@@ -126,12 +128,82 @@ at::Tensor rows_linear(const at::Tensor& x, const at::Tensor& weight, const std:
   return y;
 }
 
+// One new query position per row against that row's own cached keys/values (decode attention).
+// q (M, Hkv, G, D), already scaled by 1/sqrt(D); k/v (slots, Hkv, capacity, D); row m reads slot
+// slots[m] at positions 0..ends[m]-1 only. Plain softmax in float32: scores, their max, exp, sum,
+// then the weighted sum of values divided by the sum. Each (row, kv head) is one task computed the
+// same way wherever it runs, so a row's result never depends on the other rows.
+at::Tensor rows_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& slots,
+                          const at::Tensor& ends) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes(), "rows_attention: q (M, Hkv, G, D), k/v (S, Hkv, C, D)");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "rows_attention: float32 only");
+  TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), "rows_attention: k/v must be contiguous");
+  const at::Tensor qc = q.contiguous();
+  const int64_t M = qc.size(0), Hkv = qc.size(1), G = qc.size(2), D = qc.size(3);
+  const int64_t capacity = k.size(2);
+  TORCH_CHECK(k.size(1) == Hkv && k.size(3) == D && D % kLanes == 0, "rows_attention: shapes");
+  TORCH_CHECK(slots.numel() == M && ends.numel() == M && slots.scalar_type() == at::kLong &&
+              ends.scalar_type() == at::kLong, "rows_attention: slots/ends (M,) int64");
+  const at::Tensor slots_c = slots.contiguous(), ends_c = ends.contiguous();
+  const int64_t* slot_of = slots_c.data_ptr<int64_t>();
+  const int64_t* end_of = ends_c.data_ptr<int64_t>();
+  for (int64_t m = 0; m < M; ++m)
+    TORCH_CHECK(slot_of[m] >= 0 && slot_of[m] < k.size(0) && end_of[m] >= 1 && end_of[m] <= capacity,
+                "rows_attention: row ", m, " reads outside the cache");
+  at::Tensor out = at::empty(qc.sizes(), qc.options());
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t chunks = D / kLanes;
+
+  at::parallel_for(0, M * Hkv, 4, [&](int64_t first, int64_t last) {
+    std::vector<float> scores;
+    std::vector<__m256> acc(chunks);
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t m = task / Hkv, h = task % Hkv, length = end_of[m];
+      const float* keys = kp + ((slot_of[m] * Hkv + h) * capacity) * D;
+      const float* values = vp + ((slot_of[m] * Hkv + h) * capacity) * D;
+      scores.resize(length);
+      for (int64_t g = 0; g < G; ++g) {
+        const float* query = qp + ((m * Hkv + h) * G + g) * D;
+        float top = -INFINITY;
+        for (int64_t t = 0; t < length; ++t) {
+          __m256 dot = _mm256_setzero_ps();
+          for (int64_t c = 0; c < chunks; ++c)
+            dot = _mm256_fmadd_ps(_mm256_loadu_ps(query + c * kLanes), _mm256_loadu_ps(keys + t * D + c * kLanes), dot);
+          scores[t] = horizontal_sum(dot);
+          top = std::max(top, scores[t]);
+        }
+        float total = 0.0f;
+        for (int64_t t = 0; t < length; ++t) {
+          scores[t] = std::exp(scores[t] - top);
+          total += scores[t];
+        }
+        for (int64_t c = 0; c < chunks; ++c) acc[c] = _mm256_setzero_ps();
+        for (int64_t t = 0; t < length; ++t) {
+          const __m256 weight = _mm256_set1_ps(scores[t]);
+          for (int64_t c = 0; c < chunks; ++c)
+            acc[c] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(values + t * D + c * kLanes), acc[c]);
+        }
+        const __m256 scale = _mm256_set1_ps(1.0f / total);
+        float* row_out = op + ((m * Hkv + h) * G + g) * D;
+        for (int64_t c = 0; c < chunks; ++c) _mm256_storeu_ps(row_out + c * kLanes, _mm256_mul_ps(acc[c], scale));
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cosyvoice_rows, m) {
   m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("rows_attention(Tensor q, Tensor k, Tensor v, Tensor slots, Tensor ends) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(cosyvoice_rows, CPU, m) {
   m.impl("rows_linear", rows_linear);
+  m.impl("rows_attention", rows_attention);
 }
