@@ -3,10 +3,13 @@
 
     python bench/engine_speed.py --json OUT [--model-dir DIR] [--tokens 250] [--threads 2] [--int8] [--bf16]
                                  [--stages llm,flow,stream] [--update] [--keep-dir DIR] [--slots 4]
+                                 [--compare-onednn]
 
 The llm stage also times the decode scheduler (exact fp32): llm_ms_per_token / llm_single_tokens_per_s
 = one request in a 1-slot batch, llm_lone_in_batch_ms_per_token = one request in a --slots batch,
 llm_batch_tokens_per_s = --slots requests decoding at once (--batch-tokens steps each).
+--compare-onednn adds the same single and batch decoding on oneDNN projections with attention in
+torch ops (the decoder before the rows kernel), in the same interleaved run.
 The stream stage times whole requests of --tokens tokens, LLM included: oneshot_total_s, then
 streamed with a new voice (stream_first_chunk_cold_s, stream_total_cold_s) and with a voice already
 used (stream_first_chunk_s, stream_total_s).
@@ -297,13 +300,16 @@ def _decode_requests(llm, cfg, inputs, count: int, seed: int = 0):
             for i in range(count)]
 
 
-def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placement, cuda_graphs: bool) -> dict:
+def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placement, cuda_graphs: bool,
+                 compare_onednn: bool = False) -> dict:
     """Decode speed of the scheduler's SlotDecoder (exact fp32 on CPU): one request in a 1-slot batch
     (single), one request alone in a `slots`-slot batch (lone), and `slots` requests at once (batch).
 
-    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the three
+    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the
     decoders take their steps in turn (single, lone, batch, single, ...) and each sums only its own
-    step times: a burst of load elsewhere hits all three alike, and the ratios stay fair."""
+    step times: a burst of load elsewhere hits all alike, and the ratios stay fair.
+    compare_onednn (CPU) adds single and batch decoders as they were before the rows kernel: oneDNN
+    projections and per-row attention in torch ops (llm_onednn_* keys)."""
     from cosyvoice.engines.cosyvoice3.llm import load_llm
     from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
     from cosyvoice.engines.cosyvoice3.scheduler import decoder_mode, slot_decoder
@@ -314,6 +320,12 @@ def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placem
     runs = {"single": (slot_decoder(one, 1, capacity, cuda_graphs), 1),
             "lone": (slot_decoder(many, slots, capacity, cuda_graphs), 1),
             "batch": (slot_decoder(many, slots, capacity, cuda_graphs), slots)}
+    if compare_onednn:
+        for name, count in (("onednn_single", 1), ("onednn_batch", slots)):
+            llm = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
+            decoder = slot_decoder(llm, count, capacity, cpu_kernel="onednn")
+            decoder.fused_attention = False
+            runs[name] = (decoder, count)
     seconds = dict.fromkeys(runs, 0.0)
     with torch.inference_mode():
         for decoder, count in runs.values():
@@ -328,7 +340,7 @@ def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placem
                 seconds[name] += time.perf_counter() - started
     steps = max(1, n_tokens - 1)
     single_s, lone_s, batch_s = (seconds[k] / steps for k in ("single", "lone", "batch"))
-    return {
+    result = {
         "llm_slots": slots,
         "llm_batching_mode": decoder_mode(runs["batch"][0]),
         "llm_batch_steps": steps,
@@ -339,6 +351,17 @@ def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placem
         "llm_batch_speedup": round(single_s * slots / batch_s, 2),
         "llm_lone_in_batch_ratio": round(lone_s / single_s, 3),
     }
+    if compare_onednn:
+        onednn_single_s, onednn_batch_s = seconds["onednn_single"] / steps, seconds["onednn_batch"] / steps
+        result.update({
+            "llm_onednn_batching_mode": decoder_mode(runs["onednn_batch"][0]),
+            "llm_onednn_ms_per_token": round(1000 * onednn_single_s, 1),
+            "llm_onednn_batch_tokens_per_s": round(slots / onednn_batch_s, 2),
+            "llm_onednn_batch_speedup": round(onednn_single_s * slots / onednn_batch_s, 2),
+            "llm_rows_kernel_single_gain": round(onednn_single_s / single_s, 2),
+            "llm_rows_kernel_batch_gain": round(onednn_batch_s / batch_s, 2),
+        })
+    return result
 
 
 STAGES = ("llm", "flow", "stream", "int8", "bf16")
@@ -346,7 +369,7 @@ STAGES = ("llm", "flow", "stream", "int8", "bf16")
 
 def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, save, slots: int = 4,
         batch_tokens: int | None = None, device: str = "cpu", precision: str = "fp32",
-        cuda_graphs: bool = True) -> dict:
+        cuda_graphs: bool = True, compare_onednn: bool = False) -> dict:
     """Measure `stages` in order; `save(result)` after each one, so a long run that is cut short
     still leaves what it measured."""
     from cosyvoice.audio import load_prompt_audio
@@ -374,7 +397,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
         result["llm_engine_ms_per_token"] = round(ms_per_token, 1)   # through the engine's scheduler
         save(result)
         result.update(llm_batching(model_dir, cfg, inputs, batch_tokens or n_tokens, slots, engine.placement,
-                                   cuda_graphs))
+                                   cuda_graphs, compare_onednn and engine.placement.device.type == "cpu"))
         save(result)
     else:  # flow and HiFT cost does not depend on which tokens they render
         tokens = torch.randint(0, cfg.llm.speech_token_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -446,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", help="auto, fp32, fp16 or bf16 (half precision only on CUDA)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="do not capture the decode step (CUDA)")
     parser.add_argument("--batch-tokens", type=int, help="tokens per batching measurement (default --tokens)")
+    parser.add_argument("--compare-onednn", action="store_true",
+                        help="also time single and batch decoding on oneDNN with torch-op attention (CPU)")
     parser.add_argument("--int8", action="store_true", help="also time the int8 LLM and its greedy agreement")
     parser.add_argument("--bf16", action="store_true", help="also time the bf16 flow and its mel error")
     parser.add_argument("--keep-dir", type=Path, help="build the random model dir here and keep it (reused if present)")
@@ -492,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = run(model_dir, args.tokens, stages, result, save, slots=args.slots, batch_tokens=args.batch_tokens,
-                     device=args.device, precision=args.precision, cuda_graphs=not args.no_cuda_graphs)
+                     device=args.device, precision=args.precision, cuda_graphs=not args.no_cuda_graphs, compare_onednn=args.compare_onednn)
     finally:
         if temp is not None:
             temp.cleanup()
