@@ -18,7 +18,7 @@ that one row's result does not depend on the others:
 * CPU: the projections run on our rows kernel (rows_linear.RowsLinear: each output element computed
   the same way whatever the number of rows, and 4 rows cost little more than 1), or where it cannot
   be built on oneDNN with weights prepacked at the slot count (also row-invariant on the CPUs we
-  measured, but 1.4x slower for 4 rows). Either is checked at start-up; then only busy slots are
+  measured, but 4 rows cost it 1.2-1.4x one row). Either is checked at start-up; then only busy slots are
   computed and a lone request pays nothing for the empty ones. int8 rows are quantised one row at a
   time (see quantize.Int8Linear). Where the check fails, every step computes all slots (padded), so
   the shapes never change.
@@ -38,7 +38,7 @@ from loguru import logger
 from torch import Tensor, nn
 
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, DecodeRequest, DecodeRows, SlotCache, SlotDecoder
-from cosyvoice.engines.cosyvoice3.rows_linear import RowsLinear, load_rows_kernel, why_not
+from cosyvoice.engines.cosyvoice3.rows_linear import IN_FEATURES_MULTIPLE, RowsLinear, load_rows_kernel, why_not
 
 DONE = object()   # end of one request's tokens
 
@@ -101,12 +101,17 @@ def _row_invariant_projection(llm: CosyVoice3LM, slots: int, kernel: str):
     if kernel not in CPU_KERNELS:
         raise ValueError(f"CPU decode kernel must be one of {', '.join(CPU_KERNELS)}, got {kernel!r}")
     candidates = []
+    cfg = llm.cfg
+    in_features = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size)
     if kernel in ("auto", "rows"):
-        if load_rows_kernel():
+        if any(n % IN_FEATURES_MULTIPLE for n in in_features):
+            logger.info("The CPU decode kernel needs projection widths that are multiples of {}, not {}; "
+                        "decoding uses oneDNN", IN_FEATURES_MULTIPLE, in_features)
+        elif load_rows_kernel():
             candidates.append(("rows", lambda linear: RowsLinear(linear, slots)))
         else:
-            logger.warning("The CPU decode kernel is not available ({}); requests decoding together use "
-                           "oneDNN, about 1.4x slower per step for 4 requests", why_not())
+            logger.warning("The CPU decode kernel is not available ({}); decoding uses oneDNN instead, about "
+                           "1.3x slower for one request and 1.7x for four", why_not())
     if kernel in ("auto", "onednn") and _onednn_linear_available():
         candidates.append(("onednn", lambda linear: PackedLinear(linear, slots)))
     hidden, inner = llm.cfg.hidden_size, llm.cfg.intermediate_size
