@@ -30,6 +30,7 @@ constexpr int64_t kLanes = 8;          // floats per AVX2 register
 constexpr int kRowsPerPass = 4;        // rows of x multiplied per pass over the weight
 constexpr int64_t kPrefetchAhead = 256;  // floats ahead in a weight row (1 KB), one-stream tiles only
 constexpr int64_t kL1Bytes = 16 * 1024;  // x rows up to this size are read from L1 for every feature
+constexpr int64_t kMaxHeadDim = 256;     // rows_attention keeps one head's output in registers/stack
 
 inline float horizontal_sum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -142,7 +143,7 @@ at::Tensor rows_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   const at::Tensor qc = q.contiguous();
   const int64_t M = qc.size(0), Hkv = qc.size(1), G = qc.size(2), D = qc.size(3);
   const int64_t capacity = k.size(2);
-  TORCH_CHECK(k.size(1) == Hkv && k.size(3) == D && D % kLanes == 0, "rows_attention: shapes");
+  TORCH_CHECK(k.size(1) == Hkv && k.size(3) == D && D % kLanes == 0 && D <= kMaxHeadDim, "rows_attention: shapes");
   TORCH_CHECK(slots.numel() == M && ends.numel() == M && slots.scalar_type() == at::kLong &&
               ends.scalar_type() == at::kLong, "rows_attention: slots/ends (M,) int64");
   const at::Tensor slots_c = slots.contiguous(), ends_c = ends.contiguous();
@@ -160,7 +161,7 @@ at::Tensor rows_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
 
   at::parallel_for(0, M * Hkv, 4, [&](int64_t first, int64_t last) {
     std::vector<float> scores;
-    std::vector<__m256> acc(chunks);
+    __m256 acc[kMaxHeadDim / kLanes];   // on the stack: registers' alignment kept
     for (int64_t task = first; task < last; ++task) {
       const int64_t m = task / Hkv, h = task % Hkv, length = end_of[m];
       const float* keys = kp + ((slot_of[m] * Hkv + h) * capacity) * D;
