@@ -86,7 +86,9 @@ def test_tokens_identical_alone_and_beside_others(label, quantized, kernel, exac
         assert pack_for_slots(llm, 4, kernel), "this CPU's kernels are not row-invariant; the engine would pad"
         want = {"rows": RowsLinear, "onednn": PackedLinear, "auto": Int8Linear}[kernel]
         assert isinstance(llm.layers[0].mlp.down, want)
-    decoder = SlotDecoder(llm, slots=4, capacity=512, exact=exact, compact=compact)
+    # The engine's decoder: with our kernel loaded, exact attention runs fused (one call per layer).
+    decoder = SlotDecoder(llm, slots=4, capacity=512, exact=exact, compact=compact,
+                          fused_attention=kernel in ("rows", "auto"))
     alone = {i: run_plan(decoder, llm, {i: 0})[i] for i in range(4)}
     lengths = sorted(len(t) for t in alone.values())
     assert len(set(lengths)) == 4 and lengths[0] >= 10, lengths     # really different lengths
@@ -110,7 +112,7 @@ def test_fixture_greedy_tokens_come_out_of_a_full_four_slot_batch() -> None:
     # The official greedy decode, in slot 2 of a 4-slot batch while three other requests decode.
     llm = make_llm(False)
     assert pack_for_slots(llm, 4)
-    decoder = SlotDecoder(llm, slots=4, capacity=512)
+    decoder = SlotDecoder(llm, slots=4, capacity=512, fused_attention=True)
     case = CASES["llm_greedy"]
     greedy = SamplingConfig(top_p=0.8, top_k=1, win_size=10, tau_r=1.1)
     target = llm.decode_request(case["text"], case["prompt_text"], case["prompt_speech_token"], sampling=greedy,

@@ -206,7 +206,7 @@ class Attention(nn.Module):
         cache.v[layer, rows.slots, :, rows.positions] = v[:, :, 0]
         group = self.num_heads // self.num_kv_heads
         q = q.reshape(rows_n, self.num_kv_heads, group, self.head_dim)         # query groups as "time"
-        if rows.exact and rows.fused:
+        if rows.fused:
             # Every row against its own slot in one call (csrc/rows_linear.cpp): the per-row loop
             # below costs ~1.5 ms per request per step in small-op overhead.
             out = torch.ops.cosyvoice_rows.rows_attention(q * self.head_dim ** -0.5, cache.k[layer], cache.v[layer],
@@ -265,15 +265,18 @@ class DecodeRows:
     exact: bool
     slot_list: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)          # position + 1: keys each row sees
-    fused: bool = False
-    ends_tensor: Tensor | None = None
+    ends_tensor: Tensor | None = None                      # the same on the device, for the fused kernel
+
+    @property
+    def fused(self) -> bool:
+        return self.ends_tensor is not None
 
     @classmethod
     def of(cls, slots: list[int], positions: list[int], device: torch.device, exact: bool,
            fused: bool = False) -> "DecodeRows":
         ends = [p + 1 for p in positions]
         return cls(torch.tensor(slots, device=device), torch.tensor(positions, device=device), exact,
-                   list(slots), ends, fused, torch.tensor(ends, device=device) if fused else None)
+                   list(slots), ends, torch.tensor(ends, device=device) if fused else None)
 
 
 class CosyVoice3LM(nn.Module):
@@ -450,17 +453,21 @@ class SlotDecoder:
     compact=True: only busy slots are computed, so a lone request pays nothing for empty slots; this is
     batch-invariant only when the projections give a row the same result whatever the row count
     (the scheduler checks its kernels for that). compact=False: every step computes all slots, padded.
+    fused_attention=True (with exact): the per-row attention runs as one rows-kernel call per layer
+    (needs rows_linear.load_rows_kernel()).
     """
 
     def __init__(self, llm: "CosyVoice3LM", slots: int, capacity: int, exact: bool = True,
-                 compact: bool = True, step_fn: Callable[[Tensor, DecodeRows], Tensor] | None = None):
+                 compact: bool = True, step_fn: Callable[[Tensor, DecodeRows], Tensor] | None = None,
+                 fused_attention: bool = False):
         if not exact and compact:
             raise ValueError("masked attention over all slots needs compact=False")
-        self.llm, self.exact, self.compact = llm, exact, compact
+        if fused_attention and not exact:
+            raise ValueError("the fused attention kernel is the exact per-row attention; it needs exact=True")
+        self.llm, self.exact, self.compact, self.fused_attention = llm, exact, compact, fused_attention
         self.cache = llm.new_slot_cache(slots, capacity, zeroed=not exact)
         self.requests: list[DecodeRequest | None] = [None] * slots
         self.step_fn = step_fn or (lambda tokens, rows: llm.decode_rows(tokens, rows, self.cache))
-        self.fused_attention = False     # exact attention as one kernel call per layer (set by the scheduler)
 
     @property
     def slots(self) -> int:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 SOURCE = Path(__file__).with_name("csrc") / "rows_linear.cpp"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-std=c++20", "-shared"]
-IN_FEATURES_MULTIPLE = 8       # the kernel reads x and W in whole AVX2 registers
+LANES = 8     # floats per AVX2 register: the kernels take in-feature and head widths that are multiples of it
 
 _lock = threading.Lock()
 _loaded: bool | None = None
@@ -120,8 +120,8 @@ class RowsLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, max_rows: int):
         super().__init__()
-        if linear.in_features % IN_FEATURES_MULTIPLE:
-            raise ValueError(f"in_features {linear.in_features} is not a multiple of {IN_FEATURES_MULTIPLE}")
+        if linear.in_features % LANES:
+            raise ValueError(f"in_features {linear.in_features} is not a multiple of {LANES}")
         self.in_features, self.out_features, self.max_rows = linear.in_features, linear.out_features, max_rows
         self.register_buffer("weight", linear.weight.detach().float().contiguous())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())

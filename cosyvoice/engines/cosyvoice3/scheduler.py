@@ -38,7 +38,7 @@ from loguru import logger
 from torch import Tensor, nn
 
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, DecodeRequest, DecodeRows, SlotCache, SlotDecoder
-from cosyvoice.engines.cosyvoice3.rows_linear import IN_FEATURES_MULTIPLE, RowsLinear, load_rows_kernel, why_not
+from cosyvoice.engines.cosyvoice3.rows_linear import LANES, RowsLinear, load_rows_kernel, why_not
 
 DONE = object()   # end of one request's tokens
 
@@ -104,9 +104,9 @@ def _row_invariant_projection(llm: CosyVoice3LM, slots: int, kernel: str):
     cfg = llm.cfg
     in_features = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size)
     if kernel in ("auto", "rows"):
-        if any(n % IN_FEATURES_MULTIPLE for n in in_features):
+        if any(n % LANES for n in in_features):
             logger.info("The CPU decode kernel needs projection widths that are multiples of {}, not {}; "
-                        "decoding uses oneDNN", IN_FEATURES_MULTIPLE, in_features)
+                        "decoding uses oneDNN", LANES, in_features)
         elif load_rows_kernel():
             candidates.append(("rows", lambda linear: RowsLinear(linear, slots)))
         else:
@@ -114,7 +114,7 @@ def _row_invariant_projection(llm: CosyVoice3LM, slots: int, kernel: str):
                            "1.3x slower for one request and 1.7x for four", why_not())
     if kernel in ("auto", "onednn") and _onednn_linear_available():
         candidates.append(("onednn", lambda linear: PackedLinear(linear, slots)))
-    hidden, inner = llm.cfg.hidden_size, llm.cfg.intermediate_size
+    hidden, inner = cfg.hidden_size, cfg.intermediate_size
     for name, make in candidates:
         if rows_are_independent(make(nn.Linear(hidden, inner)), hidden, slots):
             return make
@@ -198,10 +198,9 @@ def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool
     if slots < 1:
         raise ValueError(f"batch slots must be at least 1, got {slots}")
     on_cuda = llm.device.type == "cuda"
-    compact = not on_cuda and pack_for_slots(llm, slots, cpu_kernel)
-    decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=compact)
-    decoder.fused_attention = (compact and llm.cfg.head_dim % 8 == 0 and llm.dtype == torch.float32
-                               and load_rows_kernel())
+    compact = not on_cuda and pack_for_slots(llm, slots, cpu_kernel)    # compact: CPU float32
+    fused = compact and llm.cfg.head_dim % LANES == 0 and load_rows_kernel()
+    decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=compact, fused_attention=fused)
     if cuda_graphs and on_cuda:
         decoder.step_fn = CapturedStep(llm, decoder.cache)
     return decoder
@@ -209,10 +208,10 @@ def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool
 
 def decoder_mode(decoder: SlotDecoder) -> str:
     if decoder.compact:
-        kernels = {type(m).__name__ for m in decoder.llm.modules() if isinstance(m, (RowsLinear, PackedLinear))}
-        kind = {"RowsLinear": "rows kernel", "PackedLinear": "oneDNN"}
+        kernels = sorted({"rows kernel" if isinstance(m, RowsLinear) else "oneDNN" for m in decoder.llm.modules()
+                          if isinstance(m, (RowsLinear, PackedLinear))}) or ["int8"]
         attention = ", fused attention" if decoder.fused_attention else ""
-        return f"busy slots only ({', '.join(sorted(kind[k] for k in kernels)) or 'int8'}{attention})"
+        return f"busy slots only ({', '.join(kernels)}{attention})"
     if decoder.exact:
         return "all slots, padded"
     return "all slots, masked" + (", CUDA graph" if isinstance(decoder.step_fn, CapturedStep) else "")

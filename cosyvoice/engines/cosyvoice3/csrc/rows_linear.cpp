@@ -1,7 +1,7 @@
 // y = x W^T (+ b) for the few rows of a decode step, float32, x86-64 with AVX2 and FMA.
 //
 // Why not oneDNN or BLAS: on the CPUs we measured, their kernels are fast for one row (a GEMV that
-// streams the weight once) but for 2-4 rows switch to GEMM paths that cost 1.4-3x the one-row time,
+// streams the weight once) but for 2-4 rows switch to GEMM paths that cost 1.2-3x the one-row time,
 // although a decode step of a few rows is bound by reading the weight just the same. Here every output
 // feature streams its weight row once and multiplies it with all rows of x, so 4 rows cost little
 // more than 1.
@@ -79,9 +79,7 @@ void features(const float* x, int64_t K, const float* w, const float* bias, floa
 template <int R>
 void rows_pass(const float* x, int64_t K, const float* w, const float* bias, float* y, int64_t N,
                int64_t begin, int64_t end) {
-  if (R * K * static_cast<int64_t>(sizeof(float)) > kL1Bytes) {
-    features<R, 4, false>(x, K, w, bias, y, N, begin, end);
-  } else if (R == 1) {
+  if (R == 1 || R * K * static_cast<int64_t>(sizeof(float)) > kL1Bytes) {
     features<R, 4, false>(x, K, w, bias, y, N, begin, end);
   } else {
     features<R, (R == 2 ? 2 : 1), true>(x, K, w, bias, y, N, begin, end);
