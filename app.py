@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     if setup_tracing():
         log.info(f"traces go to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (OpenTelemetry OTLP)")
     log.info(f"starting CosyVoice Studio {__version__} (engine {args.engine}, log {log_file}); command line: "
-             f"{" ".join(masked_argv(sys.argv[1:] if argv is None else argv))}")
+             f"{' '.join(masked_argv(sys.argv[1:] if argv is None else argv))}")
     if ensure_ffmpeg() is None:
         log.warning("no ffmpeg found: streaming playback in the browser will fail; pip install imageio-ffmpeg "
                     "or apt-get install ffmpeg (saved files are not affected)")
