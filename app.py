@@ -68,7 +68,8 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = value.partition(":")
     if not sep or not user.strip() or not password:
-        raise StartupError("--auth (or COSYVOICE_AUTH) must look like user:password, with both parts non-empty; "
+        raise StartupError("--auth (or COSYVOICE_AUTH, --auth-file) must look like user:password, with both parts "
+                           "non-empty; "
                            "the login stays off until it does, so the app will not start without it.")
     return user.strip(), password
 
