@@ -195,9 +195,11 @@ class CredentialGate:
         given, _, token = header.strip().partition(b" ")
         wrong = Refusal(401, missing, "invalid_api_key", challenge=BASIC_CHALLENGE if scheme == "basic"
                         else BEARER_CHALLENGE)
-        if given.lower() != scheme.encode():
-            return wrong
         client, log = client_of(scope), logger.bind(req=request_id_of(scope))
+        if given.lower() != scheme.encode():
+            log.warning(f"{scope.get('method')} {scope.get('path', '')} from {client} refused: no {scheme} "
+                        f"credentials sent")
+            return wrong
         wait = self.throttle.wait_s(client)
         if wait > 0:
             log.warning(f"{scheme} credentials from {client} on {scope.get('path', '')} refused unchecked: too many "
