@@ -124,9 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="on SIGTERM, how long running requests may take to finish")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_FILE_BYTES / 2**20,
                         help="largest upload accepted (refused before it is stored)")
-    parser.add_argument("--uploads-per-minute", type=int, default=30,
+    parser.add_argument("--uploads-per-minute", type=int, default=60,
                         help="uploads one client may make to the upload cache per minute (then 429)")
-    parser.add_argument("--upload-mb-per-minute", type=float, default=64.0,
+    parser.add_argument("--upload-mb-per-minute", type=float, default=128.0,
                         help="megabytes one client may upload to the upload cache per minute (then 429)")
     parser.add_argument("--upload-cache-mb", type=float, default=2048.0,
                         help="total size of the upload cache (uploads are kept up to an hour; then 507)")

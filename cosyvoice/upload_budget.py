@@ -33,8 +33,8 @@ class UploadRefusal:
 @dataclass
 class UploadBudget:
     folder: Callable[[], str]
-    per_minute: int = 30
-    bytes_per_minute: int = 64 * 2**20
+    per_minute: int = 60
+    bytes_per_minute: int = 128 * 2**20
     cache_bytes: int = 2 * 2**30
     _recent: dict[str, deque] = field(default_factory=dict)     # client -> deque of (time, bytes, is an upload)
     _in_flight: int = 0
