@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from loguru import logger
@@ -28,10 +29,11 @@ from cosyvoice import __version__, backend, ui_voices
 from cosyvoice.audio import MAX_FILE_BYTES
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
-from cosyvoice.http_guard import GuardConfig, HttpGuard, request_id_of
+from cosyvoice.http_guard import (CredentialGate, GuardConfig, HttpGuard, OriginPolicy, normalize_origins,
+                                  request_id_of)
 from cosyvoice.instruct import PRESETS
 from cosyvoice.instance import InstanceMiddleware, instance_info
-from cosyvoice.log import set_stage_lookup, setup_logging
+from cosyvoice.log import masked_argv, set_stage_lookup, setup_logging
 from cosyvoice.metrics import REGISTRY, set_build_info, watch_gpu_memory
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
 from cosyvoice.openai_api import openai_router
@@ -39,6 +41,7 @@ from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, Synthes
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
 from cosyvoice.tracing import setup_tracing
+from cosyvoice.upload_budget import UploadBudget
 from cosyvoice.voices import check_voices_dir
 
 ROOT = Path(__file__).resolve().parent
@@ -65,9 +68,40 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = value.partition(":")
     if not sep or not user.strip() or not password:
-        raise StartupError("--auth (or COSYVOICE_AUTH) must look like user:password, with both parts non-empty; "
+        raise StartupError("--auth (or COSYVOICE_AUTH, --auth-file) must look like user:password, with both parts "
+                           "non-empty; "
                            "the login stays off until it does, so the app will not start without it.")
     return user.strip(), password
+
+
+def read_secret(args: argparse.Namespace, name: str, env: str, environ) -> tuple[str | None, list[str]]:
+    """The --auth / --api-key value from its flag, its file or the environment, and warnings about how it
+    was given. Giving both the flag and the file is refused: which one wins would be a guess."""
+    flag, value, path = "--" + name.replace("_", "-"), getattr(args, name), getattr(args, f"{name}_file")
+    if value and path:
+        raise StartupError(f"{flag} and {flag}-file are both given; keep one (the file is the safer).")
+    if path is not None:
+        try:
+            value = path.read_text(encoding="utf-8").splitlines()[0].strip() if path.stat().st_size else ""
+            mode = path.stat().st_mode
+        except (OSError, UnicodeDecodeError) as err:
+            raise StartupError(f"{flag}-file {path} cannot be read ({getattr(err, 'strerror', None) or err}).") from None
+        if not value:
+            raise StartupError(f"{flag}-file {path} is empty; put the secret on its first line.")
+        warnings = [f"{flag}-file {path} can be read by other users of this machine; chmod 600 it."] \
+            if mode & 0o077 else []
+        return value, warnings
+    if value:
+        return value, [f"{flag} on the command line can be read by every user of this machine (ps, /proc) and "
+                       f"stays in shell history; prefer {env} in the environment or {flag}-file."]
+    return environ.get(env) or None, []
+
+
+def read_secrets(args: argparse.Namespace, environ) -> list[str]:
+    """Fill args.auth and args.api_key from their flags, files or environment; the warnings to log."""
+    args.auth, auth_warnings = read_secret(args, "auth", "COSYVOICE_AUTH", environ)
+    args.api_key, key_warnings = read_secret(args, "api_key", "COSYVOICE_API_KEY", environ)
+    return auth_warnings + key_warnings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,16 +113,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-dir", type=Path, default=ROOT / "logs")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: also one JSON object per line in <log dir>/runtime.jsonl")
-    parser.add_argument("--auth", default=os.environ.get("COSYVOICE_AUTH"),
-                        help="user:password to require a login (or env COSYVOICE_AUTH)")
+    parser.add_argument("--auth", default=None,
+                        help="user:password to require a login. Safer: env COSYVOICE_AUTH or --auth-file, which "
+                             "other users of the machine cannot read from the process list")
+    parser.add_argument("--auth-file", type=Path, default=None,
+                        help="a file holding user:password (first line; chmod 600)")
     parser.add_argument("--public-metrics", action="store_true",
                         help="with --auth, still serve /metrics and /version without a login (for scrapers)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long running requests may take to finish")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_FILE_BYTES / 2**20,
                         help="largest upload accepted (refused before it is stored)")
-    parser.add_argument("--api-key", default=os.environ.get("COSYVOICE_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' on the /v1 API (or env COSYVOICE_API_KEY)")
+    parser.add_argument("--uploads-per-minute", type=int, default=60,
+                        help="uploads one client may make to the upload cache per minute (then 429)")
+    parser.add_argument("--upload-mb-per-minute", type=float, default=128.0,
+                        help="megabytes one client may upload to the upload cache per minute (then 429)")
+    parser.add_argument("--upload-cache-mb", type=float, default=2048.0,
+                        help="total size of the upload cache (uploads are kept up to an hour; then 507)")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on the /v1 API. Safer: env COSYVOICE_API_KEY "
+                             "or --api-key-file")
+    parser.add_argument("--api-key-file", type=Path, default=None,
+                        help="a file holding the API key (first line; chmod 600)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a web page origin (https://host[:port]) allowed to call this server from a browser "
+                             "(CORS); repeat for several. Other sites' pages are refused (403)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="Gradio's upload/cache folder (default .run/gradio-<port>); swept hourly")
     return parser.parse_args(argv)
@@ -392,6 +441,11 @@ def retention_loop(studio: Studio, every_s: float = 3600.0) -> None:
 
 def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     auth = parse_auth(args.auth)
+    try:
+        origins = OriginPolicy(normalize_origins(args.allow_origin))
+    except ValueError as err:
+        raise StartupError(str(err)) from None
+    gate = CredentialGate(auth=auth, api_key=args.api_key)
     # Our own upload/cache folder (one per port): the guard admits file payloads from it alone,
     # and delete_cache sweeps it, so no upload or copy outlives an hour.
     cache_dir = (args.cache_dir or ROOT / ".run" / f"gradio-{args.port}").resolve()
@@ -420,13 +474,14 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
 
     # The OpenAI-compatible /v1 API: before the Gradio mount at "", which takes every other path.
     check_voices_dir(args.voices_dir, args.model_dir)
-    app.include_router(openai_router(studio.service, api_key=args.api_key, basic_auth=auth,
-                                     max_upload_bytes=int(args.max_upload_mb * 2**20)))
+    app.include_router(openai_router(studio.service, max_upload_bytes=int(args.max_upload_mb * 2**20), gate=gate))
 
     demo = build_ui(studio)
     outputs = Path(args.outputs_dir).resolve()
     gr.set_static_paths([str(outputs)])          # results are served from outputs/, never copied to the cache
-    app = gr.mount_gradio_app(app, demo, path="", auth=auth, allowed_paths=[str(outputs)],
+    # The login form's password is checked by the gate (constant time on bytes, any UTF-8).
+    app = gr.mount_gradio_app(app, demo, path="", auth=gate.password_matches if auth else None,
+                              allowed_paths=[str(outputs)],
                               max_file_size=int(args.max_upload_mb * 2**20))
     # Gradio checks that file inputs were uploaded only once `has_launched` is set, which launch() does
     # and mount_gradio_app does not; the guard below refuses such paths first, this is the second lock.
@@ -439,9 +494,18 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
                  or cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}"))
         return token is not None and token in gradio_app.tokens
 
+    gate.logged_in = logged_in
+    uploads = UploadBudget(lambda: str(cache_dir), per_minute=args.uploads_per_minute,
+                           bytes_per_minute=int(args.upload_mb_per_minute * 2**20),
+                           cache_bytes=int(args.upload_cache_mb * 2**20))
     app.add_middleware(HttpGuard, config=GuardConfig(
-        upload_folder=lambda: str(cache_dir), max_upload_bytes=int(args.max_upload_mb * 2**20), auth=auth,
-        public_metrics=args.public_metrics, logged_in=logged_in))
+        upload_folder=lambda: str(cache_dir), max_upload_bytes=int(args.max_upload_mb * 2**20), gate=gate,
+        public_metrics=args.public_metrics, origins=origins, uploads=uploads))
+    if origins.allowed:      # pages on an allowed origin also need CORS answers (preflight, readable replies)
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(origins.allowed), allow_credentials=True,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type", "x-request-id"],
+                           expose_headers=["x-request-id", "x-seed", "retry-after"])
     app.add_middleware(InstanceMiddleware, info=studio.instance)   # outermost: X-Instance, the fault switch
     return app, studio
 
@@ -508,11 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     log = logger.bind(req="-")
     if setup_tracing():
         log.info(f"traces go to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (OpenTelemetry OTLP)")
-    log.info(f"starting CosyVoice Studio {__version__} (engine {args.engine}, log {log_file})")
+    log.info(f"starting CosyVoice Studio {__version__} (engine {args.engine}, log {log_file}); command line: "
+             f"{' '.join(masked_argv(sys.argv[1:] if argv is None else argv))}")
     if ensure_ffmpeg() is None:
         log.warning("no ffmpeg found: streaming playback in the browser will fail; pip install imageio-ffmpeg "
                     "or apt-get install ffmpeg (saved files are not affected)")
     try:
+        for warning in read_secrets(args, os.environ):
+            log.warning(warning)
         app, studio = create_app(args)
     except (StudioError, StartupError) as err:
         log.error(f"cannot start: {err}")

@@ -2,8 +2,9 @@
 
 `InstanceMiddleware` is plain ASGI so it sees every route (FastAPI's and the mounted Gradio app's,
 streamed responses included):
-- every response carries `X-Instance` (this instance's name); the request id (`X-Request-ID`, e.g. nginx's
-  `$request_id`) is cosyvoice.http_guard's, which sits inside this one and names every response with it;
+- every response carries `X-Instance` (this instance's name) and `X-Request-ID`: being outermost, this is
+  where a request is given its id (cosyvoice.http_guard.with_request_id: nginx's `$request_id` when sane,
+  else a fresh one), so even a refusal made here names the id every inner layer logs under;
 - `COSYVOICE_FAULT`, read once at start-up, is a test-only fault switch (nothing sets it by default) for
   rehearsing a broken canary:
     fail-synthesis  every synthesis request (a POST that starts a job) answers HTTP 500;
@@ -21,7 +22,7 @@ import socket
 from dataclasses import dataclass
 
 from cosyvoice.errors import StudioError
-from cosyvoice.http_guard import request_id_of
+from cosyvoice.http_guard import request_id_of, with_request_id
 
 FAULT_ENV = "COSYVOICE_FAULT"
 INSTANCE_ENV = "COSYVOICE_INSTANCE"
@@ -60,6 +61,8 @@ class InstanceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope, send = with_request_id(scope, send)
+
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-instance"]

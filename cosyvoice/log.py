@@ -6,12 +6,18 @@ Every line carries a short request id (`req=7f3a`, or `req=-` outside a request)
 The file survives what operators do to it: deleted (or its folder deleted) while we run, it is
 recreated on the next line; full or read-only, lines go to stderr with one warning until it
 can be written again. Logging never takes the service down.
+
+Every line is one line: whatever a caller puts in a message or an extra field (a user's text, a URL
+path, a voice name) has its control characters written as escapes (`\\n`, `\\x1b`, `\\x00` …) by a
+patcher that runs for every record before any sink sees it, so no call site can forget and nobody
+can forge a line. Secrets never reach the log: `masked_argv` is how a command line is shown.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -22,6 +28,58 @@ from loguru import logger
 
 LINE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | req={extra[req]} | {message}"
 RETRY_EVERY_S = 5.0
+SECRET_FLAGS = ("--auth", "--api-key")
+
+# What must never reach a log line raw: C0/C1 controls and DEL, Unicode line/paragraph separators and
+# the bidirectional overrides that make a line read differently from what it holds.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """`text` as one printable line: control characters become `\\n`, `\\x1b`, `\\u2028` …"""
+    def shown(match: re.Match) -> str:
+        char = match.group()
+        if char in _NAMED:
+            return _NAMED[char]
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return _UNSAFE.sub(shown, text)
+
+
+def _escape_value(value):
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {key: _escape_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_value(item) for item in value]
+    return value
+
+
+def escape_record(record) -> None:
+    """loguru patcher: the message and every extra field made safe for a one-line log."""
+    record["message"] = escape(record["message"])
+    for key, value in record["extra"].items():
+        record["extra"][key] = _escape_value(value)
+
+
+def masked_argv(argv: list[str]) -> list[str]:
+    """A command line as it may be shown: the value of --auth and --api-key replaced by ***."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+        elif arg in SECRET_FLAGS:
+            shown.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{flag}=" for flag in SECRET_FLAGS)):
+            shown.append(arg.split("=", 1)[0] + "=***")
+        else:
+            shown.append(arg)
+    return shown
 
 
 class ResilientLogFile:
@@ -133,7 +191,7 @@ def setup_logging(log_dir: str | Path = "logs", level: str = "INFO", *, max_byte
     with `json_lines`, also one JSON object per line to `<log_dir>/runtime.jsonl`."""
     path = Path(log_dir) / "runtime.log"
     logger.remove()
-    logger.configure(extra={"req": "-"})
+    logger.configure(extra={"req": "-"}, patcher=escape_record)
     if stdout:
         logger.add(sys.stdout, format=LINE_FORMAT, level=level, colorize=False, enqueue=False, catch=True)
     sink = ResilientLogFile(path, max_bytes=max_bytes, keep=keep)

@@ -35,12 +35,11 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from .dialogue import synthesize_dialogue
 from .encode import CONTENT_TYPES, FORMATS, StreamEncoder, encode
 from .errors import ServerBusyError, StudioError, UserInputError
-from .http_guard import request_id_of
+from .http_guard import MAX_JSON_BYTES, CredentialGate, refusal_response, request_id_of
 from .modes import mode_for_voice
 from .service import MAX_SEED, SynthesisRequest, SynthesisService
 from .voices import VoiceEntry, VoiceNameTaken, VoiceNotFound
 
-MAX_JSON_BYTES = 1 * 2**20
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")     # accepted so existing clients work unchanged
 
 
@@ -113,35 +112,20 @@ def _voice_json(entry: VoiceEntry) -> dict:
 
 
 def openai_router(service: SynthesisService, api_key: str | None = None,
-                  basic_auth: tuple[str, str] | None = None, max_upload_bytes: int = 25 * 2**20) -> APIRouter:
+                  basic_auth: tuple[str, str] | None = None, max_upload_bytes: int = 25 * 2**20,
+                  gate: CredentialGate | None = None) -> APIRouter:
     """The /v1 routes. With `api_key`, every call needs `Authorization: Bearer <key>`; with only a login
-    (`basic_auth`, the app's --auth), HTTP Basic with those credentials is accepted instead."""
+    (`basic_auth`, the app's --auth), HTTP Basic with those credentials is accepted instead. The app passes
+    its `gate` (shared with the login form, so one back-off covers every credential)."""
     router = APIRouter(prefix="/v1")
-
-    def authorized(request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        if api_key:
-            scheme, _, token = header.partition(" ")
-            return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), api_key.encode())
-        if basic_auth:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "basic":
-                return False
-            try:
-                user, _, password = base64.b64decode(token).decode("utf-8").partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return False
-            return secrets.compare_digest(user, basic_auth[0]) & secrets.compare_digest(password, basic_auth[1])
-        return True
+    gate = gate or CredentialGate(auth=basic_auth, api_key=api_key)
 
     async def guarded(request: Request, handler) -> Response:
         request_id = request_id_of(request.scope)
         log = logger.bind(req=request_id)
-        if not authorized(request):
-            log.warning(f"/v1 {request.method} {request.url.path}: refused, missing or wrong API key")
-            return error_response(ApiError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer "
-                                           "<key>' (the server's --api-key or COSYVOICE_API_KEY).",
-                                           code="invalid_api_key"), request_id)
+        refusal = gate.check_api(request.scope)      # the gate logs wrong credentials and the back-off
+        if refusal is not None:
+            return refusal_response(request.scope, refusal)
         try:
             response = await handler(request, request_id)
         except ApiError as err:
