@@ -21,7 +21,7 @@ import soundfile as sf
 from conftest import PYTHON, ROOT, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, free_port, wait_for_health
 from test_deploy_nginx import NGINX, Instance, Nginx
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 CLIENTS = 4
 TEXT = "你好，今天天气不错。"

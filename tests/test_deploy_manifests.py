@@ -198,6 +198,7 @@ def nginx_test(conf_dir: Path):
                           capture_output=True, text=True)
 
 
+@pytest.mark.deploy
 def test_rendered_nginx_config_passes_nginx_t_and_canary_sh_edits_only_the_weights(tmp_path):
     import subprocess
 
@@ -229,6 +230,7 @@ def _crd_check(*files: Path) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.deploy
 def test_argo_rollout_and_istio_objects_match_their_crd_schemas(tmp_path):
     root = VALIDATE.parent
     result = _crd_check(root / "k8s" / "rollout.yaml", root / "istio" / "cosyvoice.yaml")

@@ -37,7 +37,9 @@ canary_servers() {   # like servers, plus a placeholder when there is one canary
         # would never be drained. A second server that can never answer (a socket nobody creates) fixes
         # both: the first request hashed to it is refused and retried on the canary, then it stays out.
         echo "    # placeholder so that max_fails and retries apply to a single canary (see render.sh)"
-        echo "    server unix:$conf_dir/no-such-canary.sock max_fails=1 fail_timeout=3600s;"
+        # (Under /dev/null, which is no folder: it can never exist, and the path stays within the
+        # 107 bytes a socket path may have wherever CONF_DIR is.)
+        echo "    server unix:/dev/null/no-such-canary.sock max_fails=1 fail_timeout=3600s;"
     fi
 }
 
@@ -81,6 +83,7 @@ keepalive_lines() {   # idle connections kept open to the instances of an API gr
     echo "}"
 } > "$conf_dir/upstreams.conf"
 
+case "$conf_dir" in *[\"\\\|\&]*) echo "render.sh: CONF_DIR must not contain \", \\, | or &: $conf_dir" >&2; exit 1 ;; esac
 sed -e "s|@USER_LINE@|$USER_LINE|" -e "s|@LISTEN@|$LISTEN|g" -e "s|@WORKERS@|$WORKERS|g" -e "s|@CONF_DIR@|$conf_dir|g" \
     "$here/nginx.conf.in" > "$conf_dir/nginx.conf"
 
