@@ -63,6 +63,12 @@ except OSError as err:
     fi
 }
 
+running() {   # running PID: alive and not a zombie (an exited child of this shell stays one until reaped)
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != "Z" ] && [ "$state" != "X" ]
+}
+
 exits_since() {   # exits_since LOG OFFSET: app exits the monitor logged after OFFSET bytes
     tail -c +"$(( $2 + 1 ))" "$1" 2>/dev/null | grep -c "app exited" || true
 }
@@ -114,15 +120,15 @@ wait_until_ready() {   # 0 when every instance answers /ready; else prints each 
             if http_ok "http://127.0.0.1:$port/ready"; then
                 verdict[$k]=ready
                 echo "instance-$k: ready on port $port ($(( now - started )) s)"
-            elif ! kill -0 "${monitor_pids[$k]}" 2>/dev/null; then
+            elif ! running "${monitor_pids[$k]}"; then
                 verdict[$k]=failed
-                failed+=("instance-$k (port $port): its monitor stopped: $(tail -n 3 "$dir/monitor.out" 2>/dev/null | tr '\n' ' ')")
+                failed+=("instance-$k (port $port): its monitor stopped: $(tail -n 3 "$dir/monitor.out" 2>/dev/null | tr '\n' ' ' || true)")
             elif [ "$(exits_since "$dir/monitor.log" "${log_offsets[$k]}")" -ge "$UP_CRASH_EXITS" ]; then
                 verdict[$k]=failed
-                failed+=("instance-$k (port $port): crash loop, its app exited $UP_CRASH_EXITS times before it was ready; last: $(grep "app exited" "$dir/monitor.log" | tail -n 1 | cut -d'|' -f4- | sed 's/^ *//')")
+                failed+=("instance-$k (port $port): crash loop, its app exited $UP_CRASH_EXITS times before it was ready; last: $(grep "app exited" "$dir/monitor.log" | tail -n 1 | cut -d'|' -f4- | sed 's/^ *//' || true)")
             elif [ $(( now - started )) -ge "$UP_WAIT" ]; then
                 verdict[$k]=failed
-                failed+=("instance-$k (port $port): not ready after ${UP_WAIT} s; /ready says: $(http_body "http://127.0.0.1:$port/ready" | head -c 300)")
+                failed+=("instance-$k (port $port): not ready after ${UP_WAIT} s; /ready says: $(http_body "http://127.0.0.1:$port/ready" | tr -s '\n\t ' ' ' | head -c 300 || true); monitor's last line: $(tail -n 1 "$dir/monitor.log" 2>/dev/null | cut -d'|' -f4- || true)")
             else
                 pending=$(( pending + 1 ))
             fi
