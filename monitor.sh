@@ -4,10 +4,13 @@
 # - one monitor per port (lock file); starts the app if it is not running;
 # - probes http://127.0.0.1:PORT/health every 5 s (MONITOR_INTERVAL);
 # - restarts on process exit, and after 3 failed probes in a row (a hang), with back-off;
-#   the reason (the app's last ERROR line) goes into the monitor log;
+#   the reason goes into the monitor log: the last ERROR line (or, for a crash before logging started,
+#   the last line) of what THIS app wrote to <log dir>/app.out since this start, never a line of
+#   runtime.log, which the CLI, tests and other instances may share;
 # - a crash loop (MONITOR_CRASH_LIMIT exits within MONITOR_CRASH_WINDOW s) is logged as ERROR and
 #   retried slowly (every MONITOR_SLOW_RETRY s) until it starts working again;
-# - logs every action to <log dir>/monitor.log (never a password: --auth values are masked), and
+# - logs every action to <log dir>/monitor.log (never a secret: --auth and --api-key values are masked;
+#   --api-key-file is passed on as a path and never read here), and
 #   recreates the log folder if it disappears; SIGTERM/SIGINT stops the app cleanly and exits.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -26,7 +29,7 @@ STOP_TIMEOUT=${MONITOR_STOP_TIMEOUT:-45}       # the app's --grace-seconds (30) 
 port=7860
 log_dir=logs
 prev=""
-shown=()        # the arguments as they may be written down: --auth values masked
+shown=()        # the arguments as they may be written down: secret values masked
 for arg in "$@"; do
     case "$arg" in
         --port=*) port=${arg#--port=} ;;
@@ -35,8 +38,9 @@ for arg in "$@"; do
     [ "$prev" = "--port" ] && port=$arg
     [ "$prev" = "--log-dir" ] && log_dir=$arg
     case "$prev:$arg" in
-        --auth:*) shown+=("***") ;;
+        --auth:*|--api-key:*) shown+=("***") ;;
         *:--auth=*) shown+=("--auth=***") ;;
+        *:--api-key=*) shown+=("--api-key=***") ;;
         *) shown+=("$arg") ;;
     esac
     prev=$arg
@@ -91,20 +95,32 @@ pause() {   # an interruptible sleep: SIGTERM ends it at once and leaves no slee
     sleep_pid=""
 }
 
-last_error() {   # the app's own reason for exiting: its last ERROR line, as one short line
-    local file
-    for file in "$log_dir/runtime.log" "$log_dir/app.out"; do
-        if [ -f "$file" ]; then
-            tail -n 200 "$file" 2>/dev/null | grep -E '\| (ERROR|CRITICAL) ' | tail -n 1 | cut -c1-400 && return
-        fi
-    done
+out_file=""
+out_offset=0
+last_error() {   # this app's own reason for exiting, as one short printable line
+    # Only what this start of the app wrote (app.out from the offset taken at start): runtime.log may be
+    # shared with the CLI, tests or another instance, and an older run's error is not this one's.
+    # An ERROR/CRITICAL line must begin like one of the app's own lines (time | level | req=; the app
+    # escapes line breaks in what users send, so such a line cannot be forged). When the app crashed
+    # before its log started (bad flag, import error), the last line it wrote: a traceback's last line.
+    [ -n "$out_file" ] && [ -f "$out_file" ] || return 0
+    local own line stamp='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:.]+ \| [A-Z]+ +\| req='
+    own=$(tail -c +"$(( out_offset + 1 ))" "$out_file" 2>/dev/null | tail -n 400 | tr -d '\000-\010\013-\037\177')
+    line=$(printf '%s\n' "$own" | grep -E "$stamp" | grep -E '^[^|]+\| (ERROR|CRITICAL) ' | tail -n 1)
+    if [ -z "$line" ] && ! printf '%s\n' "$own" | grep -qE "$stamp"; then
+        line=$(printf '%s\n' "$own" | grep -v '^[[:space:]]*$' | tail -n 1)
+    fi
+    printf '%s' "$line" | cut -c1-400
 }
 
 start_app() {
     # The app's output goes to <log dir>/app.out when the folder can be (re)made; the app starts either way.
     local out=/dev/null
+    out_file="" out_offset=0
     if mkdir -p "$log_dir" 2>/dev/null && : >> "$log_dir/app.out" 2>/dev/null; then
         out=$log_dir/app.out
+        out_file=$out
+        out_offset=$(stat -c %s "$out" 2>/dev/null || echo 0)
     fi
     ./run.sh "$@" >> "$out" 2>&1 &
     app_pid=$!
@@ -159,7 +175,9 @@ while true; do
     if ! alive; then
         wait "$app_pid" 2>/dev/null; code=$?
         why=$(last_error)
-        reason="app exited (pid $app_pid, code $code)${why:+; its last error: $why}"
+        how="code $code"
+        [ "$code" -gt 128 ] && how="killed by signal $(( code - 128 )) ($(kill -l $(( code - 128 )) 2>/dev/null))"
+        reason="app exited (pid $app_pid, $how)${why:+; its last error: $why}"
         crashes+=("$now")
     elif probe; then
         if [ "$healthy_once" = 0 ]; then log INFO "app is healthy ($(( now - started_at )) s after start)"; fi

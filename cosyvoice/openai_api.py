@@ -191,10 +191,11 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
         # A WAV made in one piece gets its real sizes in the header (some readers insist on them);
         # a streamed one says "to the end of the stream".
         whole_wav = response_format == "wav" and data.get("stream") not in (True, "true", 1)
-        body = _whole_wav(first, events, service.engine.sample_rate) if whole_wav else \
-            _audio(first, events, encoder, request_id)
-        return StreamingResponse(iterate_in_threadpool(body), media_type=CONTENT_TYPES[response_format],
-                                 headers=headers)
+        if whole_wav:   # status line only once the file exists: a balancer may re-send a request cut before it
+            wav = await run_in_threadpool(lambda: b"".join(_whole_wav(first, events, service.engine.sample_rate)))
+            return Response(wav, media_type=CONTENT_TYPES[response_format], headers=headers)
+        return StreamingResponse(iterate_in_threadpool(_audio(first, events, encoder, request_id)),
+                                 media_type=CONTENT_TYPES[response_format], headers=headers)
 
     # ---- dialogue (not an OpenAI route: several saved voices, one file) ----------------------------
     async def dialogue(request: Request, request_id: str) -> Response:

@@ -1,5 +1,6 @@
 """deploy/local/up.sh (and ./run.sh --instances N): N instances on consecutive ports, each under its own
-monitor with its own log dir, pinned to GPU i when nvidia-smi lists GPUs; down.sh stops them all."""
+monitor with its own log dir, pinned to GPU i when nvidia-smi lists GPUs; it returns when all are ready, and
+fails with each instance's reason when they crash-loop; down.sh stops them all."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, wait_for_health
+from conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +44,12 @@ def test_up_starts_pinned_instances_under_monitors_and_down_stops_them(tmp_path)
     base = two_free_ports()
     up = subprocess.run([str(ROOT / "run.sh"), "--instances", "2", "--base-port", str(base), "--engine", "lite",
                          "--outputs-dir", str(tmp_path / "outputs")], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=60)
+                        text=True, timeout=600)
     try:
         assert up.returncode == 0, up.stderr
-        for i in range(2):
-            wait_for_health(base + i, 240)
+        for i in range(2):      # up returned only once every instance was ready
+            assert httpx.get(f"http://127.0.0.1:{base + i}/ready", timeout=5).status_code == 200
+            assert f"instance-{i}: ready on port {base + i}" in up.stdout
             version = httpx.get(f"http://127.0.0.1:{base + i}/version", timeout=5)
             assert version.json()["instance"] == f"instance-{i}" == version.headers["x-instance"]
             assert version.json()["port"] == base + i
@@ -69,5 +71,30 @@ def test_up_starts_pinned_instances_under_monitors_and_down_stops_them(tmp_path)
         except httpx.HTTPError:
             break
     for i in range(2):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{base + i}/health", timeout=1)
+
+
+def test_instances_that_crash_loop_fail_the_start_with_each_ones_reason(tmp_path):
+    """A broken model dir: the apps exit at start-up. run.sh --instances must not print success: it exits
+    non-zero within its wait, quoting each instance's own error, and leaves nothing running."""
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "cosyvoice3.yaml").write_text("{}\n")
+    env = {**os.environ, "LOG_ROOT": str(tmp_path / "logs"), "MONITOR_INTERVAL": "1", "UP_WAIT": "400"}
+    base = two_free_ports()
+    started = time.monotonic()
+    up = subprocess.run([str(ROOT / "run.sh"), "--instances", "2", "--base-port", str(base), "--engine", "cosyvoice3",
+                         "--model-dir", str(broken), "--outputs-dir", str(tmp_path / "outputs")], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=500)
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert time.monotonic() - started < 400, "it waited for the full UP_WAIT instead of seeing the crash loop"
+    assert "2 of 2 instance(s) failed to start" in up.stderr
+    for i in range(2):
+        [line] = [line for line in up.stderr.splitlines() if line.strip().startswith(f"instance-{i} (port {base + i})")]
+        assert "crash loop" in line and f"model dir {broken} is incomplete" in line, up.stderr
+    assert "ready on port" not in up.stdout
+    for i in range(2):
+        assert not (ROOT / ".run" / "instances" / f"monitor-{base + i}.pid").exists()
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{base + i}/health", timeout=1)

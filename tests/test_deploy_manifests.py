@@ -198,6 +198,7 @@ def nginx_test(conf_dir: Path):
                           capture_output=True, text=True)
 
 
+@pytest.mark.deploy
 def test_rendered_nginx_config_passes_nginx_t_and_canary_sh_edits_only_the_weights(tmp_path):
     import subprocess
 
@@ -208,6 +209,11 @@ def test_rendered_nginx_config_passes_nginx_t_and_canary_sh_edits_only_the_weigh
     assert "max_fails=2 fail_timeout=30s" in upstreams
     conf = (tmp_path / "nginx.conf").read_text()
     assert "proxy_buffering off;" in conf and "non_idempotent" not in conf.split("proxy_next_upstream ", 1)[1].split(";")[0]
+    # Only synthesis POSTs are re-sent, only for failures before a response byte (never after a 5xx answer).
+    synthesis = conf.split("location ~ ^/v1/audio/(speech|dialogue)$ {", 1)[1].split("}", 1)[0]
+    assert "proxy_next_upstream error timeout non_idempotent;" in synthesis
+    assert conf.count("non_idempotent;") == 1
+    assert upstreams.count("keepalive 16;") == 2 and upstreams.count("keepalive_timeout 4s;") == 2
     before = {p.name: p.read_text() for p in tmp_path.glob("*.conf") if p.name != "canary-weight.conf"}
     canary = DEPLOY / "nginx" / "canary.sh"
     out = subprocess.run([str(canary), "--conf-dir", str(tmp_path), "set-weight", "25"], capture_output=True, text=True)
@@ -229,6 +235,7 @@ def _crd_check(*files: Path) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.deploy
 def test_argo_rollout_and_istio_objects_match_their_crd_schemas(tmp_path):
     root = VALIDATE.parent
     result = _crd_check(root / "k8s" / "rollout.yaml", root / "istio" / "cosyvoice.yaml")

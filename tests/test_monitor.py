@@ -102,9 +102,43 @@ def test_monitor_masks_the_password_survives_a_deleted_log_folder_and_leaves_no_
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
 
 
+FORGED = "2026-01-01 00:00:00.000 | ERROR   | req=- | FORGED by the CLI: the disk is on fire"
+
+
+def test_monitor_masks_the_api_key_and_quotes_only_its_own_apps_lines(tmp_path):
+    """runtime.log may be shared with the CLI and tests, app.out holds older runs: a kill -9 is reported as
+    a signal, never with a line someone else wrote, and the API key never reaches monitor.log."""
+    port = free_port()
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / "app.out").write_text("2026-01-01 00:00:00.000 | ERROR   | req=- | OLD-RUN model dir missing\n")
+    args = ["--port", str(port), "--engine", "lite", "--host", "127.0.0.1", "--api-key", "sk-live-SECRET1",
+            "--log-dir", str(log_dir), "--outputs-dir", str(tmp_path / "outputs")]
+    monitor = subprocess.Popen([str(ROOT / "monitor.sh"), *args], cwd=ROOT,
+                               env=dict(os.environ, MONITOR_INTERVAL="1"))
+    try:
+        wait_for_health(port, 180)
+        with open(log_dir / "runtime.log", "a") as shared:      # the CLI, writing to the same logs/
+            shared.write(FORGED + "\n")
+        first = app_pid(port)
+        os.kill(first, signal.SIGKILL)
+        wait_for_new_healthy_pid(port, first, 40, log_dir)
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=60)
+    lines = monitor_log(port, log_dir)
+    [exited] = [line for line in lines if "app exited" in line]
+    assert "killed by signal 9 (KILL)" in exited, exited
+    assert "FORGED" not in exited and "OLD-RUN" not in exited, exited
+    text = (log_dir / "monitor.log").read_text()
+    assert "sk-live-SECRET1" not in text and "--api-key ***" in text, text
+
+
 def test_a_crash_loop_names_its_reason_and_slows_down(tmp_path):
     port = free_port()
     log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / "runtime.log").write_text(FORGED + "\n")     # shared with the CLI: not this app's reason
     env = dict(os.environ, MONITOR_INTERVAL="1", MONITOR_CRASH_LIMIT="2", MONITOR_SLOW_RETRY="120",
                MONITOR_BACKOFF_MAX="1")
     monitor = subprocess.Popen([str(ROOT / "monitor.sh"), "--port", str(port), "--engine", "lite",
@@ -118,6 +152,6 @@ def test_a_crash_loop_names_its_reason_and_slows_down(tmp_path):
         monitor.wait(timeout=60)
     lines = monitor_log(port, log_dir)
     exits = [line for line in lines if "app exited" in line]
-    assert exits and all("user:password" in line for line in exits), lines
+    assert exits and all("user:password" in line and "FORGED" not in line for line in exits), lines
     loop = next(line for line in lines if "crash loop" in line)
     assert "| ERROR" in loop and "every 120 s" in loop

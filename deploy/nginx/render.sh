@@ -5,7 +5,8 @@
 # Then: nginx -p CONF_DIR -c CONF_DIR/nginx.conf            (add -g 'daemon off;' to keep it in front)
 # Settings (environment): STABLE, CANARY (space-separated host:port; CANARY may be empty), LISTEN,
 # NGINX_USER (workers' user when started as root; they must be able to enter CONF_DIR/tmp),
-# WORKERS (auto), MAX_FAILS (2), FAIL_TIMEOUT (30s), CANARY_WEIGHT (10, only when no weights file yet).
+# WORKERS (auto), MAX_FAILS (2), FAIL_TIMEOUT (30s), CANARY_WEIGHT (10, only when no weights file yet),
+# KEEPALIVE (16 idle connections per API group and worker), KEEPALIVE_TIMEOUT (4s; below the app's 5 s).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 conf_dir=${1:?usage: render.sh CONF_DIR}
@@ -18,6 +19,8 @@ LISTEN=${LISTEN:-127.0.0.1:8080}
 WORKERS=${WORKERS:-auto}
 MAX_FAILS=${MAX_FAILS:-2}
 FAIL_TIMEOUT=${FAIL_TIMEOUT:-30s}
+KEEPALIVE=${KEEPALIVE:-16}
+KEEPALIVE_TIMEOUT=${KEEPALIVE_TIMEOUT:-4s}
 USER_LINE=""
 [ -n "${NGINX_USER:-}" ] && USER_LINE="user $NGINX_USER;\n"
 
@@ -34,8 +37,18 @@ canary_servers() {   # like servers, plus a placeholder when there is one canary
         # would never be drained. A second server that can never answer (a socket nobody creates) fixes
         # both: the first request hashed to it is refused and retried on the canary, then it stays out.
         echo "    # placeholder so that max_fails and retries apply to a single canary (see render.sh)"
-        echo "    server unix:$conf_dir/no-such-canary.sock max_fails=1 fail_timeout=3600s;"
+        # (Under /dev/null, which is no folder: it can never exist, and the path stays within the
+        # 107 bytes a socket path may have wherever CONF_DIR is.)
+        echo "    server unix:/dev/null/no-such-canary.sock max_fails=1 fail_timeout=3600s;"
     fi
+}
+
+keepalive_lines() {   # idle connections kept open to the instances of an API group
+    # Closed by nginx before the app's own idle timeout (uvicorn: 5 s), so nginx never reuses a
+    # connection the app is closing at that moment. A kept connection to a process that died is
+    # refused or reset on its next use: a synthesis POST is then re-sent (nginx.conf.in, /v1/audio/).
+    echo "    keepalive $KEEPALIVE;"
+    echo "    keepalive_timeout ${KEEPALIVE_TIMEOUT};"
 }
 
 # shellcheck disable=SC2086   # word splitting of the address lists is intended
@@ -60,14 +73,17 @@ canary_servers() {   # like servers, plus a placeholder when there is one canary
     echo "    zone cosyvoice_stable_api 64k;"
     echo "    least_conn;"
     servers $STABLE
+    keepalive_lines
     echo "}"
     echo "upstream cosyvoice_canary_api {"
     echo "    zone cosyvoice_canary_api 64k;"
     echo "    least_conn;"
     if [ -n "$CANARY" ]; then canary_servers $CANARY; else servers $STABLE; fi
+    keepalive_lines
     echo "}"
 } > "$conf_dir/upstreams.conf"
 
+case "$conf_dir" in *[\"\\\|\&]*) echo "render.sh: CONF_DIR must not contain \", \\, | or &: $conf_dir" >&2; exit 1 ;; esac
 sed -e "s|@USER_LINE@|$USER_LINE|" -e "s|@LISTEN@|$LISTEN|g" -e "s|@WORKERS@|$WORKERS|g" -e "s|@CONF_DIR@|$conf_dir|g" \
     "$here/nginx.conf.in" > "$conf_dir/nginx.conf"
 
