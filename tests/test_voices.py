@@ -72,7 +72,7 @@ def test_names_are_unique_ignoring_case_and_never_touch_the_file_system(tmp_path
     with pytest.raises(VoiceNameTaken, match="taken"):
         library.add("narrator", ZERO_SHOT_PROMPT)
     assert [p.name for p in (tmp_path / "voices").iterdir() if not p.name.startswith(".")] == [entry.id]
-    assert library.get("NARRATOR").id == entry.id and library.get(entry.id).name == "Narrator"
+    assert library.resolve("NARRATOR").id == entry.id and library.get(entry.id).name == "Narrator"
 
 
 def test_voices_dir_inside_the_model_dir_is_refused(tmp_path):
