@@ -59,16 +59,20 @@ def health_stays_fast(app, limit_s: float = 1.0):
     stop = threading.Event()
 
     def poll():
-        while not stop.is_set():
-            started = time.perf_counter()
-            try:
-                status = httpx.get(f"{app.url}/health", timeout=limit_s * 5).status_code
-            except httpx.HTTPError as err:
-                status = repr(err)
-            took = time.perf_counter() - started
-            if status != 200 or took > limit_s:
-                slow.append(f"{status} after {took:.2f} s")
-            stop.wait(0.25)
+        with httpx.Client(timeout=limit_s * 5) as client:
+            while not stop.is_set():
+                check(client)
+                stop.wait(0.25)
+
+    def check(client: httpx.Client):
+        started = time.perf_counter()
+        try:
+            status = client.get(f"{app.url}/health").status_code
+        except httpx.HTTPError as err:
+            status = repr(err)
+        took = time.perf_counter() - started
+        if status != 200 or took > limit_s:
+            slow.append(f"{status} after {took:.2f} s")
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
