@@ -567,7 +567,7 @@ class SynthesisService:
             log.info("voice features ready (cache hit)")
             return voice
         started = time.perf_counter()
-        voice, notice = self.voices.load_voice(entry, self.engine, prompt_text, log=log)
+        voice, notice = self.voices.load_voice(entry, self.engine, prompt_text)
         with self._lock:
             self._voices[key] = voice
             while len(self._voices) > self.config.voice_cache_size:

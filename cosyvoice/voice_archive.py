@@ -34,6 +34,8 @@ def member_limit(name: str) -> int:
 
 
 def _mb(size: float) -> str:
+    if size >= 2**30:
+        return f"{size / 2**30:,.1f} GB"
     return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
 
 

@@ -517,12 +517,10 @@ class VoiceLibrary:
         except (KeyError, TypeError, IndexError, RuntimeError) as err:
             raise ValueError(f"the arrays do not fit {identity} ({type(err).__name__}: {err})") from None
 
-    def load_voice(self, entry: VoiceEntry, engine: Engine, prompt_text: str | None,
-                   log=None) -> tuple[Voice, str | None]:
-        """(voice, notice): stored features when this engine + model made them; otherwise they are
-        extracted from the stored recording, saved for next time, and the notice says why. Unreadable
-        stored features are logged as a WARNING (on `log`, the request's logger, when given)."""
-        log = log or logger.bind(req="-")
+    def load_voice(self, entry: VoiceEntry, engine: Engine, prompt_text: str | None) -> tuple[Voice, str | None]:
+        """(voice, notice): stored features when this engine + model made them; otherwise (none yet,
+        another model's, or unreadable: over the limits, damaged) they are extracted from the stored
+        recording, saved for next time, and the notice says why (the service logs it as a WARNING)."""
         identity = engine.feature_identity()
         problem = None
         try:
@@ -532,8 +530,6 @@ class VoiceLibrary:
                 raise VoiceNotFound(f"Voice {entry.name!r} was deleted while this request was loading it.") from None
         except (OSError, ValueError) as err:
             problem = f"its stored features could not be read ({err})"
-            log.warning(f"voice {entry.name!r} (id {entry.id}): {problem}; extracting them again from its stored "
-                        f"recording")
         others = self._other_identities(entry, identity)
         if problem is None:
             problem = (f"its stored features were made by {', '.join(others)}; this server runs {identity}, so "
@@ -546,7 +542,7 @@ class VoiceLibrary:
         try:
             self._store_features(entry.folder, engine, voice)
         except OSError as err:
-            log.warning(f"voice library: could not store features for {entry.name!r}: {err}")
+            logger.bind(req="-").warning(f"voice library: could not store features for {entry.name!r}: {err}")
         return voice, f"Voice {entry.name!r}: {problem} and saved, so the next use loads them."
 
     def _checked_audio(self, entry: VoiceEntry) -> PromptAudio:
