@@ -232,6 +232,7 @@ class VoiceLibrary:
         self._index: dict[str, VoiceEntry] = {}
         self._index_stamp: tuple | None = None
         self._index_time = 0.0
+        self._names: tuple[dict, dict[str, list[VoiceEntry]]] | None = None
         self._warned: set[tuple[str, str]] = set()
         self.clean_temp()                        # a save that crashed last time leaves nothing behind
 
@@ -322,9 +323,7 @@ class VoiceLibrary:
         index = self._current()
         if ref in index or is_voice_id(ref):
             return self._usable(index.get(ref), ref)
-        key = name_key(ref)
-        matches = [e for e in index.values()
-                   if not e.broken and not looks_like_id(e.name) and name_key(e.name) == key]
+        matches = self._named(index).get(name_key(ref), [])
         if len(matches) > 1:                   # only possible with folders written before names were unique
             ids = ", ".join(sorted(e.id for e in matches))
             raise UserInputError(f"The name {ref[:64]!r} matches {len(matches)} saved voices ({ids}); name the "
@@ -332,6 +331,18 @@ class VoiceLibrary:
         if matches:
             return matches[0]
         return self._usable(None, ref)
+
+    def _named(self, index: dict[str, VoiceEntry]) -> dict[str, list[VoiceEntry]]:
+        """{name key: usable entries}, built once per index (old id-like names are reachable by id only)."""
+        cached = self._names
+        if cached is not None and cached[0] is index:
+            return cached[1]
+        names: dict[str, list[VoiceEntry]] = {}
+        for entry in index.values():
+            if not entry.broken and not looks_like_id(entry.name):
+                names.setdefault(name_key(entry.name), []).append(entry)
+        self._names = (index, names)
+        return names
 
     def _usable(self, entry: VoiceEntry | None, ref: object) -> VoiceEntry:
         if entry is None:
