@@ -128,7 +128,7 @@ def synthesize_dialogue(service: SynthesisService, script: object, mapping: obje
         entries = {}
         for turn in turns:
             if turn.speaker not in entries:
-                entries[turn.speaker] = service.voices.get(voices.get(turn.speaker, turn.speaker))
+                entries[turn.speaker] = service.voices.resolve(voices.get(turn.speaker, turn.speaker))
     except UserInputError as err:
         log.warning(f"dialogue refused: {err}")
         raise

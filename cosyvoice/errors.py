@@ -34,3 +34,9 @@ class OutputsError(EngineError):
 
     def __init__(self, message: str):
         super().__init__(message, stage="save")
+
+
+class StorageFullError(StudioError):
+    """A folder we write to (voices/, outputs/) has no space left; the operator frees some. HTTP 507."""
+
+    http_status = 507

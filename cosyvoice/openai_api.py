@@ -34,7 +34,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from .dialogue import synthesize_dialogue
 from .encode import CONTENT_TYPES, FORMATS, StreamEncoder, encode
-from .errors import ServerBusyError, StudioError, UserInputError
+from .errors import ServerBusyError, StorageFullError, StudioError, UserInputError
 from .http_guard import MAX_JSON_BYTES, CredentialGate, refusal_response, request_id_of
 from .modes import mode_for_voice
 from .service import MAX_SEED, SynthesisRequest, SynthesisService
@@ -72,6 +72,8 @@ def _api_error(err: StudioError, param: str | None) -> ApiError:
         return ApiError(409, str(err), param="name", code="voice_name_taken")
     if isinstance(err, UserInputError):
         return ApiError(400, str(err), param=param)
+    if isinstance(err, StorageFullError):
+        return ApiError(507, str(err), "server_error", code="storage_full")
     return ApiError(500, str(err), "server_error", code="internal_error")
 
 
@@ -160,7 +162,7 @@ def openai_router(service: SynthesisService, api_key: str | None = None,
         if seed is None:
             seed = secrets.randbelow(MAX_SEED)   # chosen here so the x-seed header can name it up front
         try:
-            entry = service.voices.get(voice)
+            entry = service.voices.resolve(voice)
         except StudioError as err:
             raise _from_studio_error(err, "voice") from err
         mode = mode_for_voice(instructions, bool(entry.transcript))

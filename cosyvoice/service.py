@@ -551,7 +551,7 @@ class SynthesisService:
     # ---- saved voices (cosyvoice.voices, #13) -------------------------------------------------
     def _saved_voice(self, request: ValidRequest, log, notices: list[str]) -> Voice:
         """A saved voice: its stored features are loaded (not extracted) unless the model changed."""
-        entry = self.voices.get(request.voice)
+        entry = self.voices.resolve(request.voice)
         if request.mode.needs_transcript and not entry.transcript:
             raise UserInputError(f"Voice {entry.name!r} was saved without a transcript, which {request.mode.label} "
                                  f"needs. Use 跨语种复刻 (cross-lingual), or save the voice again with its transcript.")

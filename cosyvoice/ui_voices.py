@@ -18,7 +18,7 @@ PRIVATE = {"api_visibility": "private"}
 
 def voice_choices(service: SynthesisService) -> list[tuple[str, str]]:
     choices = [("— 上传参考音频 Upload a prompt below —", NO_VOICE)]
-    for entry in service.voices.voices():
+    for entry in service.voices.usable_entries():
         transcript = "" if entry.transcript else " · no transcript"
         choices.append((f"{entry.name} ({entry.duration:.1f} s{transcript})", entry.id))
     return choices
@@ -38,7 +38,7 @@ def wire_voice_dropdown(service: SynthesisService, dropdown: gr.Dropdown, prompt
         if not voice_id:
             return gr.skip(), gr.skip()
         try:
-            entry = service.voices.get(voice_id)
+            entry = service.voices.resolve(voice_id)
         except StudioError as err:
             raise gr.Error(str(err), print_exception=False) from None
         return None, entry.transcript
@@ -112,7 +112,7 @@ def history_rows(service: SynthesisService, limit: int = 50) -> tuple[list[list]
     from .history import list_history
 
     records = list_history(service.config.outputs_dir, limit)
-    names = {entry.id: entry.name for entry in service.voices.voices()}
+    names = {entry.id: entry.name for entry in service.voices.usable_entries()}
     rows = []
     for r in records:
         text = str(r.get("text", ""))
@@ -153,7 +153,7 @@ def history_tab(service: SynthesisService, form: dict) -> gr.Tab:
             raise gr.Error("Pick a single-voice result in the table first (dialogues are repeated in the 对话 tab).",
                            print_exception=False)
         try:
-            voice = service.voices.get(record["voice"]).id if record.get("voice") else NO_VOICE
+            voice = service.voices.resolve(record["voice"]).id if record.get("voice") else NO_VOICE
         except StudioError:
             gr.Warning(f"The voice {record['voice']!r} of that result is no longer saved; pick one or upload a prompt.")
             voice = NO_VOICE

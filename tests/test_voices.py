@@ -72,7 +72,7 @@ def test_names_are_unique_ignoring_case_and_never_touch_the_file_system(tmp_path
     with pytest.raises(VoiceNameTaken, match="taken"):
         library.add("narrator", ZERO_SHOT_PROMPT)
     assert [p.name for p in (tmp_path / "voices").iterdir() if not p.name.startswith(".")] == [entry.id]
-    assert library.get("NARRATOR").id == entry.id and library.get(entry.id).name == "Narrator"
+    assert library.resolve("NARRATOR").id == entry.id and library.get(entry.id).name == "Narrator"
 
 
 def test_voices_dir_inside_the_model_dir_is_refused(tmp_path):
@@ -152,7 +152,7 @@ def test_a_corrupt_entry_is_listed_as_broken_with_a_warning_and_others_still_wor
     (broken / "voice.json").write_text("{not json", encoding="utf-8")
     entries = service.voices.entries()
     assert {e.id: e.broken for e in entries} == {good.id: False, broken.name: True}
-    assert [e.id for e in service.voices.voices()] == [good.id]
+    assert [e.id for e in service.voices.usable_entries()] == [good.id]
     assert any("WARNING" in line and "broken voice folder" in line for line in log_text(tmp_path).splitlines())
     assert service.synthesize(SynthesisRequest(text=TEXT, voice="good", seed=1)).path.exists()
     service.voices.delete(broken.name)
@@ -192,7 +192,7 @@ def test_two_concurrent_saves_of_one_name_leave_one_whole_voice(tmp_path):
             thread.join()
         winners = [o for o in outcomes if not isinstance(o, Exception)]
         assert len(winners) == 1 and "taken" in str(next(o for o in outcomes if isinstance(o, Exception)))
-        assert [e.id for e in library.voices() if e.name == name] == [winners[0].id]
+        assert [e.id for e in library.usable_entries() if e.name == name] == [winners[0].id]
     assert not [p for p in (tmp_path / "voices").iterdir() if p.name.startswith(".tmp-")]
     assert all(not e.broken for e in library.entries())
 
@@ -256,7 +256,7 @@ def _good_members(service, tmp_path) -> dict[str, bytes]:
     ("missing audio", "lacks"),
     ("wrong checksum", "does not match the checksum"),
     ("truncated wav", "not readable audio"),
-    ("pickled features", "not a plain array file"),
+    ("pickled features", "holds Python objects"),
     ("bad name", "characters a name cannot hold"),
     ("huge transcript", "transcript is 5000 characters long"),
 ])
