@@ -8,8 +8,8 @@ writer can fill in, so a flac response is written whole to memory by libsndfile 
 (a streamed flac with a count of 0 is legal but libsndfile/soundfile and ffprobe cannot read it).
 The audio reaching here is already limited to -1 dBFS true peak (cosyvoice.mastering); lossy codecs
 rebuild the waveform and overshoot that by up to ~1.5 dB on speech, so mp3/aac/opus get a further
-fixed LOSSY_HEADROOM_DB (one gain for the whole response: no pumping) and mp3 a bitrate high enough
-that its overshoot stays small.
+fixed LOSSY_HEADROOM_DB (one gain for the whole response: no pumping) and mp3/aac a bitrate high
+enough that their overshoot stays small.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", 
 _CODECS = {"mp3": ("mp3", "libmp3lame", "fltp"),
            "opus": ("ogg", "libopus", "flt"), "aac": ("adts", "aac", "fltp")}
 OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
-LOSSY_HEADROOM_DB = 1.0
-_BIT_RATES = {"mp3": 128000}      # lame's default here overshoots by up to 2.3 dB on speech; 128k: < 0
+LOSSY_HEADROOM_DB = {"mp3": 1.0, "aac": 1.0, "opus": 1.5}   # measured overshoot: bench/clipping.py, README
+# the encoders' defaults overshoot by up to 2.3 dB (lame) and 1.5 dB (ffmpeg's aac) on speech; these do not
+_BIT_RATES = {"mp3": 128000, "aac": 128000}
 
 
 def _int16(samples: np.ndarray) -> bytes:
@@ -114,7 +115,7 @@ class StreamEncoder:
             return head + _int16(samples)
         if samples.size == 0:
             return self._sink.take()
-        data = np.clip(samples * 10 ** (-LOSSY_HEADROOM_DB / 20), -1.0, 1.0).reshape(1, -1)
+        data = np.clip(samples * 10 ** (-LOSSY_HEADROOM_DB[self.format] / 20), -1.0, 1.0).reshape(1, -1)
         frame = self._av.AudioFrame.from_ndarray(data, format=self._sample_format, layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._pts
