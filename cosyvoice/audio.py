@@ -9,6 +9,7 @@ Every refusal is a UserInputError whose message names the problem and what to do
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import stat
@@ -35,6 +36,7 @@ MAX_CHANNELS = 8
 MAX_DECODE_WALL_S = 15.0            # a file that takes longer than this to decode is not a 30 s clip
 STEADY_PEAK_SHARE = 0.6             # more frames than this with one strongest bin: a tone, not speech
 SUPPORTED = ".wav .mp3 .flac .ogg .opus .m4a .aac .webm"
+PROMPT_SUFFIXES = tuple(SUPPORTED.split())    # what the upload boxes offer
 UNUSABLE = "Prompt audio could not be used. Upload the recording again (" + SUPPORTED + ")."
 
 
@@ -258,3 +260,12 @@ def load_prompt_audio(path: str | Path) -> LoadedPrompt:
 def prompt_from_samples(mono: np.ndarray, rate: int) -> PromptAudio:
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     return PromptAudio(mono, rate, hashlib.sha1(mono.tobytes() + str(rate).encode()).hexdigest())
+
+
+def recording_as_wav(path: str | Path) -> bytes:
+    """An uploaded recording (webm, m4a, …) as WAV bytes, for players that know only a few formats;
+    the limits of `decode_audio` apply. Float samples, so a hot recording is not clipped on the way."""
+    data, rate = decode_audio(path)
+    buffer = io.BytesIO()
+    sf.write(buffer, data, rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
