@@ -523,8 +523,7 @@ class SynthesisService:
         loaded = load_prompt_audio(request.prompt_wav)
         rates = "/".join(str(r) for r in self.engine.capabilities().prompt_sample_rates)
         log.info(f"prompt audio: {loaded.describe()} → {rates} Hz for the engine")
-        for warning in loaded.warnings:
-            log.warning(warning)
+        notices.extend(loaded.warnings)         # logged and shown with the other notices
         prompt_text = self._prepare_transcript(request) if request.mode.needs_transcript else None
         key = (self.engine.name, loaded.audio.sha1, prompt_text)
         with self._lock:
