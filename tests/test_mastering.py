@@ -165,3 +165,24 @@ def test_loudness_flag_brings_lite_output_to_the_target(tmp_path):
                                                  prompt_text=ZERO_SHOT_TRANSCRIPT, seed=1))
     saved, _ = sf.read(result.path, dtype="float32")
     assert abs(integrated_loudness(saved, RATE) + 20.0) < 1.0 and np.abs(saved).max() <= CEILING + 1e-4
+
+
+def test_cosyvoice3_outputs_pass_the_same_limiter(tmp_path):
+    """The other engine (tiny random-weight fixture) goes through the same stage: streamed equals saved,
+    nothing goes over the ceiling."""
+    from tiny_onnx import make_tiny_model_dir
+    from conftest import FIXTURE
+    from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
+
+    engine = CosyVoice3Engine(make_tiny_model_dir(FIXTURE, tmp_path / "model"), device="cpu", precision="fp32")
+    service = SynthesisService(engine, ServiceConfig(outputs_dir=tmp_path / "outputs"))
+    request = dict(text="你好，今天天气很好。", prompt_wav=str(ZERO_SHOT_PROMPT), prompt_text=ZERO_SHOT_TRANSCRIPT,
+                   seed=8)
+    streamed, result = [], None
+    for event in service.run(SynthesisRequest(stream=True, **request)):
+        if event.chunk is not None:
+            streamed.append(event.chunk)
+        result = event.result or result
+    saved, rate = sf.read(result.path, dtype="float32")
+    assert rate == engine.sample_rate and np.abs(saved).max() <= CEILING + 1e-4 and full_scale_runs(saved) == 0
+    np.testing.assert_allclose(np.concatenate(streamed), saved, atol=1 / 32768 + 1e-6)
