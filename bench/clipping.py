@@ -57,6 +57,7 @@ def main() -> None:
     engine = LiteEngine(sample_rate=24000)
     rate = engine.sample_rate
     before_clipped = after_clipped = total = 0
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         service = SynthesisService(engine, ServiceConfig(outputs_dir=Path(tmp)))
         for prompt, transcript in PROMPTS.items():
@@ -71,6 +72,7 @@ def main() -> None:
                     b, a = figures(raw, rate), figures(saved, rate)
                     lossy = {fmt: decoded_peak_db(saved, rate, fmt) for fmt in ("mp3", "aac", "opus")}
                     total += 1
+                    rows.append((b, a, lossy))
                     before_clipped += b["over"] > 0
                     after_clipped += a["over"] > 0
                     print(f"{text[:18]:20s} seed {seed}: before peak {b['peak_db']:+6.2f} dBFS "
@@ -80,6 +82,14 @@ def main() -> None:
                           " ".join(f"{k} {v:+5.2f}" for k, v in lossy.items()))
     print(f"outputs with samples at full scale (|x| >= 0.999): before {before_clipped} of {total}, "
           f"after {after_clipped} of {total}")
+    print(f"full-scale runs (>= 2 samples): before {sum(b['runs'] for b, _, _ in rows)}, "
+          f"after {sum(a['runs'] for _, a, _ in rows)}")
+    print(f"highest sample peak after {max(a['peak_db'] for _, a, _ in rows):+.2f} dBFS, true peak "
+          f"{max(a['true_peak_db'] for _, a, _ in rows):+.2f} (before {max(b['true_peak_db'] for b, _, _ in rows):+.2f})")
+    print("highest decoded peak: " + ", ".join(f"{fmt} {max(l[fmt] for _, _, l in rows):+.2f} dBFS"
+                                               for fmt in ("mp3", "aac", "opus")))
+    print(f"loudness change by the limiter: at most "
+          f"{max(b['lufs'] - a['lufs'] for b, a, _ in rows):.1f} LU")
 
 
 if __name__ == "__main__":
