@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from loguru import logger
 
 from cosyvoice import __version__, backend, ui_voices
-from cosyvoice.audio import MAX_FILE_BYTES
+from cosyvoice.audio import MAX_FILE_BYTES, PROMPT_SUFFIXES, recording_as_wav
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
 from cosyvoice.http_guard import (CredentialGate, GuardConfig, HttpGuard, OriginPolicy, normalize_origins,
@@ -309,6 +309,15 @@ def raw(component):
     return component
 
 
+def _recording_for_prompt_box(path: str) -> bytes:
+    """The upload button's file as WAV, so the prompt box can play it; a bad file is said in a toast and the log."""
+    try:
+        return recording_as_wav(path)
+    except StudioError as err:
+        logger.warning(f"uploaded recording refused: {err}")
+        raise gr.Error(str(err), print_exception=False) from None
+
+
 def build_ui(studio: Studio) -> gr.Blocks:
     # delete_cache: uploads and Gradio's copies older than an hour are swept every 10 minutes.
     with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600)) as demo:
@@ -331,6 +340,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     saved_voice = ui_voices.voice_dropdown(studio.service)
                     prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="prompt-audio",
                                           label="参考音频 Prompt audio (3–15 s; upload or record)")
+                    # Gradio's audio box refuses .webm (browsers call it video/webm): this button takes it
+                    recording = gr.UploadButton("上传录音 Upload a recording (webm, m4a, ogg, opus, aac, wav, mp3, flac)",
+                                                file_types=["audio", *PROMPT_SUFFIXES], size="sm", elem_id="prompt-upload")
+                    recording.upload(_recording_for_prompt_box, recording, prompt_wav, **ui_voices.PRIVATE)
                     prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2, elem_id="prompt-text",
                                              placeholder="参考音频里说的话 Exactly what the prompt recording says"))
                     with gr.Row(visible=False) as instruct_row:

@@ -1,10 +1,16 @@
 """Prompt audio: decode any common format, check it, mix to mono and trim silence.
 
+Recordings as people have them are taken, with a notice instead of a refusal: 8–16 kHz audio
+(phones, headsets) is upsampled to 16 kHz; anything longer than MAX_SECONDS is cut to its best
+BEST_MAX_SECONDS window (most speech, fewest pauses, no clipping) and the kept span is named.
+
 Every refusal is a UserInputError whose message names the problem and what to do about it.
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import os
 import stat
 import time
@@ -13,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy.signal import resample_poly
 
 from .engines.base import PromptAudio
 from .errors import UserInputError
 
-MIN_SAMPLE_RATE = 16000
+MIN_SAMPLE_RATE = 16000              # below this a recording is upsampled to it, with a notice
+LOWEST_SAMPLE_RATE = 8000            # telephone audio; below this there is too little voice left
 MIN_SECONDS, MAX_SECONDS = 2.0, 30.0
 BEST_MIN_SECONDS, BEST_MAX_SECONDS = 3.0, 15.0
 SILENCE_DB = 40.0          # frames this far below the loudest frame count as silence
@@ -28,6 +36,7 @@ MAX_CHANNELS = 8
 MAX_DECODE_WALL_S = 15.0            # a file that takes longer than this to decode is not a 30 s clip
 STEADY_PEAK_SHARE = 0.6             # more frames than this with one strongest bin: a tone, not speech
 SUPPORTED = ".wav .mp3 .flac .ogg .opus .m4a .aac .webm"
+PROMPT_SUFFIXES = tuple(SUPPORTED.split())    # what the upload boxes offer
 UNUSABLE = "Prompt audio could not be used. Upload the recording again (" + SUPPORTED + ")."
 
 
@@ -42,10 +51,12 @@ class LoadedPrompt:
 
     def describe(self) -> str:
         channels = "mono" if self.original_channels == 1 else f"{self.original_channels} ch mixed to mono"
-        trim = ""
+        trim = rate = ""
         if self.original_seconds - self.trimmed_seconds > 0.05:
-            trim = f", silence trimmed {self.original_seconds:.2f} s → {self.trimmed_seconds:.2f} s"
-        return f"{self.trimmed_seconds:.2f} s, {self.original_rate} Hz, {channels}{trim}"
+            trim = f", trimmed {self.original_seconds:.2f} s → {self.trimmed_seconds:.2f} s"
+        if self.audio.sample_rate != self.original_rate:
+            rate = f" upsampled to {self.audio.sample_rate} Hz"
+        return f"{self.trimmed_seconds:.2f} s, {self.original_rate} Hz{rate}, {channels}{trim}"
 
 
 def _open_regular_file(path: str | Path) -> int:
@@ -166,20 +177,65 @@ def trim_silence(mono: np.ndarray, rate: int) -> np.ndarray:
     return mono[start:end]
 
 
+def best_window(mono: np.ndarray, rate: int, seconds: float = BEST_MAX_SECONDS) -> tuple[int, int]:
+    """(start, end) sample indices of the `seconds` stretch with the most speech: most frames within
+    SILENCE_DB of the loudest, clipped frames counted heavily against; edges moved to the quietest
+    frame nearby so no word is cut in half."""
+    frame = max(1, rate // 50)
+    n_frames = len(mono) // frame
+    span = int(seconds * rate) // frame
+    if n_frames <= span:
+        return 0, len(mono)
+    frames = mono[: n_frames * frame].reshape(n_frames, frame)
+    rms = np.sqrt(np.mean(frames ** 2, axis=1) + 1e-12)
+    voiced = (20 * np.log10(rms / rms.max()) > -SILENCE_DB + 10).astype(np.float64)
+    clipped = (np.abs(frames) >= 0.999).any(axis=1).astype(np.float64)
+    score = np.concatenate([[0.0], np.cumsum(voiced - 5.0 * clipped)])
+    totals = score[span:] - score[:-span]               # window starting at each frame
+    start = int(np.argmax(totals))
+    reach = max(1, int(0.25 * rate) // frame)           # look this far inside each edge for a pause
+    start += int(np.argmin(rms[start:start + reach]))
+    end = start + span - reach + int(np.argmin(rms[start + span - reach:start + span]))
+    end = min(end + 1, n_frames)
+    return start * frame, end * frame
+
+
+def _raise_rate(name: str, mono: np.ndarray, rate: int, warnings: list[str]) -> tuple[np.ndarray, int]:
+    """Telephone-band audio upsampled to MIN_SAMPLE_RATE (with a notice); below LOWEST_SAMPLE_RATE refused."""
+    if rate >= MIN_SAMPLE_RATE:
+        return mono, rate
+    if rate < LOWEST_SAMPLE_RATE:
+        raise UserInputError(f"Prompt audio '{name}' is sampled at {rate} Hz; at least {LOWEST_SAMPLE_RATE} Hz "
+                             f"is needed (16 kHz or more is best). Record or export it at 16 kHz or higher.")
+    divisor = math.gcd(MIN_SAMPLE_RATE, rate)
+    mono = resample_poly(mono, MIN_SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
+    warnings.append(f"Prompt audio is sampled at {rate} Hz (telephone quality); it was upsampled to "
+                    f"{MIN_SAMPLE_RATE} Hz, but the cloned voice will sound duller than from a 16 kHz+ recording.")
+    return mono, MIN_SAMPLE_RATE
+
+
+def _cut_to_best(mono: np.ndarray, rate: int, sound_seconds: float, warnings: list[str]) -> np.ndarray:
+    """A recording with over MAX_SECONDS of sound keeps its best BEST_MAX_SECONDS window, and says which."""
+    start, end = best_window(mono, rate)
+    warnings.append(f"Prompt audio has {sound_seconds:.1f} s of sound, over the {MAX_SECONDS:.0f} s limit; the best "
+                    f"{(end - start) / rate:.1f} s were kept ({start / rate:.1f}–{end / rate:.1f} s into the "
+                    f"recording). The transcript must say exactly what is spoken in that part.")
+    return trim_silence(mono[start:end], rate)
+
+
 def load_prompt_audio(path: str | Path) -> LoadedPrompt:
     """Decode, check and prepare a prompt recording; raises UserInputError with a plain message."""
     name = Path(path).name
-    data, rate = decode_audio(path)
-    if rate < MIN_SAMPLE_RATE:
-        raise UserInputError(f"Prompt audio '{name}' is sampled at {rate} Hz; at least {MIN_SAMPLE_RATE} Hz "
-                             f"is needed for cloning. Record or export it at 16 kHz or higher.")
+    data, original_rate = decode_audio(path)
     if data.size == 0:
         raise UserInputError(f"Prompt audio '{name}' contains no samples.")
     channels = data.shape[1]
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     mono = np.nan_to_num(mono.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     mono = mono - np.float32(mono.mean())          # a DC offset is not sound
-    original_seconds = len(mono) / rate
+    original_seconds = len(mono) / original_rate
+    warnings: list[str] = []
+    mono, rate = _raise_rate(name, mono, original_rate, warnings)
     peak = float(np.abs(mono).max())
     if peak < 1e-4:
         raise UserInputError(f"Prompt audio '{name}' is silent. Upload a recording of someone speaking.")
@@ -187,21 +243,29 @@ def load_prompt_audio(path: str | Path) -> LoadedPrompt:
         raise UserInputError(f"Prompt audio '{name}' is a steady tone or hum, not speech. Upload a recording "
                              f"of someone speaking.")
     trimmed = trim_silence(mono, rate)
+    if len(trimmed) / rate > MAX_SECONDS:
+        trimmed = _cut_to_best(mono, rate, len(trimmed) / rate, warnings)
     seconds = len(trimmed) / rate
     if seconds < MIN_SECONDS:
         raise UserInputError(f"Prompt audio '{name}' has only {seconds:.1f} s of sound (at least {MIN_SECONDS:.0f} s "
                              f"needed; 3–15 s of clean speech works best).")
-    if seconds > MAX_SECONDS:
-        raise UserInputError(f"Prompt audio '{name}' is {seconds:.1f} s long; the limit is {MAX_SECONDS:.0f} s. "
-                             f"Cut a 3–15 s stretch of clean speech.")
-    warnings = []
-    if seconds < BEST_MIN_SECONDS or seconds > BEST_MAX_SECONDS:
+    if seconds < BEST_MIN_SECONDS or seconds > BEST_MAX_SECONDS + 0.05:
         warnings.append(f"Prompt audio is {seconds:.1f} s; 3–15 s of clean speech works best.")
     if np.mean(np.abs(trimmed) > 0.999) > 0.001:
         warnings.append("Prompt audio is clipped (distorted); a cleaner recording clones better.")
-    return LoadedPrompt(prompt_from_samples(trimmed, rate), rate, channels, original_seconds, seconds, warnings)
+    return LoadedPrompt(prompt_from_samples(trimmed, rate), original_rate, channels, original_seconds, seconds,
+                        warnings)
 
 
 def prompt_from_samples(mono: np.ndarray, rate: int) -> PromptAudio:
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     return PromptAudio(mono, rate, hashlib.sha1(mono.tobytes() + str(rate).encode()).hexdigest())
+
+
+def recording_as_wav(path: str | Path) -> bytes:
+    """An uploaded recording (webm, m4a, …) as WAV bytes, for players that know only a few formats;
+    the limits of `decode_audio` apply. Float samples, so a hot recording is not clipped on the way."""
+    data, rate = decode_audio(path)
+    buffer = io.BytesIO()
+    sf.write(buffer, data, rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()

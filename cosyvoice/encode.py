@@ -3,6 +3,13 @@
 `StreamEncoder.feed` returns the bytes ready so far, so a response can be sent while the audio is
 still being made; `encode` is the one-shot form. pcm is raw 16-bit little-endian mono (what
 OpenAI's API calls pcm); wav streams with an open-ended header (sizes 0xFFFFFFFF), as players expect.
+flac is the exception: its STREAMINFO header holds the total sample count, which only a seekable
+writer can fill in, so a flac response is written whole to memory by libsndfile and sent at `finish`
+(a streamed flac with a count of 0 is legal but libsndfile/soundfile and ffprobe cannot read it).
+The audio reaching here is already limited to -1 dBFS true peak (cosyvoice.mastering); lossy codecs
+rebuild the waveform and overshoot that by up to ~1.5 dB on speech, so mp3/aac/opus get a further
+fixed LOSSY_HEADROOM_DB (one gain for the whole response: no pumping) and mp3/aac a bitrate high
+enough that their overshoot stays small.
 """
 from __future__ import annotations
 
@@ -15,9 +22,12 @@ FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm")
 CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "opus": "audio/ogg",
                  "aac": "audio/aac", "pcm": "audio/pcm"}
 # response_format -> (PyAV container, codec, sample format the encoder takes)
-_CODECS = {"mp3": ("mp3", "libmp3lame", "fltp"), "flac": ("flac", "flac", "s16"),
+_CODECS = {"mp3": ("mp3", "libmp3lame", "fltp"),
            "opus": ("ogg", "libopus", "flt"), "aac": ("adts", "aac", "fltp")}
 OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
+LOSSY_HEADROOM_DB = {"mp3": 1.0, "aac": 1.0, "opus": 1.5}   # measured overshoot: bench/clipping.py, README
+# the encoders' defaults overshoot by up to 2.3 dB (lame) and 1.5 dB (ffmpeg's aac) on speech; these do not
+_BIT_RATES = {"mp3": 128000, "aac": 128000}
 
 
 def _int16(samples: np.ndarray) -> bytes:
@@ -27,6 +37,15 @@ def _int16(samples: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, np.asarray(samples, dtype=np.float32).reshape(-1), 24000, format="RAW", subtype="PCM_16",
              endian="LITTLE")
+    return buffer.getvalue()
+
+
+def _flac(samples: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit FLAC written by libsndfile to a seekable buffer, so STREAMINFO has the real sample count."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(samples, dtype=np.float32).reshape(-1), sample_rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
 
 
@@ -67,6 +86,7 @@ class StreamEncoder:
         self.format, self.sample_rate = response_format, int(sample_rate)
         self._started = False
         self._pts = 0
+        self._whole: list[np.ndarray] = []          # flac: everything, written at finish
         if response_format in _CODECS:
             import av
 
@@ -78,22 +98,24 @@ class StreamEncoder:
             self._container = av.open(self._sink, mode="w", format=container_format)
             self._stream = self._container.add_stream(codec, rate=rate)
             self._stream.layout = "mono"
+            if response_format in _BIT_RATES:
+                self._stream.codec_context.bit_rate = _BIT_RATES[response_format]
             self._av = av
 
     def feed(self, samples: np.ndarray) -> bytes:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if self.format == "pcm":
             return _int16(samples)
+        if self.format == "flac":
+            self._whole.append(samples)
+            return b""
         if self.format == "wav":
             head = b"" if self._started else wav_header(self.sample_rate)
             self._started = True
             return head + _int16(samples)
         if samples.size == 0:
             return self._sink.take()
-        if self._sample_format == "s16":
-            data = np.frombuffer(_int16(samples), dtype=np.int16).reshape(1, -1)
-        else:
-            data = np.clip(samples, -1.0, 1.0).reshape(1, -1)
+        data = np.clip(samples * 10 ** (-LOSSY_HEADROOM_DB[self.format] / 20), -1.0, 1.0).reshape(1, -1)
         frame = self._av.AudioFrame.from_ndarray(data, format=self._sample_format, layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._pts
@@ -108,6 +130,8 @@ class StreamEncoder:
             return wav_header(self.sample_rate)
         if self.format in ("pcm", "wav"):
             return b""
+        if self.format == "flac":
+            return _flac(np.concatenate(self._whole) if self._whole else np.zeros(0, np.float32), self.sample_rate)
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self._container.close()

@@ -31,6 +31,7 @@ from .engines.base import Engine, Progress, PromptAudio, Style, Voice
 from .errors import EngineError, OutputsError, ServerBusyError, StudioError, UserInputError
 from .jobs import JobRegistry
 from .log import request_logger
+from .mastering import master_events
 from .modes import MODE_IDS, MODES, Mode, get_mode
 from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
 from .history import request_record, write_sidecar
@@ -83,12 +84,13 @@ class ServiceConfig:
     retention_days: float = 7.0
     voice_cache_size: int = 16
     voices_dir: Path = Path("voices")    # the saved-voice library (cosyvoice.voices)
+    loudness_lufs: float | None = None   # output loudness target (cosyvoice.mastering); None: only the limiter
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServiceConfig":
         return cls(outputs_dir=args.outputs_dir, max_text_chars=args.max_text_chars, workers=args.concurrency,
                    queue_size=args.queue_size, retention_days=args.outputs_retention_days,
-                   voices_dir=args.voices_dir)
+                   voices_dir=args.voices_dir, loudness_lufs=args.loudness)
 
 
 def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
@@ -101,6 +103,8 @@ def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
     parser.add_argument("--g2p-dict", type=Path, default=root / "configs" / "G2P_replace_dict.jsonl")
     parser.add_argument("--voices-dir", type=Path, default=root / "voices",
                         help="saved voices (never inside the model dir)")
+    parser.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+                        help="bring every output to this loudness, e.g. -16 (default: peaks limited to -1 dBFS only)")
 
 
 @dataclass
@@ -470,8 +474,9 @@ class SynthesisService:
         with stage("synthesize") as synthesize_span:
             started = time.perf_counter()
             audio: list[np.ndarray] = []
-            for event in self._synthesize(items, voice, style, request.seed, request.stream, log, request_id,
-                                          synthesize_span):
+            for event in master_events(self._synthesize(items, voice, style, request.seed, request.stream, log,
+                                                        request_id, synthesize_span),
+                                       self.engine.sample_rate, request.stream, self.config.loudness_lufs):
                 if event.chunk is not None:
                     if not audio:
                         metrics.TIME_TO_FIRST_AUDIO.observe(time.time() - received)
@@ -518,8 +523,7 @@ class SynthesisService:
         loaded = load_prompt_audio(request.prompt_wav)
         rates = "/".join(str(r) for r in self.engine.capabilities().prompt_sample_rates)
         log.info(f"prompt audio: {loaded.describe()} → {rates} Hz for the engine")
-        for warning in loaded.warnings:
-            log.warning(warning)
+        notices.extend(loaded.warnings)         # logged and shown with the other notices
         prompt_text = self._prepare_transcript(request) if request.mode.needs_transcript else None
         key = (self.engine.name, loaded.audio.sha1, prompt_text)
         with self._lock:

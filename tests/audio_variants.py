@@ -48,3 +48,45 @@ def not_audio(tmp: Path) -> Path:
     path = tmp / "notes.wav"
     path.write_text("这不是音频 this is a text file renamed to .wav\n" * 20, encoding="utf-8")
     return path
+
+
+# container -> (file suffix, PyAV format, codec): what browsers, phones and editors save
+ENCODED = {"webm": (".webm", "webm", "libopus"), "ogg-opus": (".opus", "ogg", "libopus"),
+           "m4a": (".m4a", "ipod", "aac"), "aac": (".aac", "adts", "aac")}
+
+
+def encoded(tmp: Path, kind: str, rate: int = 48000) -> Path:
+    """The shared prompt as a browser recording (webm/opus), a phone memo (m4a) and the like, made with PyAV."""
+    import av
+
+    suffix, container_format, codec = ENCODED[kind]
+    data, orig = _prompt()
+    data = librosa.resample(data, orig_sr=orig, target_sr=rate).astype(np.float32)
+    path = tmp / f"recording_{kind}{suffix}"
+    with av.open(str(path), mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        sample_format = "flt" if codec == "libopus" else "fltp"
+        for start in range(0, len(data), 960):
+            frame = av.AudioFrame.from_ndarray(data[start:start + 960].reshape(1, -1), format=sample_format,
+                                               layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def long_mixed(tmp: Path) -> tuple[Path, float, float]:
+    """A 42 s recording: 12 s of sparse speech (long pauses), 15 s of dense clean speech, then 15 s of
+    speech clipped hard. Returns (path, start, end) of the clean dense part, the one worth keeping."""
+    data, rate = _prompt()
+    pause = np.zeros(int(2.5 * rate), np.float32)
+    sparse = np.concatenate([data[: int(1.0 * rate)], pause] * 4)[: 12 * rate]
+    sparse = np.pad(sparse, (0, 12 * rate - len(sparse)))
+    dense = np.tile(data, 6)[: 15 * rate]
+    clipped = np.clip(np.tile(data, 6)[: 15 * rate] * 12, -1, 1)
+    path = tmp / "prompt_42s_mixed.wav"
+    sf.write(path, np.concatenate([sparse, dense, clipped]), rate)
+    return path, 12.0, 27.0

@@ -68,8 +68,7 @@ def test_silence_is_trimmed(tmp_path):
 
 @pytest.mark.parametrize("make,expected", [
     (lambda t: audio_variants.cut(t, 1.0), "at least 2 s"),
-    (lambda t: audio_variants.long(t, 40.0), "limit is 30 s"),
-    (lambda t: audio_variants.resampled(t, 8000), "8000 Hz"),
+    (lambda t: audio_variants.resampled(t, 6000), "6000 Hz; at least 8000 Hz"),
     (audio_variants.not_audio, "could not be read as audio"),
 ])
 def test_refusals_name_the_problem(tmp_path, make, expected):
@@ -156,3 +155,43 @@ def test_decoded_length_is_bounded_for_every_decoder(tmp_path):
     for path in (flac, m4a):
         with pytest.raises(UserInputError, match="at most 120 s are read"):
             load_prompt_audio(path)
+
+
+@pytest.mark.parametrize("kind", sorted(audio_variants.ENCODED))
+def test_browser_and_phone_recordings_decode(tmp_path, kind):
+    """webm/opus (what browsers and phones record), m4a (voice memos), ogg opus and raw aac."""
+    reference = load_prompt_audio(ZERO_SHOT_PROMPT)
+    loaded = load_prompt_audio(audio_variants.encoded(tmp_path, kind))
+    assert loaded.original_rate == 48000 and loaded.warnings == []
+    assert abs(loaded.audio.seconds - reference.audio.seconds) < 0.1
+    level = 20 * np.log10(np.sqrt(np.mean(loaded.audio.samples ** 2)) / np.sqrt(np.mean(reference.audio.samples ** 2)))
+    assert abs(level) < 1.0          # the same recording at the same level, not noise or a wrong sample format
+
+
+@pytest.mark.parametrize("rate", [8000, 11025])
+def test_telephone_rate_recording_is_upsampled_with_a_notice(tmp_path, rate):
+    loaded = load_prompt_audio(audio_variants.resampled(tmp_path, rate))
+    assert loaded.audio.sample_rate == 16000 and loaded.original_rate == rate
+    assert any(f"{rate} Hz" in w and "upsampled to 16000 Hz" in w for w in loaded.warnings)
+    assert f"{rate} Hz upsampled to 16000 Hz" in loaded.describe()
+    spectrum = np.abs(np.fft.rfft(loaded.audio.samples))
+    freqs = np.fft.rfftfreq(len(loaded.audio.samples), 1 / 16000)
+    # the speech band is kept, and no mirror image of it above the original Nyquist frequency
+    assert spectrum[(freqs > 200) & (freqs < rate / 2 - 200)].mean() > 20 * spectrum[freqs > rate / 2 + 300].mean()
+
+
+def test_forty_second_prompt_is_cut_to_its_best_window(tmp_path):
+    loaded = load_prompt_audio(audio_variants.long(tmp_path, 40.0))
+    assert 14.0 <= loaded.audio.seconds <= 15.0
+    notice = next(w for w in loaded.warnings if "over the 30 s limit" in w)
+    assert "were kept (" in notice and "transcript must say exactly" in notice
+
+
+def test_best_window_is_the_dense_clean_speech(tmp_path):
+    path, start, end = audio_variants.long_mixed(tmp_path)
+    loaded = load_prompt_audio(path)
+    assert np.abs(loaded.audio.samples).max() < 0.999           # the clipped stretch was left out
+    notice = next(w for w in loaded.warnings if "over the 30 s limit" in w)
+    kept = [float(x) for x in notice.split("kept (")[1].split(" s into")[0].split("–")]
+    overlap = min(kept[1], end) - max(kept[0], start)
+    assert overlap >= 0.9 * (kept[1] - kept[0])                 # (almost) all of it from the clean dense part
