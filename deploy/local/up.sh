@@ -103,7 +103,7 @@ stop_started() {   # stop every monitor (and its app) this run started
         rm -f "$state/monitor-${ports[$k]}.pid"
     done
     for pid in "${monitor_pids[@]}"; do
-        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        for _ in $(seq 1 300); do running "$pid" || break; sleep 0.2; done
     done
 }
 
