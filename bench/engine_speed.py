@@ -300,34 +300,56 @@ def _decode_requests(llm, cfg, inputs, count: int, seed: int = 0):
             for i in range(count)]
 
 
+def real_slot_capacity(cfg) -> int:
+    """The engine's slot capacity (prompt positions + the most tokens the flow noise allows)."""
+    from cosyvoice.engines.cosyvoice3.engine import PREFILL_POSITIONS
+    from cosyvoice.engines.cosyvoice3.model import max_speech_tokens
+
+    return PREFILL_POSITIONS + max_speech_tokens(cfg.token_mel_ratio, 0)
+
+
+def load_bench_llm(model_dir: Path, cfg, placement):
+    """The LLM loaded in its precision the way the engine loads it."""
+    from cosyvoice.engines.cosyvoice3.devices import half_projections
+    from cosyvoice.engines.cosyvoice3.llm import load_llm
+    from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
+
+    return half_projections(load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype),
+                            placement.llm_precision)
+
+
+def prepared_decoder(llm, placement, slots: int, capacity: int, cuda_graphs: bool, cpu_kernel: str = "auto"):
+    """A SlotDecoder for `llm`, prepared the way the engine prepares it (twins share the weights)."""
+    from cosyvoice.engines.cosyvoice3.scheduler import prepare_batched_decoding
+
+    return prepare_batched_decoding(llm, slots, capacity, cuda_graphs=cuda_graphs, cpu_kernel=cpu_kernel,
+                                    autocast=placement.llm_autocast())
+
+
 def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placement, cuda_graphs: bool,
                  compare_onednn: bool = False) -> dict:
     """Decode speed of the scheduler's SlotDecoder (exact fp32 on CPU): one request in a 1-slot batch
     (single), one request alone in a `slots`-slot batch (lone), and `slots` requests at once (batch).
 
-    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the
+    Each LLM is prepared for its slot count as the engine prepares it, at the engine's slot capacity. The CPU is shared, so the
     decoders take their steps in turn (single, lone, batch, single, ...) and each sums only its own
     step times: a burst of load elsewhere hits all alike, and the ratios stay fair.
     compare_onednn (CPU) adds single and batch decoders as they were before the rows kernel: oneDNN
     projections and per-row attention in torch ops (llm_onednn_* keys)."""
-    from cosyvoice.engines.cosyvoice3.llm import load_llm
-    from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
-    from cosyvoice.engines.cosyvoice3.scheduler import decoder_mode, slot_decoder
+    from cosyvoice.engines.cosyvoice3.scheduler import decoder_mode
 
-    capacity = 4096
-    one = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
-    many = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
-    runs = {"single": (slot_decoder(one, 1, capacity, cuda_graphs), 1),
-            "lone": (slot_decoder(many, slots, capacity, cuda_graphs), 1),
-            "batch": (slot_decoder(many, slots, capacity, cuda_graphs), slots)}
+    capacity = real_slot_capacity(cfg)
+    llm = load_bench_llm(model_dir, cfg, placement)     # every decoder below shares its weights
+    runs = {"single": (prepared_decoder(llm, placement, 1, capacity, cuda_graphs), 1),
+            "lone": (prepared_decoder(llm, placement, slots, capacity, cuda_graphs), 1),
+            "batch": (prepared_decoder(llm, placement, slots, capacity, cuda_graphs), slots)}
     if compare_onednn:
         for name, count in (("onednn_single", 1), ("onednn_batch", slots)):
-            llm = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
-            decoder = slot_decoder(llm, count, capacity, cpu_kernel="onednn")
+            decoder = prepared_decoder(llm, placement, count, capacity, False, cpu_kernel="onednn")
             decoder.fused_attention = False
             runs[name] = (decoder, count)
     seconds = dict.fromkeys(runs, 0.0)
-    with torch.inference_mode():
+    with torch.inference_mode(), placement.llm_autocast()():
         for decoder, count in runs.values():
             for slot, request in enumerate(_decode_requests(decoder.llm, cfg, inputs, count)):
                 decoder.admit(request, slot)

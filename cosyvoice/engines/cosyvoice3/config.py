@@ -65,10 +65,6 @@ class LLMConfig:
     def task_id(self) -> int:
         return self.speech_token_size + 2
 
-    @property
-    def fill_id(self) -> int:
-        return self.speech_token_size + 3
-
     def is_stop(self, token: int) -> bool:
         """Every id from sos upwards ends decoding."""
         return token >= self.speech_token_size
