@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import resource
 import shutil
@@ -44,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("COSYVOICE_SHARED", ROOT.parent / "shared"))   # bench/gpu_check.sh points it at its carried copy
 FIXTURE = SHARED / "fixtures" / "cosyvoice3-tiny"
 PROMPT_WAV = SHARED / "audio" / "zero_shot_prompt.wav"
 PROMPT_TEXT = "希望你以后能够做的比我还好呦。"
@@ -177,7 +178,6 @@ def hift_state(config, template_keys: list[str]) -> dict[str, torch.Tensor]:
 def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
     from cosyvoice.engines.cosyvoice3.config import ModelConfig
     from cosyvoice.engines.cosyvoice3.model_dir import QWEN_DIR
-    from tests.tiny_onnx import write_tiny_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "cosyvoice3.yaml").write_text(full_size_yaml((template / "cosyvoice3.yaml").read_text()))
@@ -194,7 +194,14 @@ def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
     torch.save(flow_state(cfg.flow, gen), out / "flow.pt")
     template_keys = list(torch.load(template / "hift.pt", map_location="cpu", weights_only=True))
     torch.save(hift_state(cfg.hift, template_keys), out / "hift.pt")
-    write_tiny_onnx(out)
+    prebuilt = os.environ.get("COSYVOICE_TINY_ONNX")   # a dir with the two files, where `onnx` is not installed
+    if prebuilt:
+        for name in ("campplus.onnx", "speech_tokenizer_v3.onnx"):
+            shutil.copy(Path(prebuilt) / name, out / name)
+    else:
+        from tests.tiny_onnx import write_tiny_onnx
+
+        write_tiny_onnx(out)
 
 
 # ---------------------------------------------------------------------------------------------
