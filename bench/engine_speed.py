@@ -432,19 +432,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
         tokens = torch.randint(0, cfg.llm.speech_token_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     token_tensor = torch.tensor([tokens])
 
-    mel = None
-    if "flow" in stages or "bf16" in stages:
-        started = time.perf_counter()
-        mel = model.flow_mel(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
-                             streaming=False, finalize=True)
-        result["flow_s"] = round(time.perf_counter() - started, 2)
-        save(result)
-    if "flow" in stages:
-        started = time.perf_counter()
-        wav = model.vocode(mel, finalize=True)
-        result["hift_s"] = round(time.perf_counter() - started, 2)
-        result["audio_s"] = round(wav.shape[1] / engine.sample_rate, 2)
-        save(result)
+    mel = flow_and_hift(model, token_tensor, feats, stages, result, save, engine.sample_rate)
     if all(k in result for k in ("llm_prefill_s", "llm_ms_per_token", "flow_s", "hift_s")):
         llm_s = result["llm_prefill_s"] + result["llm_ms_per_token"] * (n_tokens - 1) / 1000
         result["rtf"] = round((llm_s + result["flow_s"] + result["hift_s"]) / result["audio_s"], 3)
@@ -456,35 +444,76 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
     save(result)
 
     if "bf16" in stages:
-        started = time.perf_counter()
-        mel_bf16 = model.flow.inference(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
-                                        model.noise.flow_z, streaming=False, finalize=True, bf16=True)
-        result["bf16_flow_s"] = round(time.perf_counter() - started, 2)
-        err = (mel_bf16 - mel).abs()
-        result["bf16_mel_max_abs_err"] = round(err.max().item(), 4)
-        result["bf16_mel_mean_abs_err"] = round(err.mean().item(), 5)
-        result["mel_abs_max"] = round(mel.abs().max().item(), 3)
+        result.update(bf16_flow(model, token_tensor, feats, mel))
         save(result)
-
     if "int8" in stages:
-        from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
-
-        reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
-        quantize_int8(model.llm)
-        _, prefill_q, ms_q = decode(model, inputs, n_tokens, sampler)
-        result["int8_llm_prefill_s"] = round(prefill_q, 3)
-        result["int8_llm_ms_per_token"] = round(ms_q, 1)
-        save(result)
-        free_run, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
-        same_prefix = next((i for i, (a, b) in enumerate(zip(free_run, reference)) if a != b), n_tokens)
-        picks: list[int] = []
-        decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size, follow=reference, picks=picks), raw=True)
-        agree = sum(a == b for a, b in zip(picks, reference)) / len(reference)
-        result["int8_greedy_same_prefix_tokens"] = same_prefix
-        result["int8_greedy_teacher_forced_agreement"] = round(agree, 4)
+        result.update(int8_llm(model, cfg, inputs, n_tokens, sampler))
         result["peak_rss_mib"] = max(result["peak_rss_mib"], round(peak_rss_mib()))
         save(result)
     return result
+
+
+def flow_and_hift(model, token_tensor, feats, stages, result: dict, save, sample_rate: int):
+    """The flow stage (flow_s; hift_s and audio_s with "flow"); the mel, or None when neither stage runs."""
+    mel = None
+    if "flow" in stages or "bf16" in stages:
+        started = time.perf_counter()
+        mel = model.flow_mel(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
+                             streaming=False, finalize=True)
+        result["flow_s"] = round(time.perf_counter() - started, 2)
+        save(result)
+    if "flow" in stages:
+        started = time.perf_counter()
+        wav = model.vocode(mel, finalize=True)
+        result["hift_s"] = round(time.perf_counter() - started, 2)
+        result["audio_s"] = round(wav.shape[1] / sample_rate, 2)
+        save(result)
+    return mel
+
+
+def bf16_flow(model, token_tensor, feats, mel) -> dict:
+    """The flow under bfloat16 autocast: its time and its mel error against float32 `mel`."""
+    started = time.perf_counter()
+    mel_bf16 = model.flow.inference(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
+                                    model.noise.flow_z, streaming=False, finalize=True, bf16=True)
+    err = (mel_bf16 - mel).abs()
+    return {"bf16_flow_s": round(time.perf_counter() - started, 2), "bf16_mel_max_abs_err": round(err.max().item(), 4),
+            "bf16_mel_mean_abs_err": round(err.mean().item(), 5), "mel_abs_max": round(mel.abs().max().item(), 3)}
+
+
+def int8_llm(model, cfg, inputs, n_tokens: int, sampler) -> dict:
+    """The int8 LLM (model.llm quantised in place): its speed and its greedy agreement with float32."""
+    from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
+
+    reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
+    quantize_int8(model.llm)
+    _, prefill_q, ms_q = decode(model, inputs, n_tokens, sampler)
+    free_run, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
+    same_prefix = next((i for i, (a, b) in enumerate(zip(free_run, reference)) if a != b), n_tokens)
+    picks: list[int] = []
+    decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size, follow=reference, picks=picks), raw=True)
+    agree = sum(a == b for a, b in zip(picks, reference)) / len(reference)
+    return {"int8_llm_prefill_s": round(prefill_q, 3), "int8_llm_ms_per_token": round(ms_q, 1),
+            "int8_greedy_same_prefix_tokens": same_prefix, "int8_greedy_teacher_forced_agreement": round(agree, 4)}
+
+
+def prepare_model_dir(args, temp_holder: list) -> Path:
+    """--model-dir, or the full-size random dir (kept in --keep-dir, else a temporary one), built in a
+    child process so that building the weights does not count in this process's peak RSS."""
+    if args.model_dir is not None:
+        return args.model_dir
+    if args.keep_dir is not None:
+        model_dir = args.keep_dir
+    else:
+        temp_holder.append(tempfile.TemporaryDirectory(prefix="cv3-bench-"))
+        model_dir = Path(temp_holder[0].name) / "Fun-CosyVoice3-0.5B-random"
+    if not (model_dir / "hift.pt").is_file():
+        started = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--json", "-", "--threads", str(args.threads),
+                        "--build-only", str(model_dir)], check=True)
+        print(f"random full-size model dir built in {time.perf_counter() - started:.0f} s: {model_dir}",
+              file=sys.stderr)
+    return model_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,21 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         build_random_model_dir(args.build_only)
         return 0
 
-    temp: tempfile.TemporaryDirectory | None = None
-    model_dir = args.model_dir
-    if model_dir is None:
-        if args.keep_dir is not None:
-            model_dir = args.keep_dir
-        else:
-            temp = tempfile.TemporaryDirectory(prefix="cv3-bench-")
-            model_dir = Path(temp.name) / "Fun-CosyVoice3-0.5B-random"
-        if not (model_dir / "hift.pt").is_file():
-            started = time.perf_counter()
-            # A child process, so that building the weights does not count in this process's peak RSS.
-            subprocess.run([sys.executable, __file__, "--json", "-", "--threads", str(args.threads),
-                            "--build-only", str(model_dir)], check=True)
-            print(f"random full-size model dir built in {time.perf_counter() - started:.0f} s: {model_dir}",
-                  file=sys.stderr)
+    temps: list[tempfile.TemporaryDirectory] = []
+    model_dir = prepare_model_dir(args, temps)
     stages = tuple(x for x in args.stages.split(",") if x) + ("int8",) * args.int8 + ("bf16",) * args.bf16
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -548,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(model_dir, args.tokens, stages, result, save, slots=args.slots, batch_tokens=args.batch_tokens,
                      device=args.device, precision=args.precision, cuda_graphs=not args.no_cuda_graphs, compare_onednn=args.compare_onednn)
     finally:
-        if temp is not None:
+        for temp in temps:
             temp.cleanup()
     print(json.dumps(result, indent=2))
     return 0
