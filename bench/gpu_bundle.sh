@@ -27,7 +27,7 @@ CARRY=(loguru==0.7.3 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 pytest==9.2.0
 # What that machine has: only for the dry-run venv here.
 STANDIN=(numpy==2.5.5 onnxruntime==1.32.0)
 TORCH_STANDIN=torch==2.11.0
-PLATFORM=(--only-binary=:all: --implementation cp --python-version 3.12
+PLATFORM=(--only-binary=:all: --implementation cp --python-version 3.12 --platform manylinux_2_25_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64
           --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 
