@@ -32,6 +32,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="int8 LLM projections (fbgemm, CPU only); faster, nearly the same tokens")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="run the one-token decode step without CUDA graph capture")
+    parser.add_argument("--stream-cache-gb", type=float, default=None,
+                        help="memory for the flow caches of all streaming requests together (default: half the "
+                             "device's free memory at start); when full, streams stop caching (slower, same audio)")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class EngineConfig:
     batch_slots: int | None = None       # None: 4 on CUDA, 2 on CPU
     quantize: str | None = None          # None or "int8" (CPU)
     cuda_graphs: bool = True
+    stream_cache_gb: float | None = None   # None: half the device's free memory at start
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "EngineConfig":
@@ -79,5 +83,6 @@ def create_engine(config: EngineConfig = EngineConfig()) -> Engine:
 
         return CosyVoice3Engine(Path(config.model_dir), device=config.device, precision=config.precision,
                                 llm_weights=config.llm_weights, batch_slots=config.batch_slots,
-                                quantize=config.quantize, cuda_graphs=config.cuda_graphs)
+                                quantize=config.quantize, cuda_graphs=config.cuda_graphs,
+                                stream_cache_gb=config.stream_cache_gb)
     raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_CHOICES)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import psutil
 import torch
 from torch import Tensor
 
@@ -67,6 +68,17 @@ def instruct_prompt_text(instruction: str) -> str:
     return f"{SYSTEM_PROMPT} {instruction}{END_OF_PROMPT}"
 
 
+def stream_cache_budget(device: torch.device, gigabytes: float | None) -> int:
+    """Bytes for all streams' flow caches: `gigabytes`, else half of what the device has free now."""
+    if gigabytes is not None:
+        return int(gigabytes * 2**30)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = psutil.virtual_memory().available
+    return free // 2
+
+
 @dataclass
 class VoiceFeatures:
     speech_tokens: Tensor     # (1, P) int64, cut so that the mel has exactly token_mel_ratio frames each
@@ -80,15 +92,19 @@ class CosyVoice3Engine:
 
     def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto",
                  llm_weights: str = LLM_WEIGHTS, batch_slots: int | None = None, quantize: str | None = None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, stream_cache_gb: float | None = None):
         """llm_weights: the LLM checkpoint file in the model dir (llm.pt, or e.g. llm.rl.pt beside it).
         batch_slots: requests decoded together (None: 4 on CUDA, 2 on CPU); quantize: None or "int8"
-        (weight-only int8 LLM projections, CPU only); cuda_graphs: capture the decode step on CUDA.
+        (weight-only int8 LLM projections, CPU only); cuda_graphs: capture the decode step on CUDA;
+        stream_cache_gb: the flow caches of all streams together (None: half the device's free memory
+        at start).
         """
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"unknown quantize mode {quantize!r}: use one of {', '.join(map(str, QUANTIZE_MODES))}")
         if batch_slots is not None and batch_slots < 1:
             raise ValueError(f"batch_slots must be at least 1, got {batch_slots}")
+        if stream_cache_gb is not None and stream_cache_gb < 0:
+            raise ValueError(f"stream_cache_gb must be 0 or more, got {stream_cache_gb}")
         self.model_dir = check_model_dir(model_dir, llm_weights)
         self.llm_weights = llm_weights
         self.placement = place(device, precision)
@@ -99,9 +115,10 @@ class CosyVoice3Engine:
         self.quantize = quantize
         self.config = config = ModelConfig.from_model_dir(self.model_dir)
         self.scheduler = self._build_scheduler(batch_slots, cuda_graphs)
+        self.stream_cache_bytes = stream_cache_budget(self.placement.device, stream_cache_gb)
         self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, self.placement.dtype,
                                           flow_autocast=self.placement.flow_autocast(), llm=self.scheduler.llm,
-                                          decode=self.scheduler.generate)
+                                          decode=self.scheduler.generate, stream_cache_bytes=self.stream_cache_bytes)
         self.sample_rate = config.sample_rate
         self.model_label = f"CosyVoice3 ({self.model_dir.name})"
         self.tokenizer = CosyVoice3Tokenizer(config.qwen_dir)
@@ -165,6 +182,7 @@ class CosyVoice3Engine:
             "decode_batching": self.scheduler.mode,
             "quantize": self.quantize,
             "cuda_graphs": self.scheduler.cuda_graphs,
+            "stream_cache_gb": round(self.stream_cache_bytes / 2**30, 2),
         }
 
     def prepare_voice(self, audio: PromptAudio, prompt_text: str | None) -> Voice:

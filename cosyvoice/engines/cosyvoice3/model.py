@@ -37,7 +37,7 @@ from torch import Tensor
 from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.devices import is_out_of_memory
 from cosyvoice.engines.cosyvoice3.dit import StepCache
-from cosyvoice.engines.cosyvoice3.flow import CausalFlow, FlowStream, load_flow, voice_prefix
+from cosyvoice.engines.cosyvoice3.flow import CausalFlow, FlowStream, StreamCacheBudget, load_flow, voice_prefix
 from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, load_hift
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, load_llm
 from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
@@ -57,8 +57,9 @@ MAX_HOP_BLOCKS = 4
 
 # A streamed utterance caches keys/values of every solver step and DiT layer: 3.6 MB per mel frame at
 # full size (10 steps x 22 layers x 2 guidance rows x 1024 x k,v x fp32), about 0.2 GB per second of
-# audio. Past this budget a stream stops caching and re-solves from its last cached frame (slower,
-# same audio). The prompt prefixes of the last two voices are kept (a 5 s prompt is about 0.5 GB).
+# audio. Past this budget per stream, or past the model's budget for all streams together
+# (stream_cache_bytes), a stream stops caching and re-solves from its last cached frame (slower, same
+# audio). The prompt prefixes of the last two voices are kept (a 5 s prompt is about 0.5 GB).
 STREAM_CACHE_BYTES = 4 << 30
 VOICE_PREFIXES_KEPT = 2
 
@@ -157,12 +158,14 @@ class CosyVoice3Model:
     def __init__(self, config: ModelConfig, llm: CosyVoice3LM, flow: CausalFlow, hift: CausalHiFT,
                  noise: ConstructorNoise, device: torch.device | str = "cpu",
                  flow_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 decode: TokenSource | None = None):
+                 decode: TokenSource | None = None, stream_cache_bytes: int | None = None):
         self.config = config
         self.llm, self.flow, self.hift, self.noise = llm, flow, hift, noise
         self.device = torch.device(device)
         self._autocast = flow_autocast or contextlib.nullcontext
         self._decode = decode or llm.generate
+        # every stream's flow caches together (None: only the per-stream cap)
+        self.stream_budget = None if stream_cache_bytes is None else StreamCacheBudget(stream_cache_bytes)
         self.token_mel_ratio = flow.cfg.token_mel_ratio
         self.lookahead = flow.cfg.lookahead
         self.samples_per_frame = hift.config.samples_per_frame
@@ -175,7 +178,7 @@ class CosyVoice3Model:
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
              flow_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
              llm_weights: str = LLM_WEIGHTS, llm: CosyVoice3LM | None = None,
-             decode: TokenSource | None = None) -> "CosyVoice3Model":
+             decode: TokenSource | None = None, stream_cache_bytes: int | None = None) -> "CosyVoice3Model":
         """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt);
         `llm`: an LLM already loaded (and prepared) by the caller instead. `dtype`: how the LLM and flow
         weights are stored; HiFT is always float32."""
@@ -184,7 +187,7 @@ class CosyVoice3Model:
         flow = load_flow(Path(model_dir), config.flow, device, dtype)
         hift = load_hift(model_dir, config.hift, device, torch.float32)   # the vocoder stays float32
         return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, flow_autocast,
-                   decode)
+                   decode, stream_cache_bytes)
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class CosyVoice3Model:
                 while len(self._voice_prefixes) > VOICE_PREFIXES_KEPT:
                     self._voice_prefixes.popitem(last=False)
         return FlowStream(self.flow, prompt_token, prompt_feat, embedding, self.noise.flow_z, prefix=prefix,
-                          budget_bytes=STREAM_CACHE_BYTES)
+                          budget_bytes=STREAM_CACHE_BYTES, budget=self.stream_budget)
 
     def forget_voice_prefixes(self) -> None:
         """Drop the cached prompt prefixes (the next stream of each voice solves its prompt again)."""
