@@ -23,7 +23,7 @@ SHARED="${COSYVOICE_SHARED:-../shared}"
 PY="${PYTHON:-.venv/bin/python}"
 # Packages the GPU machine lacks (issue 21: loguru, soundfile) and the small ones the check imports.
 CARRY=(loguru==0.7.3 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 pytest==9.2.0 pluggy==1.7.0
-       iniconfig==2.3.1 packaging==26.4 tokenizers==0.23.3 pyyaml==6.0.4)
+       iniconfig==2.3.1 packaging==26.4 pygments==2.20.0 tokenizers==0.23.3 pyyaml==6.0.4)
 # What that machine has: only for the dry-run venv here.
 STANDIN=(numpy==2.5.5 onnxruntime==1.32.0)
 TORCH_STANDIN=torch==2.11.0

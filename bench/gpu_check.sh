@@ -44,7 +44,9 @@ if [[ $DRY_RUN -eq 1 ]]; then
     if [[ ! -x "$VENV/bin/python" ]]; then
         step "making the Python 3.12 venv from the carried and stand-in wheels"
         PYENV_VERSION=3.12.1 python3.12 -m venv "$VENV"
-        "$VENV/bin/python" -m pip install -q --no-index --no-deps bench/gpu_standin/*.whl "$CARRY"/wheels/*.whl
+        "$VENV/bin/python" -m pip install -q --no-index --find-links bench/gpu_standin torch==2.11.0
+        "$VENV/bin/python" -m pip install -q --no-index --no-deps bench/gpu_standin/numpy-*.whl \
+            bench/gpu_standin/onnxruntime-*.whl "$CARRY"/wheels/*.whl
     fi
     PY="$VENV/bin/python"
 else
@@ -56,7 +58,8 @@ SITE="$CARRY/site"
 missing=$("$PY" - <<'EOF'
 import importlib.util
 need = {"loguru": "loguru", "soundfile": "soundfile", "cffi": "cffi", "pycparser": "pycparser", "pytest": "pytest",
-        "pluggy": "pluggy", "iniconfig": "iniconfig", "packaging": "packaging", "tokenizers": "tokenizers",
+        "pluggy": "pluggy", "iniconfig": "iniconfig", "packaging": "packaging", "pygments": "pygments",
+        "tokenizers": "tokenizers",
         "yaml": "pyyaml"}
 print(" ".join(wheel for module, wheel in need.items() if importlib.util.find_spec(module) is None))
 EOF
@@ -69,28 +72,30 @@ export PYTHONPATH="$PWD/$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
     || { echo "a package the check needs is missing and not carried (see the import error above)" >&2; exit 1; }
 
 if [[ $DRY_RUN -eq 1 ]]; then
+    SCALE=6    # step limits are sized for the GPU machine; this shared CPU box is several times slower
     DEVICE=cpu; PRECISIONS=fp32; SLOTS=2; STREAMS=1,2; TOKENS=6; AGREE=4; FIGURES_DIR="$WORK/tiny-model"
     rm -rf "$FIGURES_DIR"; cp -r "$FIXTURE" "$FIGURES_DIR"; cp "$COSYVOICE_TINY_ONNX"/*.onnx "$FIGURES_DIR/"
 else
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA device')"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" >&2 || true
+    SCALE=1
     DEVICE=cuda; PRECISIONS=fp16,auto; SLOTS=4,16; STREAMS=1,4,16; TOKENS=100; AGREE=50; FIGURES_DIR="$MODEL_DIR"
 fi
 
 if [[ ! -f "$MODEL_DIR/hift.pt" ]]; then
     step "building the full-size random model dir in $MODEL_DIR"
-    timeout 150 "$PY" bench/engine_speed.py --json - --threads "$(nproc)" --build-only "$MODEL_DIR"
+    timeout $((150 * SCALE)) "$PY" bench/engine_speed.py --json - --threads "$(nproc)" --build-only "$MODEL_DIR"
 fi
 
 step "CUDA tests (skipped without CUDA)"
-timeout 75 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cv3_captured_step.py | tee "$OUT/cuda_tests.txt"
+timeout $((75 * SCALE)) "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cv3_captured_step.py | tee "$OUT/cuda_tests.txt"
 
 step "parity on $DEVICE (float32, official tolerances)"
-timeout 90 "$PY" -m cosyvoice.parity --model-dir "$FIXTURE" --audio-dir "$COSYVOICE_SHARED/audio" --device "$DEVICE" \
+timeout $((90 * SCALE)) "$PY" -m cosyvoice.parity --model-dir "$FIXTURE" --audio-dir "$COSYVOICE_SHARED/audio" --device "$DEVICE" \
     --only llm flow hift tts | tee "$OUT/parity_$DEVICE.txt"
 
 step "figures: $PRECISIONS on $DEVICE, model $FIGURES_DIR"
-timeout 210 "$PY" bench/gpu_figures.py --model-dir "$FIGURES_DIR" --json "$OUT/gpu_figures.json" --device "$DEVICE" \
+timeout $((210 * SCALE)) "$PY" bench/gpu_figures.py --model-dir "$FIGURES_DIR" --json "$OUT/gpu_figures.json" --device "$DEVICE" \
     --precisions "$PRECISIONS" --slots "$SLOTS" --streams "$STREAMS" --tokens "$TOKENS" --agreement-tokens "$AGREE" \
     > "$OUT/gpu_figures.stdout"
 step "done: $OUT/gpu_figures.json, $OUT/parity_$DEVICE.txt, $OUT/cuda_tests.txt"
