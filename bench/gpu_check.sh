@@ -65,7 +65,7 @@ print(" ".join(wheel for module, wheel in need.items() if importlib.util.find_sp
 EOF
 )
 for wheel in $missing; do
-    "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$CARRY"/wheels/"$wheel"-*.whl
+    "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" "$CARRY"/wheels/"$wheel"-*.whl
 done
 export PYTHONPATH="$PWD/$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import torch, numpy, onnxruntime, loguru, soundfile, tokenizers, yaml, pytest; print('torch', torch.__version__)" \

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import os
+
 import numpy as np
-import psutil
 import torch
 from torch import Tensor
 
@@ -75,7 +76,7 @@ def stream_cache_budget(device: torch.device, gigabytes: float | None) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
-        free = psutil.virtual_memory().available
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")     # free RAM, page cache not counted
     return free // 2
 
 
