@@ -488,7 +488,7 @@ class SlotDecoder:
     batch-invariant only when the projections give a row the same result whatever the row count
     (the scheduler checks its kernels for that). compact=False: every step computes all slots, padded.
     fused_attention=True (with exact): the per-row attention runs as one rows-kernel call per layer
-    (needs rows_linear.load_rows_kernel()).
+    (needs cpu_decode_kernel.load_rows_kernel()).
     """
 
     def __init__(self, llm: "CosyVoice3LM", slots: int, capacity: int, exact: bool = True,
