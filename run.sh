@@ -33,7 +33,7 @@ fi
 if [ "${1:-}" = "--setup-only" ]; then
     # The CPU decode kernel is compiled once (about 10 s, cached); without a C++ compiler the
     # cosyvoice3 engine decodes on oneDNN instead and says so in the log.
-    "$VENV/bin/python" -m cosyvoice.engines.cosyvoice3.rows_linear
+    "$VENV/bin/python" -m cosyvoice.engines.cosyvoice3.cpu_decode_kernel
     exit 0
 fi
 if [ "${1:-}" = "--instances" ]; then     # several instances, one per GPU: deploy/local/up.sh does it

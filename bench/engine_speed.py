@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import resource
 import shutil
@@ -44,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("COSYVOICE_SHARED", ROOT.parent / "shared"))   # bench/gpu_check.sh points it at its carried copy
 FIXTURE = SHARED / "fixtures" / "cosyvoice3-tiny"
 PROMPT_WAV = SHARED / "audio" / "zero_shot_prompt.wav"
 PROMPT_TEXT = "希望你以后能够做的比我还好呦。"
@@ -177,7 +178,6 @@ def hift_state(config, template_keys: list[str]) -> dict[str, torch.Tensor]:
 def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
     from cosyvoice.engines.cosyvoice3.config import ModelConfig
     from cosyvoice.engines.cosyvoice3.model_dir import QWEN_DIR
-    from tests.tiny_onnx import write_tiny_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "cosyvoice3.yaml").write_text(full_size_yaml((template / "cosyvoice3.yaml").read_text()))
@@ -194,7 +194,14 @@ def build_random_model_dir(out: Path, template: Path = FIXTURE) -> None:
     torch.save(flow_state(cfg.flow, gen), out / "flow.pt")
     template_keys = list(torch.load(template / "hift.pt", map_location="cpu", weights_only=True))
     torch.save(hift_state(cfg.hift, template_keys), out / "hift.pt")
-    write_tiny_onnx(out)
+    prebuilt = os.environ.get("COSYVOICE_TINY_ONNX")   # a dir with the two files, where `onnx` is not installed
+    if prebuilt:
+        for name in ("campplus.onnx", "speech_tokenizer_v3.onnx"):
+            shutil.copy(Path(prebuilt) / name, out / name)
+    else:
+        from tests.tiny_onnx import write_tiny_onnx
+
+        write_tiny_onnx(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,34 +307,56 @@ def _decode_requests(llm, cfg, inputs, count: int, seed: int = 0):
             for i in range(count)]
 
 
+def real_slot_capacity(cfg) -> int:
+    """The engine's slot capacity (prompt positions + the most tokens the flow noise allows)."""
+    from cosyvoice.engines.cosyvoice3.engine import PREFILL_POSITIONS
+    from cosyvoice.engines.cosyvoice3.model import max_speech_tokens
+
+    return PREFILL_POSITIONS + max_speech_tokens(cfg.token_mel_ratio, 0)
+
+
+def load_bench_llm(model_dir: Path, cfg, placement):
+    """The LLM loaded in its precision the way the engine loads it."""
+    from cosyvoice.engines.cosyvoice3.devices import half_projections
+    from cosyvoice.engines.cosyvoice3.llm import load_llm
+    from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
+
+    return half_projections(load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype),
+                            placement.llm_precision)
+
+
+def prepared_decoder(llm, placement, slots: int, capacity: int, cuda_graphs: bool, cpu_kernel: str = "auto"):
+    """A SlotDecoder for `llm`, prepared the way the engine prepares it (twins share the weights)."""
+    from cosyvoice.engines.cosyvoice3.scheduler import prepare_batched_decoding
+
+    return prepare_batched_decoding(llm, slots, capacity, cuda_graphs=cuda_graphs, cpu_kernel=cpu_kernel,
+                                    autocast=placement.llm_autocast())
+
+
 def llm_batching(model_dir: Path, cfg, inputs, n_tokens: int, slots: int, placement, cuda_graphs: bool,
                  compare_onednn: bool = False) -> dict:
     """Decode speed of the scheduler's SlotDecoder (exact fp32 on CPU): one request in a 1-slot batch
     (single), one request alone in a `slots`-slot batch (lone), and `slots` requests at once (batch).
 
-    Each LLM is packed for its slot count as the engine packs it. The CPU is shared, so the
+    Each LLM is prepared for its slot count as the engine prepares it, at the engine's slot capacity. The CPU is shared, so the
     decoders take their steps in turn (single, lone, batch, single, ...) and each sums only its own
     step times: a burst of load elsewhere hits all alike, and the ratios stay fair.
     compare_onednn (CPU) adds single and batch decoders as they were before the rows kernel: oneDNN
     projections and per-row attention in torch ops (llm_onednn_* keys)."""
-    from cosyvoice.engines.cosyvoice3.llm import load_llm
-    from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
-    from cosyvoice.engines.cosyvoice3.scheduler import decoder_mode, slot_decoder
+    from cosyvoice.engines.cosyvoice3.scheduler import decoder_mode
 
-    capacity = 4096
-    one = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
-    many = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
-    runs = {"single": (slot_decoder(one, 1, capacity, cuda_graphs), 1),
-            "lone": (slot_decoder(many, slots, capacity, cuda_graphs), 1),
-            "batch": (slot_decoder(many, slots, capacity, cuda_graphs), slots)}
+    capacity = real_slot_capacity(cfg)
+    llm = load_bench_llm(model_dir, cfg, placement)     # every decoder below shares its weights
+    runs = {"single": (prepared_decoder(llm, placement, 1, capacity, cuda_graphs), 1),
+            "lone": (prepared_decoder(llm, placement, slots, capacity, cuda_graphs), 1),
+            "batch": (prepared_decoder(llm, placement, slots, capacity, cuda_graphs), slots)}
     if compare_onednn:
         for name, count in (("onednn_single", 1), ("onednn_batch", slots)):
-            llm = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, placement.device, placement.dtype)
-            decoder = slot_decoder(llm, count, capacity, cpu_kernel="onednn")
+            decoder = prepared_decoder(llm, placement, count, capacity, False, cpu_kernel="onednn")
             decoder.fused_attention = False
             runs[name] = (decoder, count)
     seconds = dict.fromkeys(runs, 0.0)
-    with torch.inference_mode():
+    with torch.inference_mode(), placement.llm_autocast()():
         for decoder, count in runs.values():
             for slot, request in enumerate(_decode_requests(decoder.llm, cfg, inputs, count)):
                 decoder.admit(request, slot)
@@ -403,19 +432,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
         tokens = torch.randint(0, cfg.llm.speech_token_size, (n_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     token_tensor = torch.tensor([tokens])
 
-    mel = None
-    if "flow" in stages or "bf16" in stages:
-        started = time.perf_counter()
-        mel = model.flow_mel(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
-                             streaming=False, finalize=True)
-        result["flow_s"] = round(time.perf_counter() - started, 2)
-        save(result)
-    if "flow" in stages:
-        started = time.perf_counter()
-        wav = model.vocode(mel, finalize=True)
-        result["hift_s"] = round(time.perf_counter() - started, 2)
-        result["audio_s"] = round(wav.shape[1] / engine.sample_rate, 2)
-        save(result)
+    mel = flow_and_hift(model, token_tensor, feats, stages, result, save, engine.sample_rate)
     if all(k in result for k in ("llm_prefill_s", "llm_ms_per_token", "flow_s", "hift_s")):
         llm_s = result["llm_prefill_s"] + result["llm_ms_per_token"] * (n_tokens - 1) / 1000
         result["rtf"] = round((llm_s + result["flow_s"] + result["hift_s"]) / result["audio_s"], 3)
@@ -427,35 +444,76 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
     save(result)
 
     if "bf16" in stages:
-        started = time.perf_counter()
-        mel_bf16 = model.flow.inference(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
-                                        model.noise.flow_z, streaming=False, finalize=True, bf16=True)
-        result["bf16_flow_s"] = round(time.perf_counter() - started, 2)
-        err = (mel_bf16 - mel).abs()
-        result["bf16_mel_max_abs_err"] = round(err.max().item(), 4)
-        result["bf16_mel_mean_abs_err"] = round(err.mean().item(), 5)
-        result["mel_abs_max"] = round(mel.abs().max().item(), 3)
+        result.update(bf16_flow(model, token_tensor, feats, mel))
         save(result)
-
     if "int8" in stages:
-        from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
-
-        reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
-        quantize_int8(model.llm)
-        _, prefill_q, ms_q = decode(model, inputs, n_tokens, sampler)
-        result["int8_llm_prefill_s"] = round(prefill_q, 3)
-        result["int8_llm_ms_per_token"] = round(ms_q, 1)
-        save(result)
-        free_run, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
-        same_prefix = next((i for i, (a, b) in enumerate(zip(free_run, reference)) if a != b), n_tokens)
-        picks: list[int] = []
-        decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size, follow=reference, picks=picks), raw=True)
-        agree = sum(a == b for a, b in zip(picks, reference)) / len(reference)
-        result["int8_greedy_same_prefix_tokens"] = same_prefix
-        result["int8_greedy_teacher_forced_agreement"] = round(agree, 4)
+        result.update(int8_llm(model, cfg, inputs, n_tokens, sampler))
         result["peak_rss_mib"] = max(result["peak_rss_mib"], round(peak_rss_mib()))
         save(result)
     return result
+
+
+def flow_and_hift(model, token_tensor, feats, stages, result: dict, save, sample_rate: int):
+    """The flow stage (flow_s; hift_s and audio_s with "flow"); the mel, or None when neither stage runs."""
+    mel = None
+    if "flow" in stages or "bf16" in stages:
+        started = time.perf_counter()
+        mel = model.flow_mel(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
+                             streaming=False, finalize=True)
+        result["flow_s"] = round(time.perf_counter() - started, 2)
+        save(result)
+    if "flow" in stages:
+        started = time.perf_counter()
+        wav = model.vocode(mel, finalize=True)
+        result["hift_s"] = round(time.perf_counter() - started, 2)
+        result["audio_s"] = round(wav.shape[1] / sample_rate, 2)
+        save(result)
+    return mel
+
+
+def bf16_flow(model, token_tensor, feats, mel) -> dict:
+    """The flow under bfloat16 autocast: its time and its mel error against float32 `mel`."""
+    started = time.perf_counter()
+    mel_bf16 = model.flow.inference(token_tensor, feats.speech_tokens, feats.prompt_mel, feats.embedding,
+                                    model.noise.flow_z, streaming=False, finalize=True, bf16=True)
+    err = (mel_bf16 - mel).abs()
+    return {"bf16_flow_s": round(time.perf_counter() - started, 2), "bf16_mel_max_abs_err": round(err.max().item(), 4),
+            "bf16_mel_mean_abs_err": round(err.mean().item(), 5), "mel_abs_max": round(mel.abs().max().item(), 3)}
+
+
+def int8_llm(model, cfg, inputs, n_tokens: int, sampler) -> dict:
+    """The int8 LLM (model.llm quantised in place): its speed and its greedy agreement with float32."""
+    from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
+
+    reference, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
+    quantize_int8(model.llm)
+    _, prefill_q, ms_q = decode(model, inputs, n_tokens, sampler)
+    free_run, _, _ = decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size), raw=True)
+    same_prefix = next((i for i, (a, b) in enumerate(zip(free_run, reference)) if a != b), n_tokens)
+    picks: list[int] = []
+    decode(model, inputs, n_tokens, greedy(cfg.llm.speech_token_size, follow=reference, picks=picks), raw=True)
+    agree = sum(a == b for a, b in zip(picks, reference)) / len(reference)
+    return {"int8_llm_prefill_s": round(prefill_q, 3), "int8_llm_ms_per_token": round(ms_q, 1),
+            "int8_greedy_same_prefix_tokens": same_prefix, "int8_greedy_teacher_forced_agreement": round(agree, 4)}
+
+
+def prepare_model_dir(args, temp_holder: list) -> Path:
+    """--model-dir, or the full-size random dir (kept in --keep-dir, else a temporary one), built in a
+    child process so that building the weights does not count in this process's peak RSS."""
+    if args.model_dir is not None:
+        return args.model_dir
+    if args.keep_dir is not None:
+        model_dir = args.keep_dir
+    else:
+        temp_holder.append(tempfile.TemporaryDirectory(prefix="cv3-bench-"))
+        model_dir = Path(temp_holder[0].name) / "Fun-CosyVoice3-0.5B-random"
+    if not (model_dir / "hift.pt").is_file():
+        started = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--json", "-", "--threads", str(args.threads),
+                        "--build-only", str(model_dir)], check=True)
+        print(f"random full-size model dir built in {time.perf_counter() - started:.0f} s: {model_dir}",
+              file=sys.stderr)
+    return model_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,21 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         build_random_model_dir(args.build_only)
         return 0
 
-    temp: tempfile.TemporaryDirectory | None = None
-    model_dir = args.model_dir
-    if model_dir is None:
-        if args.keep_dir is not None:
-            model_dir = args.keep_dir
-        else:
-            temp = tempfile.TemporaryDirectory(prefix="cv3-bench-")
-            model_dir = Path(temp.name) / "Fun-CosyVoice3-0.5B-random"
-        if not (model_dir / "hift.pt").is_file():
-            started = time.perf_counter()
-            # A child process, so that building the weights does not count in this process's peak RSS.
-            subprocess.run([sys.executable, __file__, "--json", "-", "--threads", str(args.threads),
-                            "--build-only", str(model_dir)], check=True)
-            print(f"random full-size model dir built in {time.perf_counter() - started:.0f} s: {model_dir}",
-                  file=sys.stderr)
+    temps: list[tempfile.TemporaryDirectory] = []
+    model_dir = prepare_model_dir(args, temps)
     stages = tuple(x for x in args.stages.split(",") if x) + ("int8",) * args.int8 + ("bf16",) * args.bf16
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -519,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(model_dir, args.tokens, stages, result, save, slots=args.slots, batch_tokens=args.batch_tokens,
                      device=args.device, precision=args.precision, cuda_graphs=not args.no_cuda_graphs, compare_onednn=args.compare_onednn)
     finally:
-        if temp is not None:
+        for temp in temps:
             temp.cleanup()
     print(json.dumps(result, indent=2))
     return 0

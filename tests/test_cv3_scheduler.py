@@ -17,8 +17,9 @@ from cosyvoice.engines.cosyvoice3.config import ModelConfig, SamplingConfig
 from cosyvoice.engines.cosyvoice3.llm import SlotDecoder, load_llm
 from cosyvoice.engines.cosyvoice3.quantize import Int8Linear, quantize_int8
 from cosyvoice.engines.cosyvoice3.sampling import ras_pick, ras_sampler
-from cosyvoice.engines.cosyvoice3.rows_linear import RowsLinear
-from cosyvoice.engines.cosyvoice3.scheduler import DecodeScheduler, PackedLinear, pack_for_slots
+from cosyvoice.engines.cosyvoice3.cpu_decode_kernel import RowsLinear
+from cosyvoice.engines.cosyvoice3.scheduler import (DecodeScheduler, PackedLinear, prepare_batched_decoding,
+                                                    row_invariant_twin)
 from cosyvoice.parity import load_case
 from tiny_onnx import make_tiny_model_dir
 
@@ -83,7 +84,8 @@ def test_tokens_identical_alone_and_beside_others(label, quantized, kernel, exac
     llm = make_llm(quantized)
     compact = kernel is not None
     if compact:
-        assert pack_for_slots(llm, 4, kernel), "this CPU's kernels are not row-invariant; the engine would pad"
+        llm = row_invariant_twin(llm, 4, kernel)
+        assert llm is not None, "this CPU's kernels are not row-invariant; the engine would pad"
         want = {"rows": RowsLinear, "onednn": PackedLinear, "auto": Int8Linear}[kernel]
         assert isinstance(llm.layers[0].mlp.down, want)
     # The engine's decoder: with our kernel loaded, exact attention runs fused (one call per layer).
@@ -110,8 +112,7 @@ def test_int8_rows_are_quantised_one_by_one() -> None:
 
 def test_fixture_greedy_tokens_come_out_of_a_full_four_slot_batch() -> None:
     # The official greedy decode, in slot 2 of a 4-slot batch while three other requests decode.
-    llm = make_llm(False)
-    assert pack_for_slots(llm, 4)
+    llm = row_invariant_twin(make_llm(False), 4)
     decoder = SlotDecoder(llm, slots=4, capacity=512, fused_attention=True)
     case = CASES["llm_greedy"]
     greedy = SamplingConfig(top_p=0.8, top_k=1, win_size=10, tau_r=1.1)
@@ -132,7 +133,7 @@ def test_fixture_greedy_tokens_come_out_of_a_full_four_slot_batch() -> None:
 
 def test_scheduler_threads_join_leave_and_free_slots_of_closed_consumers() -> None:
     llm = make_llm(False)
-    scheduler = DecodeScheduler(llm, slots=2, capacity=512)
+    scheduler = DecodeScheduler(prepare_batched_decoding(llm, 2, 512))
     try:
         assert scheduler.compact
         alone = [list(scheduler.submit(request(llm, i))) for i in range(4)]
@@ -151,7 +152,7 @@ def test_scheduler_threads_join_leave_and_free_slots_of_closed_consumers() -> No
 @pytest.mark.parametrize("compact", [True, False])
 def test_a_request_decodes_at_most_max_ahead_beyond_its_consumer_while_others_go_on(compact) -> None:
     llm = make_llm(False)
-    scheduler = DecodeScheduler(llm, slots=2, capacity=512, max_ahead=2)
+    scheduler = DecodeScheduler(prepare_batched_decoding(llm, 2, 512), max_ahead=2)
     scheduler.decoder.compact = compact          # padded rows: the waiting one is computed, not sampled
     try:
         alone = [list(scheduler.submit(request(llm, i))) for i in (0, 1)]
@@ -174,7 +175,7 @@ def test_a_request_too_long_for_a_slot_fails_alone_and_the_cache_bounds_the_rest
     short, long = lengths.index(min(lengths)), lengths.index(max(lengths))
     capacity = lengths[short] + 6
     assert lengths[long] >= capacity
-    scheduler = DecodeScheduler(llm, slots=2, capacity=capacity)
+    scheduler = DecodeScheduler(prepare_batched_decoding(llm, 2, capacity))
     try:
         with pytest.raises(ValueError, match="positions"):
             list(scheduler.submit(request(llm, long)))
@@ -237,7 +238,7 @@ def test_cuda_graph_step_gives_the_same_tokens_as_the_plain_step() -> None:
     results = []
     for graphs in (False, True):
         llm = load_llm(FIXTURE / "llm.pt", CFG.llm, device="cuda")
-        scheduler = DecodeScheduler(llm, slots=4, capacity=512, cuda_graphs=graphs)
+        scheduler = DecodeScheduler(prepare_batched_decoding(llm, 4, 512, cuda_graphs=graphs))
         try:
             with ThreadPoolExecutor(4) as pool:
                 results.append(list(pool.map(lambda i: list(scheduler.submit(request_on(llm, i))), range(4))))

@@ -63,6 +63,10 @@ class Engine(Protocol):
 
     def capabilities(self) -> Capabilities: ...
 
+    def parallelism(self) -> int:
+        """How many requests the engine works on at once (the service's default concurrency)."""
+        ...
+
     def startup_notices(self) -> list[str]:
         """What a user should know about this engine as configured (shown at start-up and in the UI)."""
         ...

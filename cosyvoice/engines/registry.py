@@ -1,7 +1,9 @@
-"""Pick and build the engine: `auto` means cosyvoice3 when a complete model dir exists, else lite."""
+"""Pick and build the engine from one EngineConfig: `auto` means cosyvoice3 when a complete model dir
+exists, else lite. add_engine_args/EngineConfig.from_args are the argparse side front ends use."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from loguru import logger
@@ -20,20 +22,42 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                        help="auto: bf16 (else fp16) weights on CUDA, fp32 on CPU")
+                        help="auto: on CUDA the LLM in bf16 (fp16 without native bf16), the flow in fp16, HiFT fp32; "
+                             "fp32 on CPU (see README, Precision)")
     parser.add_argument("--llm-weights", default=LLM_WEIGHTS,
                         help="LLM checkpoint in the model dir: llm.pt, or llm.rl.pt where the dir has it")
     parser.add_argument("--batch-slots", type=int, default=None,
                         help="requests decoded together by the LLM (default 4 on CUDA, 2 on CPU)")
     parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="int8 LLM projections (fbgemm on CPU); faster, nearly the same tokens")
+                        help="int8 LLM projections (fbgemm, CPU only); faster, nearly the same tokens")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="run the one-token decode step without CUDA graph capture")
+    parser.add_argument("--stream-cache-gb", type=float, default=None,
+                        help="memory for the flow caches of all streaming requests together (default: half the "
+                             "device's free memory at start); when full, streams stop caching (slower, same audio)")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that chooses and places the engine; built once by a front end and passed in whole."""
+    engine: str = "auto"                 # auto: cosyvoice3 when model_dir is complete, else lite
+    model_dir: Path = DEFAULT_MODEL_DIR
+    device: str = "auto"
+    precision: str = "auto"
+    llm_weights: str = LLM_WEIGHTS
+    batch_slots: int | None = None       # None: 4 on CUDA, 2 on CPU
+    quantize: str | None = None          # None or "int8" (CPU)
+    cuda_graphs: bool = True
+    stream_cache_gb: float | None = None   # None: half the device's free memory at start
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EngineConfig":
+        """The config from parsed add_engine_args flags."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    return create_engine(args.engine, args.model_dir, args.device, args.precision, args.llm_weights,
-                         batch_slots=args.batch_slots, quantize=args.quantize, cuda_graphs=args.cuda_graphs)
+    return create_engine(EngineConfig.from_args(args))
 
 
 def resolve_engine_name(name: str, model_dir: Path) -> str:
@@ -48,10 +72,8 @@ def resolve_engine_name(name: str, model_dir: Path) -> str:
     return "lite"
 
 
-def create_engine(name: str = "auto", model_dir: Path = DEFAULT_MODEL_DIR, device: str = "auto",
-                  precision: str = "auto", llm_weights: str = LLM_WEIGHTS, *, batch_slots: int | None = None,
-                  quantize: str | None = None, cuda_graphs: bool = True) -> Engine:
-    name = resolve_engine_name(name, Path(model_dir))
+def create_engine(config: EngineConfig = EngineConfig()) -> Engine:
+    name = resolve_engine_name(config.engine, Path(config.model_dir))
     if name == "lite":
         from .lite import LiteEngine
 
@@ -59,6 +81,8 @@ def create_engine(name: str = "auto", model_dir: Path = DEFAULT_MODEL_DIR, devic
     if name == "cosyvoice3":
         from .cosyvoice3 import CosyVoice3Engine
 
-        return CosyVoice3Engine(Path(model_dir), device=device, precision=precision, llm_weights=llm_weights,
-                                batch_slots=batch_slots, quantize=quantize, cuda_graphs=cuda_graphs)
+        return CosyVoice3Engine(Path(config.model_dir), device=config.device, precision=config.precision,
+                                llm_weights=config.llm_weights, batch_slots=config.batch_slots,
+                                quantize=config.quantize, cuda_graphs=config.cuda_graphs,
+                                stream_cache_gb=config.stream_cache_gb)
     raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_CHOICES)}")

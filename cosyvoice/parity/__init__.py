@@ -13,6 +13,8 @@ import torch
 
 # Families, in the order they are reported; each module has run(model_dir, audio_dir) -> Iterator[CaseResult].
 FAMILIES = ("tokenizer", "frontend", "llm", "flow", "hift", "tts")
+# Families whose models can run on another device: their run() also takes device= (outputs compared on CPU).
+DEVICE_FAMILIES = ("llm", "flow", "hift", "tts")
 
 # Allowed error = this factor x the official float64-vs-float32 figure for that output.
 FLOAT64_FACTOR = 10.0
@@ -49,7 +51,7 @@ def compare(name: str, ours: torch.Tensor, expected: torch.Tensor, tolerance: fl
     if tuple(ours.shape) != tuple(expected.shape):
         return CaseResult(name, float("inf"), tolerance, False,
                           f"shape {tuple(ours.shape)} != expected {tuple(expected.shape)}")
-    err = (ours.double() - expected.double()).abs().max().item() if ours.numel() else 0.0
+    err = (ours.detach().cpu().double() - expected.double()).abs().max().item() if ours.numel() else 0.0
     return CaseResult(name, err, tolerance, err <= tolerance)
 
 

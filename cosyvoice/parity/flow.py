@@ -34,11 +34,11 @@ def run_case(flow: CausalFlow, case: dict, noise: torch.Tensor) -> tuple[torch.T
     return mel, seen
 
 
-def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
+def run(model_dir: Path, audio_dir: Path | None = None, device: str = "cpu") -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cfg = ModelConfig.from_model_dir(model_dir)
-    flow = load_flow(model_dir, cfg.flow)
+    flow = load_flow(model_dir, cfg.flow, device)
     noise = constructor_noise(cfg.flow, cfg.hift).flow_z
     for name in CASES:
         case = load_case(model_dir, f"{name}.pt")

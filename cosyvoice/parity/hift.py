@@ -18,7 +18,7 @@ CASES = ("hift_finalize", "hift_stream_chunk")
 F0_FLOAT64_RELATIVE = 1e-12
 
 
-def run(model_dir: Path, audio_dir: Path) -> Iterator[CaseResult]:
+def run(model_dir: Path, audio_dir: Path, device: str = "cpu") -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cfg = ModelConfig.from_model_dir(model_dir)
@@ -34,17 +34,17 @@ def run(model_dir: Path, audio_dir: Path) -> Iterator[CaseResult]:
     for row in range(est0_x.shape[0]):
         yield _bitwise(f"noise.flow_z (est0_x[{row}])", noise.flow_z[:, :, :est0_x.shape[2]], est0_x[row:row + 1])
 
-    hift = load_hift(model_dir, cfg.hift, "cpu", torch.float32)
+    hift = load_hift(model_dir, cfg.hift, device, torch.float32)
     for case_name in CASES:
         case = finalize_case if case_name == "hift_finalize" else load_case(model_dir, f"{case_name}.pt")
-        mel, finalize = case["mel"], bool(case["finalize"])
+        mel, finalize = case["mel"].to(device), bool(case["finalize"])
         with torch.inference_mode():
             f0 = hift.predict_f0(mel, finalize)
         expected_f0 = case["f0_float64"]
         tolerance = F0_FLOAT64_RELATIVE * max(1.0, expected_f0.abs().max().item())
         yield compare(f"{case_name}.f0_float64", f0, expected_f0, tolerance)
         if "f0" in case:
-            yield _bitwise(f"{case_name}.f0", f0.to(torch.float32), case["f0"])
+            yield _bitwise(f"{case_name}.f0", f0.to(torch.float32).cpu(), case["f0"])
 
         speech, source = hift.inference(mel, noise, finalize=finalize)
         for output, ours in (("speech", speech), ("source", source)):

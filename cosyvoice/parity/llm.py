@@ -30,7 +30,7 @@ class Run:
             if forced is not None:
                 token = forced[len(decoded)] if len(decoded) < len(forced) else stop
             else:
-                token = ras_pick(logp, decoded, sampling, generator)
+                token = ras_pick(logp.cpu(), decoded, sampling, generator)   # drawn on CPU, as the case was
             self.picks.append(token)
             return token
 
@@ -41,16 +41,16 @@ class Run:
         self.stopped = len(self.picks) > len(self.tokens)
 
 
-def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
+def run(model_dir: Path, audio_dir: Path | None = None, device: str = "cpu") -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
     cfg = ModelConfig.from_model_dir(model_dir)
-    model = load_llm(model_dir / LLM_WEIGHTS, cfg.llm)
+    model = load_llm(model_dir / LLM_WEIGHTS, cfg.llm, device)
 
     case = load_case(model_dir, "llm_teacher_forced.pt")
     forced = case["forced_tokens"].tolist()
     replay = Run(model, case, cfg.sampling, forced=forced)
     yield exact("llm_teacher_forced.tokens", replay.tokens, forced)
-    logits = torch.stack(replay.logits[:len(forced)])
+    logits = torch.stack(replay.logits[:len(forced)]).cpu()
     yield compare("llm_teacher_forced.logits", logits, case["logits"],
                   float64_tolerance(model_dir, "llm_teacher_forced", "logits"))
     yield compare("llm_teacher_forced.logp", logits.log_softmax(dim=-1), case["logp"],
@@ -76,5 +76,5 @@ def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
 def _step_logits(model_dir: Path, name: str, result: Run, case: dict) -> Iterator[CaseResult]:
     tolerance = float64_tolerance(model_dir, name, STEP_LOGITS)
     first = case["step_logits_first3"]
-    yield compare(f"{name}.step_logits_first3", torch.stack(result.logits[:first.shape[0]]), first, tolerance)
+    yield compare(f"{name}.step_logits_first3", torch.stack(result.logits[:first.shape[0]]).cpu(), first, tolerance)
     yield compare(f"{name}.step_logits_last", result.logits[-1][None], case["step_logits_last"], tolerance)

@@ -14,9 +14,9 @@ from . import CaseResult, compare, exact, float64_tolerance, load_case
 GREEDY = SamplingConfig(top_p=0.8, top_k=1, win_size=10, tau_r=1.1)
 
 
-def run(model_dir: Path, audio_dir: Path | None = None) -> Iterator[CaseResult]:
+def run(model_dir: Path, audio_dir: Path | None = None, device: str = "cpu") -> Iterator[CaseResult]:
     model_dir = Path(model_dir)
-    model = CosyVoice3Model.load(model_dir)
+    model = CosyVoice3Model.load(model_dir, device)
 
     case = load_case(model_dir, "token2wav.pt")
     wav = model.token2wav(case["token"], case["prompt_token"], case["prompt_feat"], case["embedding"],

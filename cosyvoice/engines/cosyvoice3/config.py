@@ -65,10 +65,6 @@ class LLMConfig:
     def task_id(self) -> int:
         return self.speech_token_size + 2
 
-    @property
-    def fill_id(self) -> int:
-        return self.speech_token_size + 3
-
     def is_stop(self, token: int) -> bool:
         """Every id from sos upwards ends decoding."""
         return token >= self.speech_token_size
@@ -345,47 +341,7 @@ class ModelConfig:
             raise ModelDirError(f"{YAML_NAME}: 'llm' is {tag or 'untagged'!r}, expected a CosyVoice3LM "
                                 f"(is this a CosyVoice2 model directory?)")
         y_llm = _Fields(YAML_NAME, llm_values, prefix="llm.")
-        sampling_values = y_llm.mapping("sampling")
-        y_sampling = _Fields(YAML_NAME, sampling_values, prefix="llm.sampling.")
-
-        q = _Fields(f"{QWEN_DIR}/{QWEN_CONFIG_NAME}", qwen)
-        hidden = q.positive_int("hidden_size")
-        num_heads = q.positive_int("num_attention_heads")
-        num_kv_heads = q.positive_int("num_key_value_heads", default=num_heads)
-        if "head_dim" in qwen:
-            head_dim = q.positive_int("head_dim")
-        elif hidden % num_heads:
-            raise q.error("hidden_size", f"{hidden} is not divisible by num_attention_heads {num_heads}")
-        else:
-            head_dim = hidden // num_heads
-        if num_heads % num_kv_heads:
-            raise q.error("num_key_value_heads", f"{num_kv_heads} does not divide num_attention_heads {num_heads}")
-        if head_dim % 2:
-            raise q.error("head_dim", f"{head_dim} is odd; rotary embedding needs an even head size")
-        act = qwen.get("hidden_act", "silu")
-        if act != "silu":
-            raise q.error("hidden_act", f"{act!r} is not supported (only 'silu')")
-
-        llm = LLMConfig(
-            hidden_size=hidden,
-            num_layers=q.positive_int("num_hidden_layers"),
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            intermediate_size=q.positive_int("intermediate_size"),
-            rope_theta=q.positive_float("rope_theta", default=10000.0),
-            rms_norm_eps=q.positive_float("rms_norm_eps", default=1e-6),
-            text_vocab_size=q.positive_int("vocab_size"),
-            speech_token_size=y_llm.positive_int("speech_token_size"),
-            tie_word_embeddings=bool(qwen.get("tie_word_embeddings", False)),
-            max_position_embeddings=q.positive_int("max_position_embeddings", default=32768),
-        )
-        for name in ("llm_input_size", "llm_output_size"):
-            size = y_llm.positive_int(name)
-            if size != hidden:
-                raise y_llm.error(name, f"{size} does not match hidden_size {hidden} in "
-                                        f"{QWEN_DIR}/{QWEN_CONFIG_NAME}")
-
+        y_sampling = _Fields(YAML_NAME, y_llm.mapping("sampling"), prefix="llm.sampling.")
         sampling = SamplingConfig(
             top_p=y_sampling.positive_float("top_p"),
             top_k=y_sampling.positive_int("top_k"),
@@ -399,12 +355,57 @@ class ModelConfig:
             token_mel_ratio=y.positive_int("token_mel_ratio"),
             chunk_size=y.positive_int("chunk_size"),
             spk_embed_dim=y.positive_int("spk_embed_dim"),
-            llm=llm,
+            llm=_llm_config(qwen, y_llm),
             sampling=sampling,
             flow=FlowConfig.from_yaml(values),
             hift=HiFTConfig.from_yaml(values),
             prompt_mel=PromptMelConfig.from_yaml(values),
         )
+
+
+def _head_dim(q: "_Fields", qwen: dict[str, Any], hidden: int, num_heads: int, num_kv_heads: int) -> int:
+    if "head_dim" in qwen:
+        head_dim = q.positive_int("head_dim")
+    elif hidden % num_heads:
+        raise q.error("hidden_size", f"{hidden} is not divisible by num_attention_heads {num_heads}")
+    else:
+        head_dim = hidden // num_heads
+    if num_heads % num_kv_heads:
+        raise q.error("num_key_value_heads", f"{num_kv_heads} does not divide num_attention_heads {num_heads}")
+    if head_dim % 2:
+        raise q.error("head_dim", f"{head_dim} is odd; rotary embedding needs an even head size")
+    return head_dim
+
+
+def _llm_config(qwen: dict[str, Any], y_llm: "_Fields") -> LLMConfig:
+    """The LLM's sizes from the Qwen config, checked against the yaml's llm section."""
+    q = _Fields(f"{QWEN_DIR}/{QWEN_CONFIG_NAME}", qwen)
+    hidden = q.positive_int("hidden_size")
+    num_heads = q.positive_int("num_attention_heads")
+    num_kv_heads = q.positive_int("num_key_value_heads", default=num_heads)
+    head_dim = _head_dim(q, qwen, hidden, num_heads, num_kv_heads)
+    act = qwen.get("hidden_act", "silu")
+    if act != "silu":
+        raise q.error("hidden_act", f"{act!r} is not supported (only 'silu')")
+    for name in ("llm_input_size", "llm_output_size"):
+        size = y_llm.positive_int(name)
+        if size != hidden:
+            raise y_llm.error(name, f"{size} does not match hidden_size {hidden} in "
+                                    f"{QWEN_DIR}/{QWEN_CONFIG_NAME}")
+    return LLMConfig(
+        hidden_size=hidden,
+        num_layers=q.positive_int("num_hidden_layers"),
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        intermediate_size=q.positive_int("intermediate_size"),
+        rope_theta=q.positive_float("rope_theta", default=10000.0),
+        rms_norm_eps=q.positive_float("rms_norm_eps", default=1e-6),
+        text_vocab_size=q.positive_int("vocab_size"),
+        speech_token_size=y_llm.positive_int("speech_token_size"),
+        tie_word_embeddings=bool(qwen.get("tie_word_embeddings", False)),
+        max_position_embeddings=q.positive_int("max_position_embeddings", default=32768),
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosyvoice.engines.cosyvoice3.config import DiTConfig
+from cosyvoice.engines.cosyvoice3.devices import Float32Buffers
 from cosyvoice.errors import ModelDirError
 
 TIME_FEATURES = 256     # sinusoid size fed to the time MLP
@@ -270,7 +271,9 @@ class FinalNorm(nn.Module):
         return _modulated_norm(x, shift, scale)
 
 
-class DiT(nn.Module):
+class DiT(Float32Buffers, nn.Module):
+    float32_buffers = ("inv_freq",)     # rotary angles stay float32 when the weights go half (as officially)
+
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -19,18 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import os
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, PromptAudio, Style, Voice
 from cosyvoice.engines.cosyvoice3 import features
-from cosyvoice.engines.cosyvoice3.devices import place, release_memory
-from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs, stage
+from cosyvoice.engines.cosyvoice3.config import ModelConfig
+from cosyvoice.engines.cosyvoice3.devices import half_projections, place
+from cosyvoice.engines.cosyvoice3.llm import load_llm
+from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs, max_speech_tokens, stage
 from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS, check_model_dir, model_identity
 from cosyvoice.engines.cosyvoice3.onnx_models import CampPlus, SpeechTokenizer
 from cosyvoice.engines.cosyvoice3.quantize import quantize_int8
-from cosyvoice.engines.cosyvoice3.scheduler import DecodeScheduler
+from cosyvoice.engines.cosyvoice3.scheduler import DecodeScheduler, prepare_batched_decoding
 from cosyvoice.engines.cosyvoice3.tokenizer import CosyVoice3Tokenizer
 from cosyvoice.errors import UserInputError
 from cosyvoice.text.special_tokens import END_OF_PROMPT, SYSTEM_PROMPT
@@ -65,6 +69,17 @@ def instruct_prompt_text(instruction: str) -> str:
     return f"{SYSTEM_PROMPT} {instruction}{END_OF_PROMPT}"
 
 
+def stream_cache_budget(device: torch.device, gigabytes: float | None) -> int:
+    """Bytes for all streams' flow caches: `gigabytes`, else half of what the device has free now."""
+    if gigabytes is not None:
+        return int(gigabytes * 2**30)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")     # free RAM, page cache not counted
+    return free // 2
+
+
 @dataclass
 class VoiceFeatures:
     speech_tokens: Tensor     # (1, P) int64, cut so that the mel has exactly token_mel_ratio frames each
@@ -78,34 +93,33 @@ class CosyVoice3Engine:
 
     def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto",
                  llm_weights: str = LLM_WEIGHTS, batch_slots: int | None = None, quantize: str | None = None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, stream_cache_gb: float | None = None):
         """llm_weights: the LLM checkpoint file in the model dir (llm.pt, or e.g. llm.rl.pt beside it).
         batch_slots: requests decoded together (None: 4 on CUDA, 2 on CPU); quantize: None or "int8"
-        (weight-only int8 LLM projections); cuda_graphs: capture the decode step on CUDA (no effect on CPU).
+        (weight-only int8 LLM projections, CPU only); cuda_graphs: capture the decode step on CUDA;
+        stream_cache_gb: the flow caches of all streams together (None: half the device's free memory
+        at start).
         """
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"unknown quantize mode {quantize!r}: use one of {', '.join(map(str, QUANTIZE_MODES))}")
         if batch_slots is not None and batch_slots < 1:
             raise ValueError(f"batch_slots must be at least 1, got {batch_slots}")
+        if stream_cache_gb is not None and stream_cache_gb < 0:
+            raise ValueError(f"stream_cache_gb must be 0 or more, got {stream_cache_gb}")
         self.model_dir = check_model_dir(model_dir, llm_weights)
         self.llm_weights = llm_weights
         self.placement = place(device, precision)
+        if quantize == "int8" and self.placement.device.type == "cuda":
+            raise ValueError("--quantize int8 runs on CPU only (its kernels are fbgemm's); on CUDA leave it "
+                             "off and use --precision fp16 or auto")
         self.device = str(self.placement.device)
-        # Weights stored in the compute dtype (no per-step autocast): half precision on CUDA, else float32.
-        self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, self.placement.dtype,
-                                          llm_weights=llm_weights)
-        config = self.model.config
-        self.config = config
         self.quantize = quantize
-        if quantize == "int8":
-            quantize_int8(self.model.llm)
-        on_cuda = self.placement.device.type == "cuda"
-        slots = batch_slots if batch_slots is not None else (DEFAULT_SLOTS_CUDA if on_cuda else DEFAULT_SLOTS_CPU)
-        # On CPU the LLM and the flow share the cores: a streaming request decodes at most a couple of
-        # tokens beyond what its consumer took (see scheduler). On a GPU decoding ahead is free overlap.
-        self.scheduler = DecodeScheduler(self.model.llm, slots, self._slot_capacity(), cuda_graphs=cuda_graphs,
-                                         max_ahead=None if on_cuda else CPU_DECODE_AHEAD)
-        self.model.scheduler = self.scheduler
+        self.config = config = ModelConfig.from_model_dir(self.model_dir)
+        self.scheduler = self._build_scheduler(batch_slots, cuda_graphs)
+        self.stream_cache_bytes = stream_cache_budget(self.placement.device, stream_cache_gb)
+        self.model = CosyVoice3Model.load(self.model_dir, self.placement.device, self.placement.dtype,
+                                          flow_autocast=self.placement.flow_autocast(), llm=self.scheduler.llm,
+                                          decode=self.scheduler.generate, stream_cache_bytes=self.stream_cache_bytes)
         self.sample_rate = config.sample_rate
         self.model_label = f"CosyVoice3 ({self.model_dir.name})"
         self.tokenizer = CosyVoice3Tokenizer(config.qwen_dir)
@@ -114,7 +128,29 @@ class CosyVoice3Engine:
         self.speech_tokenizer = SpeechTokenizer(self.model_dir / "speech_tokenizer_v3.onnx", onnx_device)
         self.mel_config = config.prompt_mel
 
+    def _build_scheduler(self, batch_slots: int | None, cuda_graphs: bool) -> DecodeScheduler:
+        """Load the LLM in its precision (devices.PRECISION_PLAN), prepare it for batched decoding and
+        start the scheduler that decodes every request on it."""
+        placement = self.placement
+        llm = load_llm(self.model_dir / self.llm_weights, self.config.llm, placement.device, placement.dtype)
+        half_projections(llm, placement.llm_precision)
+        if self.quantize == "int8":
+            quantize_int8(llm)
+        on_cuda = placement.device.type == "cuda"
+        slots = batch_slots if batch_slots is not None else (DEFAULT_SLOTS_CUDA if on_cuda else DEFAULT_SLOTS_CPU)
+        capacity = PREFILL_POSITIONS + max_speech_tokens(self.config.token_mel_ratio, 0)
+        decoder = prepare_batched_decoding(llm, slots, capacity, cuda_graphs=cuda_graphs,
+                                           autocast=placement.llm_autocast())
+        # On CPU the LLM and the flow share the cores: a streaming request decodes at most a couple of
+        # tokens beyond what its consumer took (see scheduler). On a GPU decoding ahead is free overlap.
+        return DecodeScheduler(decoder, max_ahead=None if on_cuda else CPU_DECODE_AHEAD,
+                               autocast=placement.llm_autocast())
+
     # -- Engine protocol ------------------------------------------------------------------------
+
+    def parallelism(self) -> int:
+        """Requests the engine decodes at once: the scheduler's slots (the service's default concurrency)."""
+        return self.scheduler.slots
 
     def capabilities(self) -> Capabilities:
         return Capabilities(prompt_sample_rates=(FEATURE_RATE, self.mel_config.sample_rate))
@@ -139,12 +175,15 @@ class CosyVoice3Engine:
             "chunk_size": self.config.chunk_size,
             "llm_weights": self.llm_weights,
             "precision": self.placement.precision,
+            "llm_precision": self.placement.llm_precision,
+            "flow_precision": self.placement.flow_precision,
             "requested_precision": self.placement.requested_precision,
             "device": self.device,
             "batch_slots": self.scheduler.slots,
             "decode_batching": self.scheduler.mode,
             "quantize": self.quantize,
             "cuda_graphs": self.scheduler.cuda_graphs,
+            "stream_cache_gb": round(self.stream_cache_bytes / 2**30, 2),
         }
 
     def prepare_voice(self, audio: PromptAudio, prompt_text: str | None) -> Voice:
@@ -176,29 +215,24 @@ class CosyVoice3Engine:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _slot_capacity(self) -> int:
-        """LLM positions per decode slot: the longest prompt sequence we accept plus the most tokens a
-        request can decode, which the fixed flow noise bounds (the LLM's max_len rule is capped by it)."""
-        return PREFILL_POSITIONS + self.model.max_speech_tokens(0)
-
     def _run(self, inputs: SynthesisInputs, style: Style, generator: torch.Generator, on_token,
              on_progress: ProgressCallback, stream: bool) -> Iterator[np.ndarray]:
-        try:
-            # A speed change stretches the whole utterance's mel, so it cannot be streamed chunk by chunk:
-            # such a request is rendered in one piece even when streaming was asked for.
-            if stream and style.speed == 1.0:
-                produced = 0
-                for piece in self.model.tts_stream(inputs, generator=generator, on_token=on_token):
-                    produced += piece.shape[1]
-                    on_progress(Progress(f"vocoded {produced / self.sample_rate:.1f} s"))
-                    yield piece[0].float().cpu().numpy()
-            else:
-                wav, _ = self.model.tts(inputs, speed=style.speed, generator=generator, on_token=on_token,
-                                        on_stage=lambda name: on_progress(Progress(f"{name} started", stage=name)))
-                on_progress(Progress(f"vocoded {wav.shape[1] / self.sample_rate:.1f} s"))
-                yield wav[0].float().cpu().numpy()
-        finally:
-            release_memory(self.placement.device)
+        def enter(name: str) -> None:
+            on_progress(Progress(f"{name} started", stage=name))
+
+        # A speed change stretches the whole utterance's mel, so it cannot be streamed chunk by chunk:
+        # such a request is rendered in one piece even when streaming was asked for.
+        if stream and style.speed == 1.0:
+            produced = 0
+            for piece in self.model.tts_stream(inputs, generator=generator, on_token=on_token, on_stage=enter):
+                produced += piece.shape[1]
+                on_progress(Progress(f"vocoded {produced / self.sample_rate:.1f} s"))
+                yield piece[0].float().cpu().numpy()
+        else:
+            wav, _ = self.model.tts(inputs, speed=style.speed, generator=generator, on_token=on_token,
+                                    on_stage=enter)
+            on_progress(Progress(f"vocoded {wav.shape[1] / self.sample_rate:.1f} s"))
+            yield wav[0].float().cpu().numpy()
 
     def _ids(self, text: str) -> Tensor:
         return torch.tensor([self.tokenizer.encode(text)], dtype=torch.int64)

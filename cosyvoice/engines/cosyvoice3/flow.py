@@ -6,7 +6,10 @@ the velocity coming from the DiT in dit.py. Only the frames after the prompt are
 """
 from __future__ import annotations
 
+import itertools
 import math
+import threading
+import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -145,6 +148,39 @@ class CausalFlow(nn.Module):
         return x
 
 
+_CLAIM_KEYS = itertools.count()     # one key per FlowStream for its StreamCacheBudget claim
+
+
+class StreamCacheBudget:
+    """One budget, in allocated bytes, for the flow caches of every stream in flight. A stream claims
+    what its caches would hold after growing; when that does not fit beside the others it stops
+    caching (later chunks re-solve from what it kept: same audio, slower) instead of running the
+    device out of memory. Claims end when the stream finishes or is dropped."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = limit_bytes
+        self._claims: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(self._claims.values())
+
+    def claim(self, key: int, nbytes: int) -> bool:
+        """Hold `nbytes` in all for `key`; False (and the old claim kept) when that would pass the limit."""
+        with self._lock:
+            others = sum(self._claims.values()) - self._claims.get(key, 0)
+            if others + nbytes > self.limit_bytes:
+                return False
+            self._claims[key] = nbytes
+            return True
+
+    def release(self, key: int) -> None:
+        with self._lock:
+            self._claims.pop(key, None)
+
+
 class FlowStream:
     """One streamed utterance through the flow, solving each new frame once.
 
@@ -154,14 +190,17 @@ class FlowStream:
     those it cached (per step a StepCache) and returns the same mel as re-solving the whole window
     (within float rounding). A voice's prompt frames before the first speech token can reach them
     are the same for every stream with that voice: `prefix` (from voice_prefix) starts the stream
-    past them. Above `budget_bytes` of cache the stream stops adding to it, and later chunks solve
-    again from the last frames it kept (correct, only slower).
+    past them. Above `budget_bytes` of cache, or when the shared `budget` has no room left, the stream
+    stops adding to it, and later chunks solve again from the last frames it kept (correct, only slower).
     """
 
     def __init__(self, flow: "CausalFlow", prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor,
                  noise: Tensor, *, n_steps: int = 10, prefix: list[StepCache] | None = None,
-                 budget_bytes: int | None = None):
-        self.flow, self.n_steps, self.budget_bytes = flow, n_steps, budget_bytes
+                 budget_bytes: int | None = None, budget: StreamCacheBudget | None = None):
+        self.flow, self.n_steps, self.budget_bytes, self.budget = flow, n_steps, budget_bytes, budget
+        self._claim_key = next(_CLAIM_KEYS)
+        if budget is not None:
+            weakref.finalize(self, budget.release, self._claim_key)     # a dropped stream frees its claim
         weight = flow.spk_proj.weight
         self.dtype, self.device = weight.dtype, weight.device
         self.prompt_token = prompt_token.to(self.device)
@@ -197,12 +236,26 @@ class FlowStream:
             raise EngineError(f"flow: {frames} mel frames exceed the fixed noise length {self.noise.shape[-1]}")
         cond = torch.zeros(1, frames, self.flow.cfg.mel_dim, device=self.device, dtype=self.dtype)
         cond[:, :self.prompt_feat.shape[1]] = self.prompt_feat
-        keep = not finalize and (self.budget_bytes is None or frames * self.bytes_per_frame() <= self.budget_bytes)
+        keep = not finalize and self._may_cache(frames)
+        if finalize and self.budget is not None:
+            self.budget.release(self._claim_key)
         mel = self._solve(mu, cond, frames, keep)                   # frames cached_frames..frames (before keep)
         first = frames - mel.shape[-1]
         new = mel[:, :, max(0, self.returned - first):]
         self.returned = max(self.returned, frames)
         return new.float()
+
+    def _may_cache(self, frames: int) -> bool:
+        """May the caches grow to `frames`? Within this stream's cap and the shared budget, counted in the
+        bytes the caches would have allocated (they grow by doubling)."""
+        if self.budget_bytes is not None and frames * self.bytes_per_frame() > self.budget_bytes:
+            return False
+        if self.budget is None:
+            return True
+        cache = self.caches[0]
+        capacity = cache.keys[0].shape[1]
+        allocated = capacity if frames <= capacity and not cache.shared else max(frames, 2 * capacity)
+        return self.budget.claim(self._claim_key, allocated * self.bytes_per_frame())
 
     def _solve(self, mu: Tensor, cond: Tensor, end: int, keep: bool) -> Tensor:
         """Euler-solve frames cached_frames..end with guidance; mu, cond (1, frames, C) of the window."""

@@ -10,13 +10,17 @@ Qwen's own 151936-row lm_head is never computed: only `llm_decoder` (speech voca
 Decoding state (KV cache, position, decoded tokens) lives in each generate() call, never on the
 module, so concurrent requests can share one model.
 
-The forward pass has two entry points, as in gpt-fast: `prefill` runs the whole prompt sequence
-once, `decode_one_token` runs one new token per sequence at a given position against the cache.
-`generate` is the sampling loop around them; a batching scheduler or a captured decode step can
-drive the same two calls.
+The forward pass has two entry points: `prefill` runs one request's whole prompt sequence into its
+cache slot, `decode_rows` runs one new token for each of several requests, each in its own slot at its
+own position (`decode_one_token` is the same step for one growing cache, kept for tests and tools).
+SlotDecoder drives them for a fixed set of slots; `generate` decodes one request alone on a one-slot
+SlotDecoder, and the engine's DecodeScheduler decodes every request in flight on a shared one.
+`with_projections` makes the twin of the model whose projections run on other kernels (the batched
+CPU decode), sharing every other weight.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,9 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cosyvoice.engines.cosyvoice3 import cpu_decode_kernel
 from cosyvoice.engines.cosyvoice3.checkpoint import read_llm_params
 from cosyvoice.engines.cosyvoice3.config import LLMConfig, SamplingConfig
+from cosyvoice.engines.cosyvoice3.devices import Float32Buffers
 from cosyvoice.engines.cosyvoice3.sampling import Sampler, ras_sampler
+from cosyvoice.errors import EngineError
 from cosyvoice.text.special_tokens import END_OF_PROMPT, SPECIAL_TOKEN_IDS
 
 # CosyVoice3 requires <|endofprompt|> somewhere in prompt text ++ text.
@@ -61,7 +68,7 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.inv_freq = inv_freq
-        self.cos, self.sin = rope_tables(inv_freq, 0, capacity, dtype)
+        self.cos, self.sin = rope_tables(inv_freq, 0, capacity, torch.float32)
 
     @property
     def capacity(self) -> int:
@@ -90,7 +97,7 @@ class KVCache:
             new = old.new_zeros(*old.shape[:3], grown, old.shape[4])
             new[:, :, :, :capacity] = old
             setattr(self, name, new)
-        self.cos, self.sin = rope_tables(self.inv_freq, 0, grown, self.k.dtype)
+        self.cos, self.sin = rope_tables(self.inv_freq, 0, grown, torch.float32)
 
 
 class SlotCache:
@@ -110,7 +117,7 @@ class SlotCache:
         self.k = alloc(shape, dtype=dtype, device=device)
         self.v = alloc(shape, dtype=dtype, device=device)
         self.inv_freq = inv_freq
-        self.cos, self.sin = rope_tables(inv_freq, 0, capacity, dtype)     # (capacity, head_dim)
+        self.cos, self.sin = rope_tables(inv_freq, 0, capacity, torch.float32)     # (capacity, head_dim)
         self.positions = torch.arange(capacity, device=device)              # key index, for masks
 
     @property
@@ -202,15 +209,16 @@ class Attention(nn.Module):
         qk = apply_rope(heads[:, :n_qk], cos, sin)                             # cos/sin (M, 1, 1, D)
         q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]                   # (M, H, 1, D), (M, Hkv, 1, D)
         v = heads[:, n_qk:]
-        cache.k[layer, rows.slots, :, rows.positions] = k[:, :, 0]              # (M, Hkv, D) at own positions
-        cache.v[layer, rows.slots, :, rows.positions] = v[:, :, 0]
+        # (M, Hkv, D) at own positions, in the cache's dtype (half on CUDA, where rope left k float32)
+        cache.k[layer, rows.slots, :, rows.positions] = k[:, :, 0].to(cache.k.dtype)
+        cache.v[layer, rows.slots, :, rows.positions] = v[:, :, 0].to(cache.v.dtype)
         group = self.num_heads // self.num_kv_heads
         q = q.reshape(rows_n, self.num_kv_heads, group, self.head_dim)         # query groups as "time"
         if rows.fused:
-            # Every row against its own slot in one call (csrc/rows_linear.cpp): the per-row loop
+            # Every row against its own slot in one call (csrc/cpu_decode_kernel.cpp): the per-row loop
             # below costs ~1.5 ms per request per step in small-op overhead.
-            out = torch.ops.cosyvoice_rows.rows_attention(q * self.head_dim ** -0.5, cache.k[layer], cache.v[layer],
-                                                          rows.slots, rows.ends_tensor)
+            out = cpu_decode_kernel.rows_attention(q * self.head_dim ** -0.5, cache.k[layer], cache.v[layer],
+                                                   rows.slots, rows.ends_tensor)
         elif rows.exact:
             # Plain matmul/softmax per row: for one query row CPU's flash SDPA costs milliseconds of
             # set-up per call, paid once per request per layer, which would eat the batching gain.
@@ -259,7 +267,7 @@ class DecoderLayer(nn.Module):
 class DecodeRows:
     """Which slots one batched step decodes: slots, positions (M,) long tensors on the model's device;
     exact=True also carries them as python ints (per-row attention slices by them); fused=True runs
-    that per-row attention as one kernel call per layer (rows_linear's rows_attention)."""
+    that per-row attention as one kernel call per layer (cpu_decode_kernel.rows_attention)."""
     slots: Tensor
     positions: Tensor
     exact: bool
@@ -279,7 +287,9 @@ class DecodeRows:
                    list(slots), ends, torch.tensor(ends, device=device) if fused else None)
 
 
-class CosyVoice3LM(nn.Module):
+class CosyVoice3LM(Float32Buffers, nn.Module):
+    float32_buffers = ("rope_inv_freq",)    # rotary angles stay float32 whatever dtype the weights take
+
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.cfg = cfg
@@ -302,8 +312,30 @@ class CosyVoice3LM(nn.Module):
     def device(self) -> torch.device:
         return self.speech_embedding.weight.device
 
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """Keys/values are stored in the projections' dtype (half on CUDA, see devices.half_projections)."""
+        weight = getattr(self.layers[0].attn.qkv, "weight", None)
+        return weight.dtype if weight is not None and weight.is_floating_point() else self.dtype
+
+    def projections(self) -> list[tuple[nn.Module, str]]:
+        """(parent, attribute) of every matmul weight: the layers' qkv, out, gate_up, down and the speech head."""
+        found = []
+        for layer in self.layers:
+            found += [(layer.attn, "qkv"), (layer.attn, "out"), (layer.mlp, "gate_up"), (layer.mlp, "down")]
+        return found + [(self, "llm_decoder")]
+
+    def with_projections(self, make: Callable[[nn.Module], nn.Module]) -> "CosyVoice3LM":
+        """A twin of this model sharing every parameter and buffer, with each projection p replaced by
+        make(p); this model is left as it is."""
+        shared = {id(t): t for t in [*self.parameters(), *self.buffers()]}
+        twin = copy.deepcopy(self, memo=shared)           # modules copied, tensors shared
+        for parent, name in twin.projections():
+            setattr(parent, name, make(getattr(parent, name)))
+        return twin
+
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
-        return KVCache(self.cfg, capacity, self.dtype, self.device, self.rope_inv_freq, batch)
+        return KVCache(self.cfg, capacity, self.kv_dtype, self.device, self.rope_inv_freq, batch)
 
     def _forward(self, x: Tensor, start: int, cache: KVCache) -> Tensor:
         """Decoder over x (B, T, H) at positions start..start+T-1; logits of the last position (B, V_speech)."""
@@ -328,7 +360,7 @@ class CosyVoice3LM(nn.Module):
         return self._forward(self.speech_embedding(tokens), position, cache)
 
     def new_slot_cache(self, slots: int, capacity: int, zeroed: bool = True) -> SlotCache:
-        return SlotCache(self.cfg, slots, capacity, self.dtype, self.device, self.rope_inv_freq, zeroed)
+        return SlotCache(self.cfg, slots, capacity, self.kv_dtype, self.device, self.rope_inv_freq, zeroed)
 
     def decode_rows(self, tokens: Tensor, rows: DecodeRows, cache: SlotCache) -> Tensor:
         """tokens (M, 1): the last speech id of each row's request -> logits (M, V_speech).
@@ -401,6 +433,8 @@ class CosyVoice3LM(nn.Module):
                 return
             with torch.inference_mode():
                 token = decoder.step()[0]
+            if isinstance(token, Exception):
+                raise token
 
 
 class DecodeRequest:
@@ -454,7 +488,7 @@ class SlotDecoder:
     batch-invariant only when the projections give a row the same result whatever the row count
     (the scheduler checks its kernels for that). compact=False: every step computes all slots, padded.
     fused_attention=True (with exact): the per-row attention runs as one rows-kernel call per layer
-    (needs rows_linear.load_rows_kernel()).
+    (needs cpu_decode_kernel.load_rows_kernel()).
     """
 
     def __init__(self, llm: "CosyVoice3LM", slots: int, capacity: int, exact: bool = True,
@@ -498,14 +532,17 @@ class SlotDecoder:
         if request.finished or request.max_len <= 0:
             return None
         logits = self.llm.prefill(request.embeds, self.cache.slot(slot))[0]
+        if not bool(torch.isfinite(logits).all()):
+            raise non_finite_error(request)
         token = request.choose(logits)
         if token is not None and not request.finished:
             self.requests[slot] = request
         return token
 
-    def step(self, skip: frozenset[int] = frozenset()) -> dict[int, int | None]:
-        """One token for every busy slot not in `skip`: {slot: token, or None when that request stopped}.
-        A stopped or finished request leaves its slot at once. A skipped request keeps its state; in the
+    def step(self, skip: frozenset[int] = frozenset()) -> dict[int, int | None | EngineError]:
+        """One token for every busy slot not in `skip`: {slot: token, None when that request stopped, or
+        the EngineError that ended it (non-finite scores: only that request fails)}.
+        A stopped, failed or finished request leaves its slot at once. A skipped request keeps its state; in the
         padded modes its row is still computed (fixed shapes) and rewrites the same cache entry the
         next real step writes, but nothing is sampled."""
         busy = [i for i, r in enumerate(self.requests) if r is not None and i not in skip]
@@ -517,16 +554,23 @@ class SlotDecoder:
         device = self.llm.device
         tokens = torch.tensor(last, dtype=torch.long, device=device)[:, None]
         logits = self.step_fn(tokens, DecodeRows.of(rows, positions, device, self.exact, self.fused_attention))
-        out: dict[int, int | None] = {}
+        finite = torch.isfinite(logits).all(dim=-1).tolist()      # one device->host copy for every row
+        out: dict[int, int | None | EngineError] = {}
         for index, slot in enumerate(rows):
             request = self.requests[slot]
             if request is None or slot in skip:
                 continue
-            token = request.choose(logits[index])
+            token = request.choose(logits[index]) if finite[index] else non_finite_error(request)
             out[slot] = token
-            if token is None or request.finished:
+            if not isinstance(token, int) or request.finished:
                 self.requests[slot] = None
         return out
+
+
+def non_finite_error(request: DecodeRequest) -> EngineError:
+    return EngineError(f"The speech-token model produced non-finite scores (inf/NaN) after {len(request.decoded)} "
+                       "tokens; this request was stopped, the others go on. Try again with another seed, or start "
+                       "the server with --precision fp32.", stage="llm")
 
 
 def decode_length_limits(text_len: int, min_ratio: float, max_ratio: float) -> tuple[int, int]:

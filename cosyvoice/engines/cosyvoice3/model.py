@@ -37,11 +37,11 @@ from torch import Tensor
 from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.devices import is_out_of_memory
 from cosyvoice.engines.cosyvoice3.dit import StepCache
-from cosyvoice.engines.cosyvoice3.flow import CausalFlow, FlowStream, load_flow, voice_prefix
+from cosyvoice.engines.cosyvoice3.flow import CausalFlow, FlowStream, StreamCacheBudget, load_flow, voice_prefix
 from cosyvoice.engines.cosyvoice3.hift import CausalHiFT, load_hift
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, load_llm
 from cosyvoice.engines.cosyvoice3.model_dir import LLM_WEIGHTS
-from cosyvoice.engines.cosyvoice3.noise import ConstructorNoise, constructor_noise
+from cosyvoice.engines.cosyvoice3.noise import FLOW_NOISE_SHAPE, ConstructorNoise, constructor_noise
 from cosyvoice.engines.cosyvoice3.sampling import Sampler
 from cosyvoice.errors import EngineError
 
@@ -57,8 +57,9 @@ MAX_HOP_BLOCKS = 4
 
 # A streamed utterance caches keys/values of every solver step and DiT layer: 3.6 MB per mel frame at
 # full size (10 steps x 22 layers x 2 guidance rows x 1024 x k,v x fp32), about 0.2 GB per second of
-# audio. Past this budget a stream stops caching and re-solves from its last cached frame (slower,
-# same audio). The prompt prefixes of the last two voices are kept (a 5 s prompt is about 0.5 GB).
+# audio. Past this budget per stream, or past the model's budget for all streams together
+# (stream_cache_bytes), a stream stops caching and re-solves from its last cached frame (slower, same
+# audio). The prompt prefixes of the last two voices are kept (a 5 s prompt is about 0.5 GB).
 STREAM_CACHE_BYTES = 4 << 30
 VOICE_PREFIXES_KEPT = 2
 
@@ -100,6 +101,14 @@ def stage(name: str) -> Iterator[None]:
                           f"The server keeps running and the next request can proceed.", stage=name) from err
 
 
+def finite_mel(mel: Tensor) -> Tensor:
+    """`mel`, or an EngineError for this request when half precision overflowed into inf/NaN."""
+    if not bool(torch.isfinite(mel).all()):
+        raise EngineError("The flow produced non-finite mel frames (inf/NaN); this request was stopped, the "
+                          "others go on. Start the server with --precision fp32 if it happens again.", stage="flow")
+    return mel
+
+
 def drop_long_silences(tokens: Iterable[int], silent: frozenset[int] = SILENT_TOKENS,
                        max_run: int = MAX_SILENT_RUN) -> Iterator[int]:
     """Pass tokens through, skipping a silent token once more than `max_run` silent ones ran in a row."""
@@ -133,17 +142,31 @@ class HopSchedule:
         return min(MAX_HOP_BLOCKS * self.block, base * HOP_GROWTH)
 
 
+TokenSource = Callable[..., Iterator[int]]     # the signature of CosyVoice3LM.generate
+
+
+def max_speech_tokens(token_mel_ratio: int, n_prompt_tokens: int) -> int:
+    """How many tokens the fixed flow noise leaves room for after a prompt of `n_prompt_tokens`."""
+    return max(0, FLOW_NOISE_SHAPE[-1] // token_mel_ratio - n_prompt_tokens)
+
+
 class CosyVoice3Model:
+    """`decode`: where speech tokens come from (the engine passes its DecodeScheduler's generate, which
+    decodes every request in flight together); default: `llm.generate` in the caller's thread.
+    `flow_autocast`: the flow's matmul precision (devices.Placement.flow_autocast); HiFT never autocasts."""
+
     def __init__(self, config: ModelConfig, llm: CosyVoice3LM, flow: CausalFlow, hift: CausalHiFT,
                  noise: ConstructorNoise, device: torch.device | str = "cpu",
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None):
+                 flow_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 decode: TokenSource | None = None, stream_cache_bytes: int | None = None):
         self.config = config
         self.llm, self.flow, self.hift, self.noise = llm, flow, hift, noise
         self.device = torch.device(device)
-        self._autocast = autocast or contextlib.nullcontext
+        self._autocast = flow_autocast or contextlib.nullcontext
+        self._decode = decode or llm.generate
+        # every stream's flow caches together (None: only the per-stream cap)
+        self.stream_budget = None if stream_cache_bytes is None else StreamCacheBudget(stream_cache_bytes)
         self.token_mel_ratio = flow.cfg.token_mel_ratio
-        # A DecodeScheduler (set by the engine) decodes all requests together; None: each in its caller.
-        self.scheduler = None
         self.lookahead = flow.cfg.lookahead
         self.samples_per_frame = hift.config.samples_per_frame
         # The fixed noise bounds one utterance: flow frames (prompt included) and HiFT samples.
@@ -153,36 +176,36 @@ class CosyVoice3Model:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-             llm_weights: str = LLM_WEIGHTS) -> "CosyVoice3Model":
-        """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt).
-        `dtype`: how the LLM and flow weights are stored (half precision on CUDA); HiFT is always float32."""
+             flow_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+             llm_weights: str = LLM_WEIGHTS, llm: CosyVoice3LM | None = None,
+             decode: TokenSource | None = None, stream_cache_bytes: int | None = None) -> "CosyVoice3Model":
+        """`llm_weights`: which LLM checkpoint of the dir to load (the release has llm.pt and may add llm.rl.pt);
+        `llm`: an LLM already loaded (and prepared) by the caller instead. `dtype`: how the LLM and flow
+        weights are stored; HiFT is always float32."""
         config = ModelConfig.from_model_dir(model_dir)
-        llm = load_llm(Path(model_dir) / llm_weights, config.llm, device, dtype)
+        llm = llm if llm is not None else load_llm(Path(model_dir) / llm_weights, config.llm, device, dtype)
         flow = load_flow(Path(model_dir), config.flow, device, dtype)
         hift = load_hift(model_dir, config.hift, device, torch.float32)   # the vocoder stays float32
-        return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, autocast)
+        return cls(config, llm, flow, hift, constructor_noise(config.flow, config.hift), device, flow_autocast,
+                   decode, stream_cache_bytes)
 
     # -- tokens -----------------------------------------------------------------------------------
 
     def max_speech_tokens(self, n_prompt_tokens: int) -> int:
         """How many tokens the fixed noise leaves room for after a prompt of `n_prompt_tokens`."""
-        return max(0, self.max_mel_frames // self.token_mel_ratio - n_prompt_tokens)
+        return max_speech_tokens(self.token_mel_ratio, n_prompt_tokens)
 
     def speech_tokens(self, inputs: SynthesisInputs, *, generator: torch.Generator | None = None,
                       sampler: Sampler | None = None, min_token_text_ratio: float = 2.0,
                       max_token_text_ratio: float = 20.0) -> Iterator[int]:
         """LLM tokens with long silences dropped, capped at what the flow noise can render."""
         cap = self.max_speech_tokens(inputs.flow_prompt_tokens.shape[1])
-        decode = self.scheduler.generate if self.scheduler is not None else self.llm.generate
-        raw = decode(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
+        raw = self._decode(inputs.text_ids, inputs.prompt_text_ids, inputs.llm_prompt_tokens,
                                 sampling=self.config.sampling, min_token_text_ratio=min_token_text_ratio,
                                 max_token_text_ratio=max_token_text_ratio, generator=generator, sampler=sampler)
         kept = drop_long_silences(raw)
         for _ in range(cap):
-            # Autocast is entered per step, not across the yield: it is thread-wide state and must
-            # not leak into what the caller runs between tokens.
-            with stage("llm"), self._autocast():
+            with stage("llm"):
                 token = next(kept, None)
             if token is None:
                 return
@@ -194,9 +217,10 @@ class CosyVoice3Model:
                  streaming: bool, finalize: bool) -> Tensor:
         """(1, T) tokens -> (1, 80, frames) mel after the prompt."""
         with stage("flow"), self._autocast():
-            return self.flow.inference(tokens.to(self.device), prompt_token.to(self.device),
-                                       prompt_feat.to(self.device), embedding.to(self.device),
-                                       self.noise.flow_z, streaming=streaming, finalize=finalize)
+            mel = self.flow.inference(tokens.to(self.device), prompt_token.to(self.device),
+                                      prompt_feat.to(self.device), embedding.to(self.device),
+                                      self.noise.flow_z, streaming=streaming, finalize=finalize)
+        return finite_mel(mel)
 
     def flow_stream(self, prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor) -> FlowStream:
         """A FlowStream for one streamed utterance, started past the voice's cached prompt prefix."""
@@ -215,7 +239,7 @@ class CosyVoice3Model:
                 while len(self._voice_prefixes) > VOICE_PREFIXES_KEPT:
                     self._voice_prefixes.popitem(last=False)
         return FlowStream(self.flow, prompt_token, prompt_feat, embedding, self.noise.flow_z, prefix=prefix,
-                          budget_bytes=STREAM_CACHE_BYTES)
+                          budget_bytes=STREAM_CACHE_BYTES, budget=self.stream_budget)
 
     def forget_voice_prefixes(self) -> None:
         """Drop the cached prompt prefixes (the next stream of each voice solves its prompt again)."""
@@ -225,7 +249,8 @@ class CosyVoice3Model:
     def stream_mel(self, stream: FlowStream, tokens: Tensor, *, finalize: bool) -> Tensor:
         """(1, T) tokens so far -> (1, 80, n) mel frames the stream had not returned yet."""
         with stage("flow"), self._autocast():
-            return stream.advance(tokens, finalize=finalize)
+            mel = stream.advance(tokens, finalize=finalize)
+        return finite_mel(mel)
 
     def vocode(self, mel: Tensor, *, finalize: bool) -> Tensor:
         """(1, 80, frames) -> (1, samples). finalize=False: the last frames are look-ahead only."""
@@ -276,11 +301,15 @@ class CosyVoice3Model:
     def tts_stream(self, inputs: SynthesisInputs, *, generator: torch.Generator | None = None,
                    sampler: Sampler | None = None, on_token: Callable[[int], None] | None = None,
                    on_chunk: Callable[[int, int], None] | None = None,
+                   on_stage: Callable[[str], None] | None = None,
                    max_token_text_ratio: float = 20.0) -> Iterator[Tensor]:
         """Streaming: yield (1, n) waveform pieces as the tokens arrive; the last one is finalized.
 
-        on_chunk(token_offset, hop) is told each non-final chunk's start and hop (for tests/logs).
+        on_chunk(token_offset, hop) is told each non-final chunk's start and hop (for tests/logs);
+        on_stage is told "llm", "flow" and "hift" each time the work moves to that part (for traces).
         """
+        enter = on_stage or (lambda name: None)
+        enter("llm")
         prompt_token, prompt_mel, embedding = inputs.flow_prompt_tokens, inputs.prompt_mel, inputs.embedding
         schedule = HopSchedule(self.config.chunk_size, self.lookahead, prompt_token.shape[1])
         tokens: list[int] = []
@@ -298,15 +327,18 @@ class CosyVoice3Model:
             if len(tokens) - offset < hop + self.lookahead:
                 continue
             window = torch.tensor([tokens[:offset + hop + self.lookahead]], dtype=torch.int64)
+            enter("flow")
             stream = stream or self.flow_stream(prompt_token, prompt_mel, embedding)
             new_mel = self.stream_mel(stream, window, finalize=False)
             mel = torch.cat([mel, new_mel.to(mel.device)], dim=2)
+            enter("hift")
             speech = self.vocode(mel, finalize=False)
             if on_chunk is not None:
                 on_chunk(offset, hop)
             piece = speech[:, emitted:]
             emitted = speech.shape[1]
             yield piece
+            enter("llm")
             offset, hop = offset + hop, schedule.after(hop, first=offset == 0)
 
         if not tokens:
@@ -314,8 +346,10 @@ class CosyVoice3Model:
             return
         # Last chunk: every remaining token, no right context left to wait for.
         all_tokens = torch.tensor([tokens], dtype=torch.int64)
+        enter("flow")
         stream = stream or self.flow_stream(prompt_token, prompt_mel, embedding)
         new_mel = self.stream_mel(stream, all_tokens, finalize=True)
         mel = torch.cat([mel, new_mel.to(mel.device)], dim=2)
+        enter("hift")
         speech = self.vocode(mel, finalize=True)
         yield speech[:, emitted:]

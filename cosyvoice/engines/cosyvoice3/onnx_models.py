@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from loguru import logger
 from torch import Tensor
 
 from cosyvoice.engines.cosyvoice3.model_dir import download_hint
@@ -35,6 +36,9 @@ def _providers(device: str) -> list:
     if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         index = int(str(device).split(":", 1)[1]) if ":" in str(device) else 0
         providers.append(("CUDAExecutionProvider", {"device_id": index}))
+    elif str(device).startswith("cuda"):
+        logger.bind(req="-").info("onnxruntime has no CUDA provider here: the speech tokenizer and campplus run on "
+                                  "the CPU (pip install onnxruntime-gpu in place of onnxruntime to run them on the GPU)")
     providers.append("CPUExecutionProvider")
     return providers
 

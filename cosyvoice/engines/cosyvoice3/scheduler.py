@@ -15,30 +15,35 @@ Batch invariance (a request's tokens do not depend on who else is decoding): eac
 with its own seeded generator, attends only to its own slot, and the projections are computed so
 that one row's result does not depend on the others:
 
-* CPU: the projections run on our rows kernel (rows_linear.RowsLinear: each output element computed
+* CPU: the projections run on our rows kernel (cpu_decode_kernel.RowsLinear: each output element computed
   the same way whatever the number of rows, and 4 rows cost little more than 1), or where it cannot
   be built on oneDNN with weights prepacked at the slot count (also row-invariant on the CPUs we
   measured, but 4 rows cost it 1.2-1.4x one row). Either is checked at start-up; then only busy slots are
   computed and a lone request pays nothing for the empty ones. int8 rows are quantised one row at a
   time (see quantize.Int8Linear). Where the check fails, every step computes all slots (padded), so
   the shapes never change.
+  prepare_batched_decoding() builds these projections on a twin of the LLM (weights shared) and returns
+  the SlotDecoder; the engine hands that decoder to DecodeScheduler.
 * CUDA: every step runs all slots at fixed shapes over the whole cache with per-row masks, and is
-  captured once as a CUDA graph (cuda_graphs=True).
+  captured once as a CUDA graph (cuda_graphs=True; CapturedStep owns every tensor the graph reads).
+  The worker decodes on its own CUDA stream, under the LLM's autocast (devices.PRECISION_PLAN).
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from loguru import logger
 from torch import Tensor, nn
 
+from cosyvoice.engines.cosyvoice3.cpu_decode_kernel import LANES, RowsLinear, load_rows_kernel, why_not
+from cosyvoice.engines.cosyvoice3.devices import Autocast
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, DecodeRequest, DecodeRows, SlotCache, SlotDecoder
-from cosyvoice.engines.cosyvoice3.rows_linear import LANES, RowsLinear, load_rows_kernel, why_not
 
 DONE = object()   # end of one request's tokens
 
@@ -122,87 +127,107 @@ def _row_invariant_projection(llm: CosyVoice3LM, slots: int, kernel: str):
     return None
 
 
-def pack_for_slots(llm: CosyVoice3LM, slots: int, kernel: str = "auto") -> bool:
-    """On CPU float32, swap the LLM's plain nn.Linear projections for row-invariant ones (RowsLinear,
-    else oneDNN's PackedLinear; `kernel` forces one); True when every projection now is (int8 ones
-    count as such)."""
+def row_invariant_twin(llm: CosyVoice3LM, slots: int, kernel: str = "auto") -> CosyVoice3LM | None:
+    """On CPU float32: `llm`'s twin (weights shared) whose projections give a row the same bits for 1..slots
+    rows (RowsLinear, else oneDNN's PackedLinear; `kernel` forces one; int8 ones already do and are kept);
+    None where there is no such kernel. `llm` itself is not changed."""
     from cosyvoice.engines.cosyvoice3.quantize import Int8Linear
 
     if llm.device.type != "cpu" or llm.dtype != torch.float32:
-        return False
+        return None
     int8 = [m for m in llm.modules() if isinstance(m, Int8Linear)]
     if any(m.packed is None for m in int8):
-        return False        # only the fbgemm int8 path quantises row by row
+        return None        # only the fbgemm int8 path quantises row by row
     make = None
     if any(isinstance(m, nn.Linear) for m in llm.modules()):
         make = _row_invariant_projection(llm, slots, kernel)
         if make is None:
             logger.info("No row-invariant kernel for the LLM's projections; every decode step computes all slots")
-            return False
-    for module in int8:
-        module.row_wise_rows = max(module.row_wise_rows, slots)
+            return None
 
-    def swap(parent: nn.Module, name: str) -> None:
-        module = getattr(parent, name)
+    def replace(module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Linear):
-            setattr(parent, name, make(module))
-        elif not isinstance(module, (RowsLinear, PackedLinear, Int8Linear)):
-            raise TypeError(f"unexpected projection {type(module).__name__} at {name}")
+            return make(module)
+        if isinstance(module, Int8Linear):
+            module.row_wise_rows = max(module.row_wise_rows, slots)
+            return module
+        raise TypeError(f"unexpected projection {type(module).__name__}")
 
-    for layer in llm.layers:
-        swap(layer.attn, "qkv")
-        swap(layer.attn, "out")
-        swap(layer.mlp, "gate_up")
-        swap(layer.mlp, "down")
-    swap(llm, "llm_decoder")
-    return True
+    return llm.with_projections(replace)
 
 
 # ---------------------------------------------------------------------------------------------
 # CUDA graph of the all-slots step
 
+StepFn = Callable[[], Tensor]
+
+
+def capture_cuda_graph(step: StepFn, device: torch.device) -> tuple[Callable[[], None], Tensor]:
+    """Warm `step` up on a side stream (as torch requires), capture it as a CUDA graph; (replay, output)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph.replay, out
+
+
+def run_eagerly(step: StepFn, device: torch.device) -> tuple[Callable[[], None], Tensor]:
+    """The capture contract without a graph (CPU, tests): replay re-runs `step` into the same output."""
+    out = step()
+    return (lambda: out.copy_(step())), out
+
 
 class CapturedStep:
-    """decode_rows over all slots with masks, captured once as a CUDA graph and replayed per step."""
+    """decode_rows over all slots with masks, captured once as a CUDA graph and replayed per step.
 
-    def __init__(self, llm: CosyVoice3LM, cache: SlotCache):
+    A graph keeps raw device addresses, not references: every tensor the step reads or writes (tokens,
+    slot indices, positions, the cache, the logits) is owned by this object or the cache it was given,
+    so none can be freed and reused while the graph lives. Replay copies a step's inputs into them."""
+
+    def __init__(self, llm: CosyVoice3LM, cache: SlotCache, capture=capture_cuda_graph,
+                 autocast: Autocast = contextlib.nullcontext):
         device, slots = llm.device, cache.slots
+        self.llm, self.cache = llm, cache
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=device)
+        self.slots = torch.arange(slots, device=device)
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)
-        rows = DecodeRows(torch.arange(slots, device=device), self.positions, exact=False)
-        # Warm-up on a side stream (as torch requires before capture); it writes position 0 of the
-        # free slots only, which every prefill overwrites.
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                llm.decode_rows(self.tokens, rows, cache)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = llm.decode_rows(self.tokens, rows, cache)
+        self.rows = DecodeRows(self.slots, self.positions, exact=False)
+        # Warm-up and capture write position 0 of every slot only, which every prefill overwrites.
+        with autocast():
+            self.replay, self.logits = capture(lambda: llm.decode_rows(self.tokens, self.rows, cache), device)
+
+    def owned_inputs(self) -> list[Tensor]:
+        """Every tensor the captured step reads beside the cache and the weights."""
+        return [self.tokens, self.slots, self.positions]
 
     def __call__(self, tokens: Tensor, rows: DecodeRows) -> Tensor:
         self.tokens.copy_(tokens)
         self.positions.copy_(rows.positions)
-        self.graph.replay()
+        self.replay()
         return self.logits
 
 
-def slot_decoder(llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False,
-                 cpu_kernel: str = "auto") -> SlotDecoder:
-    """The batch-invariant SlotDecoder for where `llm` lives (see the module docstring): on CPU busy
-    rows only when a row-invariant kernel is there (`cpu_kernel`: auto, rows or onednn), else all slots
-    padded; on CUDA all slots masked, the step captured as a CUDA graph when `cuda_graphs`. On CPU this
-    swaps the LLM's projections in place."""
+def prepare_batched_decoding(llm: CosyVoice3LM, slots: int, capacity: int, *, cuda_graphs: bool = False,
+                             cpu_kernel: str = "auto", autocast: Autocast = contextlib.nullcontext,
+                             capture=capture_cuda_graph) -> SlotDecoder:
+    """The batch-invariant SlotDecoder for where `llm` lives (see the module docstring): on CPU busy rows
+    only, on a row-invariant twin of `llm` (`cpu_kernel`: auto, rows or onednn), else all slots padded;
+    on CUDA all slots masked, the step captured as a CUDA graph when `cuda_graphs` (under `autocast`).
+    `llm` is not changed; decode with the returned decoder's `llm`."""
     if slots < 1:
         raise ValueError(f"batch slots must be at least 1, got {slots}")
     on_cuda = llm.device.type == "cuda"
-    compact = not on_cuda and pack_for_slots(llm, slots, cpu_kernel)    # compact: CPU float32
+    twin = None if on_cuda else row_invariant_twin(llm, slots, cpu_kernel)
+    compact = twin is not None                                        # compact: CPU float32
     fused = compact and llm.cfg.head_dim % LANES == 0 and load_rows_kernel()
-    decoder = SlotDecoder(llm, slots, capacity, exact=not on_cuda, compact=compact, fused_attention=fused)
+    decoder = SlotDecoder(twin or llm, slots, capacity, exact=not on_cuda, compact=compact, fused_attention=fused)
     if cuda_graphs and on_cuda:
-        decoder.step_fn = CapturedStep(llm, decoder.cache)
+        decoder.step_fn = CapturedStep(llm, decoder.cache, capture, autocast)
     return decoder
 
 
@@ -229,14 +254,18 @@ class Ticket:
 
 
 class DecodeScheduler:
-    """Owns `llm` for decoding; generate() has the signature of CosyVoice3LM.generate and may be called
-    from any number of threads at once."""
+    """Owns `decoder` (from prepare_batched_decoding) and decodes on it in one worker thread; generate() has
+    the signature of CosyVoice3LM.generate and may be called from any number of threads at once.
+    `autocast` is entered by the worker around every prefill and step (autocast is per thread)."""
 
-    def __init__(self, llm: CosyVoice3LM, slots: int, capacity: int, cuda_graphs: bool = False,
-                 max_ahead: int | None = None):
-        self.llm = llm
+    def __init__(self, decoder: SlotDecoder, max_ahead: int | None = None,
+                 autocast: Autocast = contextlib.nullcontext):
+        self.decoder = decoder
+        self.llm = decoder.llm
         self.max_ahead = max_ahead   # tokens a request may decode beyond what its consumer took; None: no limit
-        self.decoder = slot_decoder(llm, slots, capacity, cuda_graphs)
+        self._autocast = autocast
+        device = self.llm.device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._lock = threading.Condition()
         self._pending: deque[Ticket] = deque()
         self._active: dict[int, Ticket] = {}
@@ -303,7 +332,8 @@ class DecodeScheduler:
     # -- worker ---------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        with torch.inference_mode():
+        stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with torch.inference_mode(), stream, self._autocast():
             while True:
                 with self._lock:
                     while not self._closed and not self._pending and not self._active:
@@ -335,6 +365,10 @@ class DecodeScheduler:
         return frozenset(slot for slot, ticket in self._active.items() if ticket.out.qsize() > self.max_ahead)
 
     def _admit(self, slot: int, ticket: Ticket) -> None:
+        if self._stream is not None:
+            # The request's prefill embeddings were made on its caller's (default) stream.
+            self._stream.wait_stream(torch.cuda.default_stream(self.llm.device))
+            ticket.request.embeds.record_stream(self._stream)
         try:
             token = self.decoder.admit(ticket.request, slot)
         except Exception as err:  # one bad request must not stop the worker
@@ -361,6 +395,11 @@ class DecodeScheduler:
             return
         for slot, token in tokens.items():
             ticket = self._active[slot]
+            if isinstance(token, Exception):
+                logger.error("LLM decode: {}", token)
+                ticket.out.put(token)
+                del self._active[slot]
+                continue
             if token is not None:
                 ticket.out.put(token)
             if self.decoder.requests[slot] is None:

@@ -1,4 +1,4 @@
-"""The CPU decode kernel (csrc/rows_linear.cpp): right products, and a row's bits independent of the
+"""The CPU decode kernel (csrc/cpu_decode_kernel.cpp): right products, and a row's bits independent of the
 rows beside it, of the thread count and of which tiling its row count picks."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cosyvoice.engines.cosyvoice3 import rows_linear
-from cosyvoice.engines.cosyvoice3.rows_linear import RowsLinear, load_rows_kernel
+from cosyvoice.engines.cosyvoice3 import cpu_decode_kernel
+from cosyvoice.engines.cosyvoice3.cpu_decode_kernel import RowsLinear, load_rows_kernel, rows_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ SHAPES = [(1152, 896), (64, 4864), (40, 16), (16, 40), (13, 24), (1, 8)]
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel():
-    assert load_rows_kernel(), f"the CPU decode kernel should build on this machine: {rows_linear.why_not()}"
+    assert load_rows_kernel(), f"the CPU decode kernel should build on this machine: {cpu_decode_kernel.why_not()}"
 
 
 def projection(out_features: int, in_features: int, bias: bool, max_rows: int = 8) -> RowsLinear:
@@ -88,30 +88,29 @@ def test_in_features_that_are_not_a_multiple_of_8_are_refused() -> None:
 def test_the_kernel_is_built_once_atomically_by_concurrent_starts(tmp_path) -> None:
     # Two processes start on an empty cache: both load a working kernel, and no temporary file is left.
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
-    code = ("import torch; from cosyvoice.engines.cosyvoice3 import rows_linear as r; "
-            "assert r.load_rows_kernel(), r.why_not(); "
+    code = ("import torch; from cosyvoice.engines.cosyvoice3 import cpu_decode_kernel as r; "
             "x = torch.randn(2, 8); w = torch.randn(3, 8); "
-            "assert torch.allclose(torch.ops.cosyvoice_rows.rows_linear(x, w, None), x @ w.T, atol=1e-5)")
+            "assert torch.allclose(r.rows_linear(x, w, None), x @ w.T, atol=1e-5)")
     starts = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
               for _ in range(2)]
     for process in starts:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
     kernels = tmp_path / "cosyvoice-studio" / "kernels"
-    assert len(list(kernels.glob("rows_linear-*.so"))) == 1
+    assert len(list(kernels.glob("cpu_decode_kernel-*.so"))) == 1
     assert not list(kernels.glob("*.tmp"))
 
 
 def test_without_a_compiler_decoding_falls_back_to_onednn_and_says_why(tmp_path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "CXX": "no-such-compiler"}
     code = ("import torch; from torch import nn; "
-            "from cosyvoice.engines.cosyvoice3.scheduler import PackedLinear, pack_for_slots; "
+            "from cosyvoice.engines.cosyvoice3.scheduler import PackedLinear, row_invariant_twin; "
             "from cosyvoice.engines.cosyvoice3.llm import load_llm; "
             "from cosyvoice.engines.cosyvoice3.config import ModelConfig; "
             "from conftest import FIXTURE; "
             "llm = load_llm(FIXTURE / 'llm.pt', ModelConfig.from_model_dir(FIXTURE).llm); "
-            "assert pack_for_slots(llm, 4); "
-            "assert isinstance(llm.layers[0].mlp.down, PackedLinear), type(llm.layers[0].mlp.down)")
+            "twin = row_invariant_twin(llm, 4); "
+            "assert isinstance(twin.layers[0].mlp.down, PackedLinear), type(twin.layers[0].mlp.down)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests", env={**env, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -135,7 +134,7 @@ def test_row_attention_matches_float64_and_ignores_other_rows(kv_heads, group, h
     v = torch.randn(4, kv_heads, 300, head_dim, generator=gen)
     q = torch.randn(4, kv_heads, group, head_dim, generator=gen) * head_dim ** -0.5
     slots, ends = torch.tensor([2, 0, 3, 1]), torch.tensor([1, 300, 77, 150])
-    attention = torch.ops.cosyvoice_rows.rows_attention
+    attention = rows_attention
     out = attention(q, k, v, slots, ends)
     torch.testing.assert_close(out.double(), attention_reference(q, k, v, slots, ends), rtol=1e-5, atol=1e-6)
     for m in range(4):   # alone, or beside other rows: the same bits
@@ -147,4 +146,4 @@ def test_row_attention_matches_float64_and_ignores_other_rows(kv_heads, group, h
 def test_row_attention_refuses_reads_outside_the_cache() -> None:
     k = torch.randn(2, 1, 16, 8)
     with pytest.raises(RuntimeError, match="outside the cache"):
-        torch.ops.cosyvoice_rows.rows_attention(torch.randn(1, 1, 2, 8), k, k, torch.tensor([1]), torch.tensor([17]))
+        rows_attention(torch.randn(1, 1, 2, 8), k, k, torch.tensor([1]), torch.tensor([17]))

@@ -1,10 +1,12 @@
-"""The CPU decode kernel for a few rows at once (csrc/rows_linear.cpp) and the projection that uses it.
+"""The CPU decode kernel (csrc/cpu_decode_kernel.cpp): `rows_linear()` (a projection of a few rows) and
+`rows_attention()` (each row against its own decode slot), and RowsLinear, the nn.Linear that uses it.
 
 The kernel is compiled on first use with the system's C++ compiler against the installed torch and
 kept in a cache dir (a name per source, torch version and compiler), written to a temporary file and
 renamed into place, so concurrent starts never load half a library. Where it cannot be built (no
 compiler, no AVX2/FMA, not x86-64) `load_rows_kernel()` says why and the decode scheduler falls back
-to oneDNN; `python -m cosyvoice.engines.cosyvoice3.rows_linear` builds it ahead (run.sh does).
+to oneDNN; `python -m cosyvoice.engines.cosyvoice3.cpu_decode_kernel` builds it ahead (run.sh does).
+The wrappers load the kernel themselves, so a caller never depends on someone else having loaded it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from loguru import logger
 from torch import Tensor, nn
 
-SOURCE = Path(__file__).with_name("csrc") / "rows_linear.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_decode_kernel.cpp"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-std=c++20", "-shared"]
 LANES = 8     # floats per AVX2 register: the kernels take in-feature and head widths that are multiples of it
 
@@ -42,12 +44,18 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++"))
 
 
+def build_flags() -> list[str]:
+    """Compiler flags, with the C++ ABI torch itself was built with (a mismatch fails at load time
+    with undefined std::string symbols)."""
+    return [*FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+
+
 def _library_path(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(FLAGS).encode(), version.encode()):
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(build_flags()).encode(), version.encode()):
         key.update(part)
-    return cache_dir() / f"rows_linear-{key.hexdigest()[:16]}.so"
+    return cache_dir() / f"cpu_decode_kernel-{key.hexdigest()[:16]}.so"
 
 
 def _cpu_problem() -> str:
@@ -63,7 +71,7 @@ def _build(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
     os.close(fd)
-    command = [compiler, *FLAGS, "-isystem", str(torch_dir / "include"),
+    command = [compiler, *build_flags(), "-isystem", str(torch_dir / "include"),
                "-isystem", str(torch_dir / "include" / "torch" / "csrc" / "api" / "include"),
                str(SOURCE), "-o", temp, "-L", str(torch_dir / "lib"), "-lc10", "-ltorch_cpu"]
     started = time.monotonic()
@@ -111,6 +119,25 @@ def why_not() -> str:
     return _why_not
 
 
+def _require() -> None:
+    if _loaded is not True and not load_rows_kernel():
+        raise RuntimeError(f"the CPU decode kernel is not available: {why_not()}")
+
+
+def rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (M, K) @ weight (N, K)^T (+ bias), float32 CPU, K a multiple of LANES; row m's bits never
+    depend on the other rows."""
+    _require()
+    return torch.ops.cosyvoice_rows.rows_linear(x, weight, bias)
+
+
+def rows_attention(q: Tensor, k: Tensor, v: Tensor, slots: Tensor, ends: Tensor) -> Tensor:
+    """Row m's (already scaled) queries q[m] (Hkv, group, D) against keys/values k, v (slots, Hkv, C, D)
+    of slot slots[m], positions [0, ends[m]); float32 softmax; -> (M, Hkv, group, D)."""
+    _require()
+    return torch.ops.cosyvoice_rows.rows_attention(q, k, v, slots, ends)
+
+
 class RowsLinear(nn.Module):
     """nn.Linear (float32, CPU) whose inputs of up to `max_rows` rows run on the rows kernel, so a row's
     result never depends on how many rows there are; longer inputs (a prefill) use F.linear.
@@ -129,7 +156,7 @@ class RowsLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)                                  # (M, in)
         if flat.shape[0] <= self.max_rows:
-            out = torch.ops.cosyvoice_rows.rows_linear(flat.float(), self.weight, self.bias)
+            out = rows_linear(flat.float(), self.weight, self.bias)
         else:
             out = F.linear(flat.float(), self.weight, self.bias)
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)         # (..., out)

@@ -1,0 +1,59 @@
+"""One memory budget for the flow caches of every stream in flight: streams that do not fit stop caching
+(same audio, slower) instead of running the device out of memory, and finished streams give it back."""
+from __future__ import annotations
+
+import gc
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from conftest import FIXTURE
+from cosyvoice.engines.cosyvoice3.flow import StreamCacheBudget
+from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model
+from test_cv3_stream import forced, speech_tokens, voice_with_prompt
+
+torch.set_num_threads(2)
+
+
+class WatchedBudget(StreamCacheBudget):
+    """Records the most bytes held at once."""
+    most = 0
+
+    def claim(self, key: int, nbytes: int) -> bool:
+        granted = super().claim(key, nbytes)
+        self.most = max(self.most, self.used_bytes)
+        return granted
+
+
+def streamed(model: CosyVoice3Model, inputs, tokens) -> torch.Tensor:
+    return torch.cat(list(model.tts_stream(inputs, sampler=forced(tokens))), dim=1)
+
+
+def test_streams_share_one_budget_keep_their_audio_and_release_it() -> None:
+    model = CosyVoice3Model.load(FIXTURE)
+    model.flow.double()                       # float64 flow: cached and re-solved frames agree to the bit
+    inputs, tokens = voice_with_prompt(69), speech_tokens()[:120]
+    alone = streamed(model, inputs, tokens)
+    stream = model.flow_stream(inputs.flow_prompt_tokens, inputs.prompt_mel, inputs.embedding)
+    one_stream = 300 * stream.bytes_per_frame()          # room for about one stream's caches, not three
+    model.stream_budget = budget = WatchedBudget(one_stream)
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda _: streamed(model, inputs, tokens), range(3)))
+    for audio in together:
+        torch.testing.assert_close(audio, alone, rtol=0, atol=1e-6)
+    assert 0 < budget.most <= one_stream
+    gc.collect()
+    assert budget.used_bytes == 0                         # every finished stream gave its claim back
+
+
+def test_a_dropped_stream_gives_its_claim_back() -> None:
+    model = CosyVoice3Model.load(FIXTURE)
+    model.stream_budget = budget = StreamCacheBudget(1 << 40)
+    inputs, tokens = voice_with_prompt(69), speech_tokens()
+    chunks = model.tts_stream(inputs, sampler=forced(tokens))
+    next(chunks)
+    assert budget.used_bytes > 0
+    chunks.close()                                        # the listener went away mid-stream
+    del chunks
+    gc.collect()
+    assert budget.used_bytes == 0
