@@ -34,3 +34,7 @@ class OutputsError(EngineError):
 
     def __init__(self, message: str):
         super().__init__(message, stage="save")
+
+
+class StorageFullError(OutputsError):
+    """outputs/ has no room for the result (disk full, quota, or under the --min-free-mb floor): HTTP 507."""

@@ -63,6 +63,10 @@ class Engine(Protocol):
 
     def capabilities(self) -> Capabilities: ...
 
+    def parallelism(self) -> int:
+        """How many requests this engine synthesises well at once (the service's default admission width)."""
+        ...
+
     def startup_notices(self) -> list[str]:
         """What a user should know about this engine as configured (shown at start-up and in the UI)."""
         ...
