@@ -1,6 +1,7 @@
 """Command line: `python -m cosyvoice synth|voices|text|download …`.
 
-`synth` goes through the same SynthesisService as the WebUI, so it validates, logs and saves alike.
+`synth` goes through the same SynthesisService as the WebUI: the flags are handed over as typed by the
+user, and the service validates them, picks the mode ("auto"), logs and saves alike.
 """
 from __future__ import annotations
 
@@ -17,19 +18,20 @@ def _synth(argv: list[str]) -> int:
     from .log import flush, setup_logging
     from .modes import MODE_IDS
     from .outputs import copy_atomic
-    from .service import ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
+    from .service import AUTO, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
     from .text.frontend import TextFrontend
 
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
-    parser.add_argument("--mode", choices=MODE_IDS, default=MODE_IDS[0])
+    parser.add_argument("--mode", choices=(AUTO, *MODE_IDS), default=AUTO,
+                        help="auto (default): the service picks from the voice, transcript and instruction")
     parser.add_argument("--text", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt-wav")
     source.add_argument("--voice", help="a saved voice's name or id (python -m cosyvoice voices list)")
     parser.add_argument("--prompt-text", default="")
     parser.add_argument("--instruct", default="", help="instruction for --mode instruct, e.g. 请用四川话说")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--seed", default=None, help="a whole number 0..2^32-1 (checked by the service)")
+    parser.add_argument("--speed", default="1.0", help="0.5..2.0 (checked by the service)")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--no-normalize", action="store_true")
     parser.add_argument("--out", type=Path, help="also copy the result here (a file, or a folder to copy it into)")

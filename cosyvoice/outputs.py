@@ -164,6 +164,16 @@ class OutputStore:
         self._checked = (time.monotonic(), problem)
         return problem
 
+    def record(self, stem: str) -> dict | None:
+        """The sidecar of a saved result by its file stem (None when gone or unreadable)."""
+        import json
+
+        try:
+            record = json.loads((self.folder / f"{Path(stem).name}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
     def clean_expired(self) -> list[Path]:
         return remove_expired(self.folder, self.retention_days)
 

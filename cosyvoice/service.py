@@ -99,6 +99,7 @@ class Accepted:
     seed: int
     mode: str
     voice_id: str | None
+    stream: bool = False             # audio arrives in pieces (else once, after it is saved)
 
 
 @dataclass
@@ -155,7 +156,11 @@ class _Request:
     def handled(self) -> Iterator[None]:
         """Every ending logged once, counted once, and told to the user as a StudioError."""
         try:
-            yield
+            try:
+                yield
+            except StudioError as err:
+                err.logged = True            # the lines below are this refusal's log line; front ends add none
+                raise
             self.jobs.update(self.id, state="done", stage="done", progress="saved")
         except ServerBusyError as err:
             self._ended("busy", "refused", err)
@@ -171,8 +176,10 @@ class _Request:
         except Exception as err:
             self._ended("error", "failed", err)
             self.log.error(f"internal error at {self.current}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-            raise EngineError(f"Internal error while {self.current} (request {self.id}). The details are in "
-                              f"logs/runtime.log; please report them.", stage=self.current) from err
+            internal = EngineError(f"Internal error while {self.current} (request {self.id}). The details are "
+                                   f"in logs/runtime.log; please report them.", stage=self.current)
+            internal.logged = True
+            raise internal from err
         finally:
             self.span.end()
 
@@ -286,7 +293,7 @@ class SynthesisService:
         if valid.instruct_text:
             ctx.log.info(f"instruction: {_clip(valid.instruct_text)}")
         ctx.span.set_attributes({"text.chars": len(valid.text), "seed": valid.seed, "mode": valid.mode.id})
-        return Event(accepted=Accepted(ctx.id, valid.seed, valid.mode.id, valid.voice))
+        return Event(accepted=Accepted(ctx.id, valid.seed, valid.mode.id, valid.voice, valid.stream))
 
     def _queue(self, ctx: _Request, ticket) -> Iterator[Event]:
         with ctx.stage("queue"):
@@ -439,9 +446,11 @@ class SynthesisService:
                 entry = self.voices.add(name, audio_path, transcript, language, notes, engine=self.engine)
         except UserInputError as err:
             log.warning(f"voice not saved: {err}")
+            err.logged = True
             raise
         except StudioError as err:
             log.error(f"voice not saved: {err}")
+            err.logged = True
             raise
         log.success(f"saved voice {entry.name!r} (id {entry.id}) with {self.engine.name} features")
         return entry

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from .dialogue import DialogueRequest, Turn, gap_field, parse_mapping, parse_script
 from .errors import UserInputError
@@ -55,6 +56,17 @@ class ValidDialogue:
     gap_s: float
     seed: int
     speed: float
+
+
+@contextmanager
+def about(param: str) -> Iterator[None]:
+    """Tag a refusal with the request field it is about (`err.param`), for front ends to name it."""
+    try:
+        yield
+    except UserInputError as err:
+        if getattr(err, "param", None) is None:
+            err.param = param
+        raise
 
 
 def text_field(value: Any, what: str, limit: int, required: bool) -> str:
@@ -169,35 +181,52 @@ def check_mode_needs(mode: Mode, prompt_text: str, instruct_text: str, saved_voi
 def validate_request(request: SynthesisRequest, limits, engine_modes: tuple[str, ...],
                      engine_name: str) -> ValidRequest:
     """Every check on what a client sent, in the order a user fills the form (`limits`: a ServiceConfig)."""
-    mode = mode_field(request.mode, engine_modes, engine_name)
-    text = text_field(request.text, "text", limits.max_text_chars, required=True)
-    voice = voice_field(request.voice, request.prompt_wav)
-    if voice is None and (not request.prompt_wav or not isinstance(request.prompt_wav, str)):
-        label = mode.label if mode else "Voice cloning"
-        raise UserInputError(f"{label} needs a prompt recording: upload or record 3–15 s of the voice to clone.")
-    prompt_text = text_field(request.prompt_text, "prompt transcript", limits.max_prompt_text_chars, required=False)
-    instruct_text = text_field(request.instruct_text, "instruction", limits.max_instruct_chars, required=False)
-    if mode is None and voice is None:                 # an upload: what was typed decides
-        mode = check_mode_supported(auto_mode(instruct_text, bool(prompt_text)), engine_modes, engine_name)
-    if mode is not None:
-        check_mode_needs(mode, prompt_text, instruct_text, saved_voice=voice is not None)
-    speed = speed_field(request.speed)
-    seed = seed_field(request.seed)
+    with about("mode"):
+        mode = mode_field(request.mode, engine_modes, engine_name)
+    with about("text"):
+        text = text_field(request.text, "text", limits.max_text_chars, required=True)
+    with about("voice"):
+        voice = voice_field(request.voice, request.prompt_wav)
+        if voice is None and (not request.prompt_wav or not isinstance(request.prompt_wav, str)):
+            label = mode.label if mode else "Voice cloning"
+            raise UserInputError(f"{label} needs a prompt recording: upload or record 3–15 s of the voice to clone.")
+    with about("prompt_text"):
+        prompt_text = text_field(request.prompt_text, "prompt transcript", limits.max_prompt_text_chars, False)
+    with about("instruct_text"):
+        instruct_text = text_field(request.instruct_text, "instruction", limits.max_instruct_chars, False)
+    with about("mode"):
+        if mode is None and voice is None:                 # an upload: what was typed decides
+            mode = check_mode_supported(auto_mode(instruct_text, bool(prompt_text)), engine_modes, engine_name)
+        if mode is not None:
+            check_mode_needs(mode, prompt_text, instruct_text, saved_voice=voice is not None)
+    with about("speed"):
+        speed = speed_field(request.speed)
+    with about("seed"):
+        seed = seed_field(request.seed)
+    with about("stream"):
+        stream = switch_field(request.stream, "stream")
+    with about("normalize"):
+        normalize = switch_field(request.normalize, "normalize")
     return ValidRequest(text=text, mode=mode, prompt_wav=request.prompt_wav, prompt_text=prompt_text,
                         instruct_text=instruct_text, seed=secrets.randbelow(MAX_SEED) if seed is None else seed,
-                        speed=speed, stream=switch_field(request.stream, "stream"),
-                        normalize=switch_field(request.normalize, "normalize"), voice=voice)
+                        speed=speed, stream=stream, normalize=normalize, voice=voice)
 
 
 def validate_dialogue(request: DialogueRequest, limits) -> ValidDialogue:
     """The script, mapping, gap, seed and speed of a dialogue; each turn is then checked like a request."""
-    turns = parse_script(request.script)
-    mapping = parse_mapping(request.voices)
-    gap_s = gap_field(request.gap)
-    seed = seed_field(request.seed)
-    speed = speed_field(request.speed)
+    with about("script"):
+        turns = parse_script(request.script)
+    with about("voices"):
+        mapping = parse_mapping(request.voices)
+    with about("gap"):
+        gap_s = gap_field(request.gap)
+    with about("seed"):
+        seed = seed_field(request.seed)
+    with about("speed"):
+        speed = speed_field(request.speed)
     total = sum(len(turn.text) for turn in turns)
     if total > limits.max_text_chars:
-        raise UserInputError(f"The script holds {total} characters to speak; the limit is "
-                             f"{limits.max_text_chars}. Split it into several dialogues.")
+        with about("script"):
+                raise UserInputError(f"The script holds {total} characters to speak; the limit is "
+                                 f"{limits.max_text_chars}. Split it into several dialogues.")
     return ValidDialogue(turns, mapping, gap_s, secrets.randbelow(MAX_SEED) if seed is None else seed, speed)
