@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 from loguru import logger
 from starlette.concurrency import iterate_in_threadpool
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from .encode import CONTENT_TYPES, StreamEncoder, encode
 from .errors import StudioError
@@ -61,12 +61,12 @@ def _events_after(start: Start, events):
     yield from events
 
 
-class CuttableStream(Response):
+class CuttableStream(StreamingResponse):
     """A chunked body from a (sync) byte iterator; a StudioError raised by it closes the connection
     without the terminating chunk (the client sees a cut body), after logging it."""
 
     def __init__(self, chunks: Iterator[bytes], media_type: str, headers: dict, request_id: str):
-        super().__init__(content=None, media_type=media_type, headers=headers)
+        super().__init__(content=chunks, media_type=media_type, headers=headers)
         self.chunks, self.request_id = chunks, request_id
 
     async def __call__(self, scope, receive, send) -> None:
