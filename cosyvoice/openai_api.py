@@ -232,9 +232,8 @@ def openai_router(service: SynthesisService, api_key: str | None = None, basic_a
         _check_model(body.model, models)
         events = service.run(body.synthesis(), rid)
         start = await run_in_threadpool(first_audio, events)     # every refusal raises here: no status sent yet
-        if body.stream_format == "sse":
-            return sse_response(start, events, body.response_format, service.engine.sample_rate, rid)
-        return audio_response(start, events, body.response_format, service.engine.sample_rate, rid)
+        respond = sse_response if body.stream_format == "sse" else audio_response
+        return await run_in_threadpool(respond, start, events, body.response_format, service.engine.sample_rate, rid)
 
     @router.post("/audio/dialogue")
     async def dialogue(data: dict = Depends(read_json), rid: str = Depends(request_id)) -> Response:

@@ -35,7 +35,7 @@ from .modes import MODE_IDS, MODES
 from .outputs import OutputStore
 from .text.frontend import Pause, TextFrontend, format_preview
 from .tracing import tracer
-from .validation import (AUTO, MAX_SEED, SPEED_RANGE, SynthesisRequest, ValidRequest, auto_mode,  # noqa: F401
+from .validation import (AUTO, MAX_SEED, SPEED_RANGE, SynthesisRequest, ValidRequest, about, auto_mode,  # noqa: F401
                          check_mode_needs, check_mode_supported, switch_field, text_field, validate_dialogue,
                          validate_request)
 from .voice_resolver import VoiceResolver, VoiceSource
@@ -280,9 +280,9 @@ class SynthesisService:
         """validate → text → voice: everything a user can get wrong, before the request queues."""
         with ctx.stage("validate"):
             valid = validate_request(request, self.config, self.engine.capabilities().modes, self.engine.name)
-        with ctx.stage("text"):
+        with ctx.stage("text"), about("text"):
             items, notices = self._prepare_text(valid, ctx.log)
-        with ctx.stage("voice"):
+        with ctx.stage("voice"), about("voice"):
             valid, source = self._prepare_voice(valid, ctx.log, entries)
         return _Plan(valid, items, notices, source)
 
