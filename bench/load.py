@@ -9,7 +9,7 @@ served speech request must have exactly one complete output file (found by its u
 frames equal to the response's), every refusal the service's OpenAI-shaped message naming the
 request id, and /health keeps answering.
 
-Starts its own app (lite engine, --concurrency 2 --queue-size 8, temporary folders) on a free
+Starts its own app (lite engine at its default width of 2, --queue-size 8, temporary folders) on a free
 loopback port unless --url is given, and stops it at the end. Every loop is bounded in count and
 time. It checks what a user would: each valid request is either served with exactly one complete
 WAV in outputs/ or told "busy" in the service's own words; each bad request gets a clear refusal;
@@ -119,29 +119,8 @@ def run_load(target: Target, clients: int, requests: int, deadline_s: float) -> 
                 results.append({"kind": kind, "outcome": outcome, "ok": ok, "seconds": elapsed,
                                 "served": kind == "valid" and outcome == "complete", "detail": detail[:200]})
 
-    health: list[float] = []
-    stop = threading.Event()
-
-    def probe() -> None:
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                target.http.get(f"{target.url}/health", timeout=5)
-                health.append(time.perf_counter() - t0)
-            except httpx.HTTPError:
-                health.append(float("inf"))
-            stop.wait(0.5)
-
     before = len(list(target.outputs.glob("output_*.wav"))) if target.outputs else None
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    prober = threading.Thread(target=probe)
-    prober.start()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    stop.set()
-    prober.join()
+    health = _with_health_probe(target, lambda: _run_clients(client, clients))
     served = [r for r in results if r["served"]]
     latencies = sorted(r["seconds"] for r in served)
     wavs = len(list(target.outputs.glob("output_*.wav"))) - before if target.outputs else None
