@@ -280,18 +280,22 @@ class SynthesisService:
         """validate → text → voice: everything a user can get wrong, before the request queues."""
         with ctx.stage("validate"):
             valid = validate_request(request, self.config, self.engine.capabilities().modes, self.engine.name)
+        self._received(ctx, valid)
         with ctx.stage("text"), about("text"):
             items, notices = self._prepare_text(valid, ctx.log)
         with ctx.stage("voice"), about("voice"):
             valid, source = self._prepare_voice(valid, ctx.log, entries)
         return _Plan(valid, items, notices, source)
 
-    def _accepted(self, ctx: _Request, valid: ValidRequest) -> Event:
-        ctx.log.info(f"received {valid.mode.id}, text {len(valid.text)} chars, seed {valid.seed}, "
-                     f"speed {valid.speed:g}, stream {'on' if valid.stream else 'off'}"
-                     + (f", voice {valid.voice}" if valid.voice else ""))
+    def _received(self, ctx: _Request, valid: ValidRequest) -> None:
+        ctx.log.info(f"received {valid.mode.id if valid.mode else AUTO}, text {len(valid.text)} chars, seed "
+                     f"{valid.seed}, speed {valid.speed:g}, stream {'on' if valid.stream else 'off'}")
         if valid.instruct_text:
             ctx.log.info(f"instruction: {_clip(valid.instruct_text)}")
+
+    def _accepted(self, ctx: _Request, valid: ValidRequest) -> Event:
+        ctx.log.info(f"accepted: {valid.mode.id}" + (f" with voice {valid.voice}" if valid.voice else "")
+                     + ", waiting for a slot")
         ctx.span.set_attributes({"text.chars": len(valid.text), "seed": valid.seed, "mode": valid.mode.id})
         return Event(accepted=Accepted(ctx.id, valid.seed, valid.mode.id, valid.voice, valid.stream))
 
