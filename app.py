@@ -36,7 +36,7 @@ from cosyvoice.instance import InstanceMiddleware, instance_info
 from cosyvoice.log import masked_argv, set_stage_lookup, setup_logging
 from cosyvoice.metrics import REGISTRY, set_build_info, watch_gpu_memory
 from cosyvoice.modes import BY_ID as MODES_BY_ID, MODES
-from cosyvoice.openai_api import openai_router
+from cosyvoice import openai_api
 from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
@@ -411,9 +411,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
         gr.Timer(1.0).tick(studio.status_line, outputs=status, queue=False, show_progress="hidden",
                            api_visibility="private")
-    # The service does its own admission and answers "busy" itself, so Gradio lets every request reach it
-    # (a refusal returns at once); Gradio's own bound only stops a flood far beyond the service's.
-    demo.queue(max_size=256, default_concurrency_limit=studio.args.concurrency + studio.args.queue_size + 32)
+    # The service's Admission is the one queue: Gradio's never refuses (no size bound) and runs more
+    # handlers at once than Admission admits and lets wait, so "busy" always comes from the service.
+    admission = studio.service.stats()
+    demo.queue(max_size=None, default_concurrency_limit=admission["workers"] + admission["queue_size"] + 32)
     return demo
 
 
@@ -487,7 +488,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
 
     # The OpenAI-compatible /v1 API: before the Gradio mount at "", which takes every other path.
     check_voices_dir(args.voices_dir, args.model_dir)
-    app.include_router(openai_router(studio.service, max_upload_bytes=int(args.max_upload_mb * 2**20), gate=gate))
+    openai_api.mount(app, studio.service, gate, max_upload_bytes=int(args.max_upload_mb * 2**20))
 
     demo = build_ui(studio)
     outputs = Path(args.outputs_dir).resolve()

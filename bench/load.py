@@ -1,8 +1,15 @@
 """Load and soak on loopback: concurrent clients mixing valid and bad requests, then a long sequential run.
 
     .venv/bin/python bench/load.py [--clients 20] [--requests 60] [--soak 200] [--json out.json]
+    .venv/bin/python bench/load.py --mixed [--clients 30] [--requests 300] [--json out.json]
 
-Starts its own app (lite engine, --concurrency 2 --queue-size 8, temporary folders) on a free
+--mixed sends the /v1 API a mix from 30 clients: speech (whole and streamed), voices list, create
+and delete, and bad requests (a seed out of range, an unknown model, bad markup, broken JSON). Every
+served speech request must have exactly one complete output file (found by its unique request id,
+frames equal to the response's), every refusal the service's OpenAI-shaped message naming the
+request id, and /health keeps answering.
+
+Starts its own app (lite engine at its default width of 2, --queue-size 8, temporary folders) on a free
 loopback port unless --url is given, and stops it at the end. Every loop is bounded in count and
 time. It checks what a user would: each valid request is either served with exactly one complete
 WAV in outputs/ or told "busy" in the service's own words; each bad request gets a clear refusal;
@@ -112,29 +119,8 @@ def run_load(target: Target, clients: int, requests: int, deadline_s: float) -> 
                 results.append({"kind": kind, "outcome": outcome, "ok": ok, "seconds": elapsed,
                                 "served": kind == "valid" and outcome == "complete", "detail": detail[:200]})
 
-    health: list[float] = []
-    stop = threading.Event()
-
-    def probe() -> None:
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                target.http.get(f"{target.url}/health", timeout=5)
-                health.append(time.perf_counter() - t0)
-            except httpx.HTTPError:
-                health.append(float("inf"))
-            stop.wait(0.5)
-
     before = len(list(target.outputs.glob("output_*.wav"))) if target.outputs else None
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    prober = threading.Thread(target=probe)
-    prober.start()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    stop.set()
-    prober.join()
+    health = _with_health_probe(target, lambda: _run_clients(client, clients))
     served = [r for r in results if r["served"]]
     latencies = sorted(r["seconds"] for r in served)
     wavs = len(list(target.outputs.glob("output_*.wav"))) - before if target.outputs else None
@@ -149,6 +135,140 @@ def run_load(target: Target, clients: int, requests: int, deadline_s: float) -> 
         "served_p95_s": round(latencies[max(0, int(0.95 * len(latencies)) - 1)], 2) if latencies else None,
         "health_max_s": round(max(health), 3) if health else None,
     }
+
+
+MIXED_BAD = {
+    "seed": ({"seed": 10**400}, 400), "model": ({"model": "whisper-1"}, 400),
+    "markup": ({"input": "你好[pause:99]"}, 400), "json": (None, 400),
+}
+
+
+def mixed_call(target: Target, kind: str, rid: str, voice_ids: list) -> dict:
+    """One /v1 request of `kind`; returns what the checks need."""
+    import uuid
+
+    headers = {"X-Request-ID": rid}
+    body = {"model": "tts-1", "voice": "narrator", "input": random.choice(TEXTS[:3]), "response_format": "wav"}
+    if kind in ("speech", "stream"):
+        return {"response": target.http.post(f"{target.url}/v1/audio/speech", headers=headers,
+                                              json={**body, "stream": kind == "stream"})}
+    if kind == "list":
+        return {"response": target.http.get(f"{target.url}/v1/audio/voices", headers=headers)}
+    if kind == "create":
+        with open(PROMPT, "rb") as audio:
+            response = target.http.post(f"{target.url}/v1/audio/voices", headers=headers,
+                                        data={"name": f"load-{uuid.uuid4().hex[:8]}", "transcript": TRANSCRIPT},
+                                        files={"audio": ("prompt.wav", audio, "audio/wav")})
+        if response.status_code == 201:
+            voice_ids.append(response.json()["id"])
+        return {"response": response}
+    if kind == "delete":
+        voice_id = voice_ids.pop() if voice_ids else "voice_000000000000"
+        return {"response": target.http.delete(f"{target.url}/v1/audio/voices/{voice_id}", headers=headers)}
+    extra, _ = MIXED_BAD[kind]
+    if extra is None:
+        return {"response": target.http.post(f"{target.url}/v1/audio/speech", headers={
+            **headers, "Content-Type": "application/json"}, content=b'{"model": "tts-1", "input": ')}
+    payload = json.dumps({**body, **extra}) if kind != "seed" else \
+        json.dumps(body)[:-1] + ', "seed": 1' + "0" * 400 + "}"
+    return {"response": target.http.post(f"{target.url}/v1/audio/speech", headers={
+        **headers, "Content-Type": "application/json"}, content=payload.encode())}
+
+
+def mixed_check(target: Target, kind: str, rid: str, response: httpx.Response) -> tuple[bool, bool]:
+    """(ok, served): a served speech has exactly one complete file; a refusal is the service's message."""
+    import io
+
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            return False, False
+        expected = MIXED_BAD.get(kind, (None, None))[1]
+        known = f"(request {rid})" in message and "Traceback" not in message
+        busy = response.status_code == 429 and BUSY in message
+        gone = kind == "delete" and response.status_code == 404
+        return known and (busy or gone or response.status_code == expected), False
+    if kind not in ("speech", "stream"):
+        return response.status_code in (200, 201), False
+    files = list(target.outputs.glob(f"output_*_{rid}.wav")) if target.outputs else []
+    if target.outputs is None:
+        return True, True
+    complete = len(files) == 1 and sf.info(str(files[0])).frames == sf.info(io.BytesIO(response.content)).frames \
+        if kind == "speech" else len(files) == 1 and sf.info(str(files[0])).frames > 0
+    return complete, True
+
+
+def run_mixed(target: Target, clients: int, requests: int, deadline_s: float) -> dict:
+    with open(PROMPT, "rb") as audio:
+        target.http.post(f"{target.url}/v1/audio/voices", data={"name": "narrator", "transcript": TRANSCRIPT},
+                         files={"audio": ("prompt.wav", audio, "audio/wav")})
+    kinds = ["speech"] * 4 + ["stream"] * 2 + ["list", "create", "delete"] + list(MIXED_BAD)
+    plan = [kinds[i % len(kinds)] for i in range(requests)]
+    random.Random(1).shuffle(plan)
+    lock, results, voice_ids, started = threading.Lock(), [], [], time.monotonic()
+
+    def client(worker: int) -> None:
+        while time.monotonic() - started < deadline_s:
+            with lock:
+                if not plan:
+                    return
+                kind, rid = plan.pop(), f"mix{worker:02d}-{len(plan):04d}"
+            t0 = time.perf_counter()
+            response = mixed_call(target, kind, rid, voice_ids)["response"]
+            elapsed = time.perf_counter() - t0
+            ok, served = mixed_check(target, kind, rid, response)
+            with lock:
+                results.append({"kind": kind, "status": response.status_code, "ok": ok, "served": served,
+                                "seconds": elapsed, "rid": rid, "detail": response.text[:200] if not ok else ""})
+
+    health = _with_health_probe(target, lambda: _run_clients(client, clients))
+    served = sorted(r["seconds"] for r in results if r["served"])
+    by_status: dict[str, int] = {}
+    for r in results:
+        key = f"{r['kind']} {r['status']}"
+        by_status[key] = by_status.get(key, 0) + 1
+    return {"clients": clients, "requests": len(results), "wall_s": round(time.monotonic() - started, 1),
+            "served_speech": len(served), "outcomes": dict(sorted(by_status.items())),
+            "unexpected": [r for r in results if not r["ok"]][:5], "unexpected_count": sum(not r["ok"] for r in results),
+            "served_p50_s": _quantile(served, 0.5), "served_p95_s": _quantile(served, 0.95),
+            "health_p50_s": _quantile(sorted(health), 0.5, 3), "health_max_s": round(max(health), 3) if health else None}
+
+
+def _run_clients(client, clients: int) -> None:
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _with_health_probe(target: Target, work) -> list[float]:
+    health: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                httpx.get(f"{target.url}/health", timeout=5)
+                health.append(time.perf_counter() - t0)
+            except httpx.HTTPError:
+                health.append(float("inf"))
+            stop.wait(0.5)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        work()
+    finally:
+        stop.set()
+        prober.join()
+    return health
+
+
+def _quantile(ordered: list[float], q: float, digits: int = 2) -> float | None:
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], digits) if ordered else None
 
 
 def sample(target: Target) -> dict:
@@ -187,7 +307,11 @@ def main() -> int:
     parser.add_argument("--soak", type=int, default=200, help="sequential requests for the soak (0: none)")
     parser.add_argument("--deadline", type=float, default=900, help="seconds each phase may take at most")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--mixed", action="store_true", help="the /v1 mixed run (default 30 clients, 300 requests)")
     args = parser.parse_args()
+    if args.mixed:
+        args.clients = 30 if args.clients == 20 else args.clients
+        args.requests = 300 if args.requests == 60 else args.requests
 
     app = None
     if args.url:
@@ -197,7 +321,7 @@ def main() -> int:
         port = free_port()
         cache = tmp / "cache"
         app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--engine", "lite", "--port", str(port),
-                                "--concurrency", "2", "--queue-size", "8", "--log-dir", str(tmp / "logs"),
+                                "--queue-size", "8", "--log-dir", str(tmp / "logs"), "--voices-dir", str(tmp / "voices"),
                                 "--outputs-dir", str(tmp / "outputs"), "--cache-dir", str(cache)],
                                cwd=ROOT, stdout=open(tmp / "app.out", "wb"), stderr=subprocess.STDOUT)
         target = Target(f"http://127.0.0.1:{port}", tmp / "outputs", cache, app.pid)
@@ -211,6 +335,12 @@ def main() -> int:
         else:
             raise SystemExit(f"the app did not become ready; see {tmp / 'app.out'}")
     try:
+        if args.mixed:
+            report = {"mixed": run_mixed(target, args.clients, args.requests, args.deadline)}
+            print(json.dumps(report["mixed"], indent=2, ensure_ascii=False))
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+            return 0 if report["mixed"]["unexpected_count"] == 0 else 1
         report = {"load": run_load(target, args.clients, args.requests, args.deadline)}
         print(json.dumps(report["load"], indent=2, ensure_ascii=False))
         if args.soak and target.pid:

@@ -1,6 +1,7 @@
 """Command line: `python -m cosyvoice synth|voices|text|download …`.
 
-`synth` goes through the same SynthesisService as the WebUI, so it validates, logs and saves alike.
+`synth` goes through the same SynthesisService as the WebUI: the flags are handed over as typed by the
+user, and the service validates them, picks the mode ("auto"), logs and saves alike.
 """
 from __future__ import annotations
 
@@ -17,19 +18,20 @@ def _synth(argv: list[str]) -> int:
     from .log import flush, setup_logging
     from .modes import MODE_IDS
     from .outputs import copy_atomic
-    from .service import ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
+    from .service import AUTO, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
     from .text.frontend import TextFrontend
 
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
-    parser.add_argument("--mode", choices=MODE_IDS, default=MODE_IDS[0])
+    parser.add_argument("--mode", choices=(AUTO, *MODE_IDS), default=AUTO,
+                        help="auto (default): the service picks from the voice, transcript and instruction")
     parser.add_argument("--text", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt-wav")
     source.add_argument("--voice", help="a saved voice's name or id (python -m cosyvoice voices list)")
     parser.add_argument("--prompt-text", default="")
     parser.add_argument("--instruct", default="", help="instruction for --mode instruct, e.g. 请用四川话说")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--seed", default=None, help="a whole number 0..2^32-1 (checked by the service)")
+    parser.add_argument("--speed", default="1.0", help="0.5..2.0 (checked by the service)")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--no-normalize", action="store_true")
     parser.add_argument("--out", type=Path, help="also copy the result here (a file, or a folder to copy it into)")
@@ -71,12 +73,7 @@ def _synth(argv: list[str]) -> int:
     return 0
 
 
-def _voices(argv: list[str]) -> int:
-    """The voice library from the shell; the WebUI and the /v1 API see the same folder."""
-    from .errors import StudioError
-    from .voices import VoiceLibrary
-    from loguru import logger
-
+def _voices_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cosyvoice voices", description="Manage saved voices.")
     parser.add_argument("--voices-dir", type=Path, default=ROOT / "voices")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,41 +95,52 @@ def _voices(argv: list[str]) -> int:
     load = commands.add_parser("import", help="add a voice from an exported zip file")
     load.add_argument("zip", type=Path)
     load.add_argument("--name", default=None, help="save it under another name")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _voices(argv: list[str]) -> int:
+    """The voice library from the shell; the WebUI and the /v1 API see the same folder."""
+    from .errors import StudioError
+    from .voices import VoiceLibrary
+    from loguru import logger
+
+    args = _voices_parser().parse_args(argv)
     logger.remove()                 # the command prints its own outcome; library log lines are for the server
-    library = VoiceLibrary(args.voices_dir)
     try:
-        if args.command == "add":
-            if not Path(args.audio).is_file():
-                print(f"error: recording not found: {args.audio}", file=sys.stderr)
-                return 1
-            entry = library.add(args.name, args.audio, args.transcript, args.language, args.notes)
-            print(f"saved {entry.name} (id {entry.id}, {entry.duration:.2f} s)")
-        elif args.command == "list":
-            for entry in library.entries():
-                if entry.broken:
-                    print(f"{entry.id}  BROKEN  {entry.problem}")
-                else:
-                    transcript = entry.transcript[:40] or "(no transcript)"
-                    print(f"{entry.id}  {entry.name}  {entry.duration:.2f} s  {entry.created}  {transcript}")
-        elif args.command == "rename":
-            entry = library.rename(args.name, args.new_name)
-            print(f"renamed to {entry.name} (id {entry.id})")
-        elif args.command == "delete":
-            entry = library.delete(args.name)
-            print(f"deleted {entry.name} (id {entry.id})")
-        elif args.command == "export":
-            print(library.export_zip(args.name, args.zip))
-        else:
-            if not args.zip.is_file():
-                print(f"error: archive not found: {args.zip}", file=sys.stderr)
-                return 1
-            entry = library.import_zip(args.zip, args.name)
-            print(f"imported {entry.name} (id {entry.id})")
+        return _voices_command(VoiceLibrary(args.voices_dir), args)
     except StudioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _voices_command(library, args: argparse.Namespace) -> int:
+    if args.command == "add":
+        if not Path(args.audio).is_file():
+            print(f"error: recording not found: {args.audio}", file=sys.stderr)
+            return 1
+        entry = library.add(args.name, args.audio, args.transcript, args.language, args.notes)
+        print(f"saved {entry.name} (id {entry.id}, {entry.duration:.2f} s)")
+    elif args.command == "list":
+        for entry in library.entries():
+            if entry.broken:
+                print(f"{entry.id}  BROKEN  {entry.problem}")
+            else:
+                transcript = entry.transcript[:40] or "(no transcript)"
+                print(f"{entry.id}  {entry.name}  {entry.duration:.2f} s  {entry.created}  {transcript}")
+    elif args.command == "rename":
+        entry = library.rename(args.name, args.new_name)
+        print(f"renamed to {entry.name} (id {entry.id})")
+    elif args.command == "delete":
+        entry = library.delete(args.name)
+        print(f"deleted {entry.name} (id {entry.id})")
+    elif args.command == "export":
+        print(library.export_zip(args.name, args.zip))
+    else:
+        if not args.zip.is_file():
+            print(f"error: archive not found: {args.zip}", file=sys.stderr)
+            return 1
+        entry = library.import_zip(args.zip, args.name)
+        print(f"imported {entry.name} (id {entry.id})")
     return 0
 
 

@@ -36,7 +36,8 @@ class OutputsError(EngineError):
         super().__init__(message, stage="save")
 
 
-class StorageFullError(StudioError):
-    """A folder we write to (voices/, outputs/) has no space left; the operator frees some. HTTP 507."""
+class StorageFullError(OutputsError):
+    """A folder we write to (outputs/, voices/) has no room: disk full, quota, or under the --min-free-mb
+    floor. HTTP 507; the operator frees space."""
 
     http_status = 507

@@ -1,75 +1,48 @@
-"""The one place a request lives: admit → validate → text → voice → synthesize → save → report.
+"""The service: every synthesis (UI, Gradio API, /v1, dialogue, CLI) goes through `SynthesisService`.
 
-The UI, the Gradio API and the CLI all call `SynthesisService.run`, so every path gets the same
-checks, the same messages, the same log lines and the same saved files. Clients hand over raw
-values (whatever JSON or a form carried); `validate_request` is the only place they become typed.
+A request runs validate → text → voice (resolve, decode) → accepted → admit → features → synthesize
+→ save → report. Everything a user can get wrong is found before the "accepted" event (which
+carries the seed), so a front end that waits for the first audio never answers success for a
+request that fails; a failure after audio started is raised from the event stream for the front
+end to turn into an error the client sees. The service is split by job: validation
+(cosyvoice.validation), `Admission` (the one queue), `VoiceResolver` (lookups and the feature
+cache) and `OutputStore` (unique files, free space); `run` only strings them together.
 """
 from __future__ import annotations
 
 import argparse
-import errno
-import math
-import secrets
-import tempfile
-import threading
+import dataclasses
 import time
 import traceback
 import uuid
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-
-from . import metrics
 from opentelemetry import trace
 
-from .audio import load_prompt_audio
+from . import metrics
+from .admission import Admission
+from .dialogue import DialogueRequest, DialogueResult, TurnResult
 from .engines.base import Engine, Progress, PromptAudio, Style, Voice
-from .errors import EngineError, OutputsError, ServerBusyError, StudioError, UserInputError
+from .errors import EngineError, ServerBusyError, StudioError, UserInputError
+from .history import TEXT_KEPT, request_record
 from .jobs import JobRegistry
 from .log import request_logger
 from .mastering import master_events
-from .modes import MODE_IDS, MODES, Mode, get_mode
-from .outputs import output_path, remove_expired, remove_stale_partials, write_wav_atomic
-from .history import request_record, write_sidecar
+from .modes import MODE_IDS, MODES
+from .outputs import OutputStore
 from .text.frontend import Pause, TextFrontend, format_preview
 from .tracing import tracer
+from .validation import (AUTO, MAX_SEED, SPEED_RANGE, SynthesisRequest, ValidRequest, about, auto_mode,  # noqa: F401
+                         check_mode_needs, check_mode_supported, switch_field, text_field, validate_dialogue,
+                         validate_request)
+from .voice_resolver import VoiceResolver, VoiceSource
 from .voices import VoiceLibrary
 
-MAX_SEED = 2**32 - 1
-SPEED_RANGE = (0.5, 2.0)
-
-
-@dataclass
-class SynthesisRequest:
-    """What a client sent, untyped: the service checks every field before using it."""
-    text: Any
-    mode: Any = "zero_shot"
-    prompt_wav: Any = None
-    prompt_text: Any = ""
-    instruct_text: Any = ""
-    seed: Any = None                 # None, "" or negative: pick one (and log it, so it can be repeated)
-    speed: Any = 1.0
-    stream: Any = False
-    normalize: Any = True
-    voice: Any = None                # a saved voice's name or id (cosyvoice.voices), in place of prompt_wav
-
-
-@dataclass(frozen=True)
-class ValidRequest:
-    text: str
-    mode: Mode
-    prompt_wav: str
-    prompt_text: str
-    instruct_text: str
-    seed: int
-    speed: float
-    stream: bool
-    normalize: bool
-    voice: str | None = None
+DEFAULT_MIN_FREE_MB = 50.0
 
 
 @dataclass
@@ -79,27 +52,32 @@ class ServiceConfig:
     max_prompt_text_chars: int = 300     # a 30 s prompt holds far fewer characters than this
     max_instruct_chars: int = 200
     max_piece_units: int = 80            # the official packing: pieces of up to 80 units (zh chars, en tokens)
-    workers: int = 2                     # requests synthesised at once
+    workers: int | None = None           # requests synthesised at once; None: the engine's parallelism()
     queue_size: int = 8                  # requests allowed to wait beyond those
     retention_days: float = 7.0
     voice_cache_size: int = 16
     voices_dir: Path = Path("voices")    # the saved-voice library (cosyvoice.voices)
+    min_free_mb: float = DEFAULT_MIN_FREE_MB   # outputs/ refuses new results (507) below this much free space
     loudness_lufs: float | None = None   # output loudness target (cosyvoice.mastering); None: only the limiter
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServiceConfig":
         return cls(outputs_dir=args.outputs_dir, max_text_chars=args.max_text_chars, workers=args.concurrency,
                    queue_size=args.queue_size, retention_days=args.outputs_retention_days,
-                   voices_dir=args.voices_dir, loudness_lufs=args.loudness)
+                   voices_dir=args.voices_dir, min_free_mb=getattr(args, "min_free_mb", DEFAULT_MIN_FREE_MB),
+                   loudness_lufs=getattr(args, "loudness", None))
 
 
 def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
     """Flags every front end (WebUI, CLI) shares for the service; ServiceConfig.from_args reads them."""
     parser.add_argument("--max-text-chars", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=2, help="requests synthesised at once")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="requests synthesised at once (default: what the engine runs well in parallel)")
     parser.add_argument("--queue-size", type=int, default=8, help="requests allowed to wait")
     parser.add_argument("--outputs-retention-days", type=float, default=7.0)
     parser.add_argument("--outputs-dir", type=Path, default=root / "outputs")
+    parser.add_argument("--min-free-mb", type=float, default=DEFAULT_MIN_FREE_MB,
+                        help="free space outputs/ must keep: below it requests get 507 and /ready 503")
     parser.add_argument("--g2p-dict", type=Path, default=root / "configs" / "G2P_replace_dict.jsonl")
     parser.add_argument("--voices-dir", type=Path, default=root / "voices",
                         help="saved voices (never inside the model dir)")
@@ -118,29 +96,55 @@ class SynthesisResult:
     notices: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """Everything a user could get wrong has been checked; the request now queues. Front ends may
+    name the seed (x-seed) and the voice id from here on."""
+    request_id: str
+    seed: int
+    mode: str
+    voice_id: str | None
+    stream: bool = False             # audio arrives in pieces (else once, after it is saved)
+
+
 @dataclass
 class Event:
-    """What `run` yields: queue and progress updates, audio chunks as they are made, notices, the result."""
+    """What `run` yields: acceptance, queue and progress updates, audio chunks, notices, the result."""
     chunk: np.ndarray | None = None
     notice: str | None = None
     progress: tuple[float | None, str] | None = None    # (fraction done or None, what is happening)
-    result: SynthesisResult | None = None
+    result: SynthesisResult | DialogueResult | None = None
+    accepted: Accepted | None = None
 
 
-class _Stages:
-    """Where a request is: each stage is a trace span, a duration sample and the job's current stage,
-    so a failure can also say which stage it happened in."""
+@dataclass
+class _Plan:
+    """A request after the checks that need no engine time: its typed fields, text items and voice."""
+    request: ValidRequest
+    items: list
+    notices: list[str]
+    source: VoiceSource
 
-    QUEUED = ("validate", "queue")
 
-    def __init__(self, jobs: JobRegistry, job_id: str, span):
-        self.jobs, self.job_id, self.span = jobs, job_id, span
-        self.current = "validate"
+class _Request:
+    """One request's id, log, job and trace span; each stage is a span, a duration sample and the job's
+    current stage, so a failure can say which stage it happened in."""
+
+    QUEUED = ("validate", "text", "voice", "queue")
+
+    def __init__(self, jobs: JobRegistry, request_id: str | None, kind: str, engine_name: str):
+        self.id = request_id or uuid.uuid4().hex[:6]
+        self.log = request_logger(self.id)
+        self.kind = kind if kind in (*MODE_IDS, "dialogue") else AUTO if kind == AUTO else "unknown"
+        self.jobs, self.current, self.received = jobs, "validate", time.time()
+        jobs.open(self.id, self.kind)
+        self.span = tracer().start_span("synthesis request", attributes={
+            "request.id": self.id, "mode": self.kind, "engine": engine_name})
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[Any]:
+    def stage(self, name: str) -> Iterator[Any]:
         self.current = name
-        self.jobs.update(self.job_id, stage=name, **({} if name in self.QUEUED else {"state": "running"}))
+        self.jobs.update(self.id, stage=name, **({} if name in self.QUEUED else {"state": "running"}))
         span = tracer().start_span(name, context=trace.set_span_in_context(self.span))
         started = time.perf_counter()
         try:
@@ -153,100 +157,42 @@ class _Stages:
             span.end()
             metrics.STAGE_DURATION.labels(name).observe(time.perf_counter() - started)
 
-
-# ---- validation: raw client values → typed fields, one message per kind of mistake -------------------
-
-def _text_field(value: Any, what: str, limit: int, required: bool) -> str:
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise UserInputError(f"The {what} must be text (a string), not {type(value).__name__}.")
-    value = value.strip()
-    if required and not value:
-        raise UserInputError(f"The {what} is empty. Type what the voice should say." if what == "text"
-                             else f"The {what} is empty.")
-    if len(value) > limit:
-        raise UserInputError(f"The {what} is {len(value)} characters long; the limit is {limit}. "
-                             f"Shorten it{' or split it into several requests' if what == 'text' else ''}.")
-    return value
-
-
-def _number_field(value: Any, what: str) -> float:
-    if isinstance(value, bool):
-        raise UserInputError(f"The {what} must be a number, not true/false.")
-    if isinstance(value, str):
+    @contextmanager
+    def handled(self) -> Iterator[None]:
+        """Every ending logged once, counted once, and told to the user as a StudioError."""
         try:
-            value = float(value.strip())
-        except ValueError:
-            raise UserInputError(f"The {what} must be a number; got {value[:20]!r}.") from None
-    if not isinstance(value, (int, float)):
-        raise UserInputError(f"The {what} must be a number, not {type(value).__name__}.")
-    if not math.isfinite(value):
-        raise UserInputError(f"The {what} must be a finite number; got {value}.")
-    return float(value)
+            try:
+                yield
+            except StudioError as err:
+                err.logged = True            # the lines below are this refusal's log line; front ends add none
+                raise
+            self.jobs.update(self.id, state="done", stage="done", progress="saved")
+        except ServerBusyError as err:
+            self._ended("busy", "refused", err)
+            raise
+        except UserInputError as err:
+            self._ended("refused", "refused", err)
+            self.log.warning(f"refused at {self.current}: {err}")
+            raise
+        except StudioError as err:       # EngineError, OutputsError: ours to fix, not the user's
+            self._ended("error", "failed", err)
+            self.log.error(f"failed during {getattr(err, 'stage', self.current)}: {err}")
+            raise
+        except Exception as err:
+            self._ended("error", "failed", err)
+            self.log.error(f"internal error at {self.current}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+            internal = EngineError(f"Internal error while {self.current} (request {self.id}). The details are "
+                                   f"in logs/runtime.log; please report them.", stage=self.current)
+            internal.logged = True
+            raise internal from err
+        finally:
+            self.span.end()
 
-
-def _seed_field(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    number = _number_field(value, "seed")
-    if number != int(number):
-        raise UserInputError(f"Seed {value} is not a whole number; use a whole number from 0 to {MAX_SEED}.")
-    if number < 0:
-        return None
-    if number > MAX_SEED:
-        raise UserInputError(f"Seed {int(number)} is out of range; use a whole number from 0 to {MAX_SEED}.")
-    return int(number)
-
-
-def _switch_field(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise UserInputError(f"The {what} switch must be true or false; got {str(value)[:20]!r}.")
-
-
-def validate_request(request: SynthesisRequest, config: ServiceConfig, engine: Engine) -> ValidRequest:
-    """Every check on what a client sent, in the order a user fills the form."""
-    if not isinstance(request.mode, str) or get_mode(request.mode) is None:
-        raise UserInputError(f"Unknown mode {str(request.mode)[:30]!r}. Choose one of: {', '.join(MODE_IDS)}.")
-    mode = get_mode(request.mode)
-    if mode.id not in engine.capabilities().modes:
-        raise UserInputError(f"The {engine.name} engine cannot do {mode.label}.")
-    text = _text_field(request.text, "text", config.max_text_chars, required=True)
-    voice = _voice_field(request.voice, request.prompt_wav)
-    if voice is None and (not request.prompt_wav or not isinstance(request.prompt_wav, str)):
-        raise UserInputError(f"{mode.label} needs a prompt recording: upload or record 3–15 s of the voice to clone.")
-    prompt_text = _text_field(request.prompt_text, "prompt transcript", config.max_prompt_text_chars,
-                              required=False)
-    if mode.needs_transcript and not prompt_text and voice is None:    # a saved voice brings its own
-        raise UserInputError(f"{mode.label} needs the transcript of the prompt recording. Type exactly "
-                             "what is said in it, or use 跨语种复刻 (cross-lingual), which needs none.")
-    instruct_text = _text_field(request.instruct_text, "instruction", config.max_instruct_chars, required=False)
-    if mode.needs_instruction and not instruct_text:
-        raise UserInputError(f"{mode.label} needs an instruction, e.g. 请用四川话说 or "
-                             "'speak very fast'. Pick a preset or type one.")
-    speed = _number_field(request.speed, "speed")
-    if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
-        raise UserInputError(f"Speed {speed:g} is out of range; choose between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}.")
-    seed = _seed_field(request.seed)
-    return ValidRequest(text=text, mode=mode, prompt_wav=request.prompt_wav, prompt_text=prompt_text,
-                        instruct_text=instruct_text, seed=secrets.randbelow(MAX_SEED) if seed is None else seed,
-                        speed=speed, stream=_switch_field(request.stream, "stream"),
-                        normalize=_switch_field(request.normalize, "normalize"), voice=voice)
-
-
-def _voice_field(value: Any, prompt_wav: Any) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if not isinstance(value, str) or len(value) > 100:
-        raise UserInputError("The voice must be the name or id of a saved voice (text, at most 100 characters).")
-    if prompt_wav:
-        raise UserInputError("Give either a saved voice or a prompt recording, not both.")
-    return value.strip()
+    def _ended(self, outcome: str, state: str, err: Exception) -> None:
+        metrics.REQUESTS.labels(self.kind, outcome).inc()
+        self.jobs.update(self.id, state=state, error=str(err)[:300])
+        self.span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
+        self.span.set_attribute("outcome", outcome)
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -254,6 +200,9 @@ def _clip(text: str, limit: int = 60) -> str:
 
 
 class SynthesisService:
+    """The pipeline; its parts are public so front ends can read (never decide) through them:
+    `admission`, `resolver`, `outputs`, `jobs`, `voices` (the VoiceLibrary), `engine`, `config`."""
+
     def __init__(self, engine: Engine, config: ServiceConfig | None = None,
                  frontend: TextFrontend | None = None):
         self.engine = engine
@@ -263,125 +212,35 @@ class SynthesisService:
             self.frontend.count_tokens = engine.text_token_counter()
         self.started = time.time()
         self.jobs = JobRegistry()
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)   # a worker freed, a request queued or left
-        self._queue: list[int] = []                        # tickets of waiting requests, first come first
-        self._next_ticket = 0
-        self._active = 0
-        self._draining = False
-        self._voices: OrderedDict[tuple, Voice] = OrderedDict()
+        width = self.config.workers or _engine_parallelism(engine)
+        self.admission = Admission(width, self.config.queue_size, self.jobs)
         self.voices = VoiceLibrary(self.config.voices_dir)
-        self._outputs_checked: tuple[float, str | None] = (0.0, None)
-        metrics.BUSY_WORKERS.set_function(lambda: self._active)
-        metrics.QUEUE_DEPTH.set_function(lambda: len(self._queue))
+        self.resolver = VoiceResolver(self.voices, engine, self.config.voice_cache_size)
+        self.outputs = OutputStore(self.config.outputs_dir, self.config.min_free_mb, self.config.retention_days)
 
-    # ---- operations -------------------------------------------------------------------------
+    # ---- what app.py and the UI read ------------------------------------------------------------
     def stats(self) -> dict:
-        with self._lock:
-            return {"busy_workers": self._active, "queue_depth": len(self._queue), "workers": self.config.workers,
-                    "queue_size": self.config.queue_size, "draining": self._draining}
-
-    def clean_outputs(self) -> list[Path]:
-        return remove_expired(self.config.outputs_dir, self.config.retention_days)
-
-    def remove_stale_partials(self) -> list[Path]:
-        return remove_stale_partials(self.config.outputs_dir)
-
-    def outputs_problem(self, max_age_s: float = 2.0) -> str | None:
-        """Why results cannot be saved right now (None when outputs/ takes a file); checked by a real write."""
-        checked_at, problem = self._outputs_checked
-        if time.monotonic() - checked_at < max_age_s:
-            return problem
-        folder = Path(self.config.outputs_dir)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".ready.", suffix=".partial"):
-                pass
-            problem = None
-        except OSError as err:
-            problem = f"cannot write to {folder}: {_disk_advice(err)}"
-        self._outputs_checked = (time.monotonic(), problem)
-        return problem
+        return self.admission.stats()
 
     def drain(self) -> None:
-        """Stop admitting requests (shutdown); those already admitted run to the end."""
-        with self._lock:
-            self._draining = True
+        self.admission.drain()
 
     def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._active or self._queue:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-        return True
+        return self.admission.wait_idle(timeout)
 
-    def _enter_queue(self, log) -> int:
-        """A ticket in the queue, or ServerBusyError when it is full (or the server is stopping)."""
-        with self._lock:
-            if self._draining:
-                log.warning("refused: the server is shutting down")
-                raise ServerBusyError("The server is shutting down for a restart. Please try again in a minute.")
-            waiting = len(self._queue)
-            if waiting >= self.config.queue_size and self._active >= self.config.workers:
-                log.warning(f"refused: server busy ({self._active} synthesising, {waiting} waiting)")
-                raise ServerBusyError(
-                    f"The server is busy: {self._active} requests are being synthesised and {waiting} are "
-                    f"waiting. Please try again in a minute.")
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._queue.append(ticket)
-            return ticket
+    def outputs_problem(self, max_age_s: float = 2.0) -> str | None:
+        return self.outputs.problem(max_age_s)
 
-    def _wait_for_worker(self, ticket: int, job_id: str, log) -> Iterator[Event]:
-        """Wait in line (first come, first served), telling the client its place every half second."""
-        started = time.monotonic()
-        first_position = None
-        while True:
-            with self._changed:
-                if self._queue[0] == ticket and self._active < self.config.workers:
-                    self._queue.pop(0)
-                    self._active += 1
-                    break
-                position, total = self._queue.index(ticket) + 1, len(self._queue)
-                self._changed.wait(0.5)
-            first_position = first_position or position
-            waited = time.monotonic() - started
-            self.jobs.update(job_id, queue_position=position, progress=f"queued {position}/{total}")
-            yield Event(progress=(None, f"排队中 Queued: position {position} of {total}, waited {waited:.0f} s"))
-        waited = time.monotonic() - started
-        metrics.QUEUE_WAIT.observe(waited)
-        self.jobs.update(job_id, queue_position=None, queue_wait_s=round(waited, 2), started_at=time.time())
-        if first_position:
-            log.bind(figures={"queue_wait_s": round(waited, 2), "position": first_position}).info(
-                f"waited {waited:.1f} s in queue (position {first_position})")
+    def clean_outputs(self) -> list[Path]:
+        return self.outputs.clean_expired()
 
-    @contextmanager
-    def _worker(self, log, request_id: str) -> Iterator[None]:
-        """A worker for work that reports no progress (saving a voice): queued and limited like a request."""
-        ticket, admitted = self._enter_queue(log), False
-        try:
-            for _ in self._wait_for_worker(ticket, request_id, log):
-                pass
-            admitted = True
-            yield
-        finally:
-            self._leave(ticket, admitted)
-
-    def _leave(self, ticket: int, admitted: bool) -> None:
-        with self._changed:
-            if admitted:
-                self._active -= 1
-            elif ticket in self._queue:
-                self._queue.remove(ticket)
-            self._changed.notify_all()
+    def remove_stale_partials(self) -> list[Path]:
+        return self.outputs.remove_stale_partials()
 
     def preview_text(self, text: Any, normalize: Any = True) -> str:
         """The frontend's view of a text (normalized, markup, pieces, pauses), checked like a request's text."""
-        text = _text_field(text, "text", self.config.max_text_chars, required=True)
-        result = self.frontend.process(text, normalize=_switch_field(normalize, "normalize"),
+        text = text_field(text, "text", self.config.max_text_chars, required=True)
+        result = self.frontend.process(text, normalize=switch_field(normalize, "normalize"),
                                        max_piece_units=self.config.max_piece_units)
         return format_preview(result)
 
@@ -399,114 +258,101 @@ class SynthesisService:
                 samples += len(chunk)
         return samples / self.engine.sample_rate
 
-    # ---- the request ------------------------------------------------------------------------
+    # ---- the request ----------------------------------------------------------------------------
     def synthesize(self, request: SynthesisRequest, request_id: str | None = None) -> SynthesisResult:
-        for event in self.run(request, request_id):
-            if event.result is not None:
-                return event.result
-        raise EngineError("the request ended without a result", stage="report")
+        return _result_of(self.run(request, request_id))
 
     def run(self, request: SynthesisRequest, request_id: str | None = None) -> Iterator[Event]:
         """Serve one request, yielding events; raises StudioError subclasses with a user message."""
-        request_id = request_id or uuid.uuid4().hex[:6]
-        log = request_logger(request_id)
-        mode_label = request.mode if isinstance(request.mode, str) and request.mode in MODE_IDS else "unknown"
-        self.jobs.open(request_id, mode_label)
-        received = time.time()
-        span = tracer().start_span("synthesis request", attributes={"request.id": request_id, "mode": mode_label,
-                                                                    "engine": self.engine.name})
-        stage = _Stages(self.jobs, request_id, span)
-        try:
-            with stage("validate"):
-                valid = validate_request(request, self.config, self.engine)
-            log.info(f"received {valid.mode.id}, text {len(valid.text)} chars, seed {valid.seed}, "
-                     f"speed {valid.speed:g}, stream {'on' if valid.stream else 'off'}")
-            if valid.instruct_text:
-                log.info(f"instruction: {_clip(valid.instruct_text)}")
-            span.set_attributes({"text.chars": len(valid.text), "seed": valid.seed})
-            ticket, admitted = None, False
-            try:
-                with stage("queue"):
-                    ticket = self._enter_queue(log)
-                    yield from self._wait_for_worker(ticket, request_id, log)
-                admitted = True
-                yield from self._pipeline(valid, request_id, log, stage, span, received)
-            finally:
-                if ticket is not None:
-                    self._leave(ticket, admitted)
-            self.jobs.update(request_id, state="done", stage="done", progress="saved")
-        except ServerBusyError as err:
-            self._ended(request_id, mode_label, "busy", "refused", err, span)
-            raise
-        except UserInputError as err:
-            self._ended(request_id, mode_label, "refused", "refused", err, span)
-            log.warning(f"refused at {stage.current}: {err}")
-            raise
-        except StudioError as err:       # EngineError, ModelDirError, OutputsError: ours to fix, not the user's
-            self._ended(request_id, mode_label, "error", "failed", err, span)
-            log.error(f"failed during {getattr(err, 'stage', stage.current)}: {err}")
-            raise
-        except Exception as err:
-            self._ended(request_id, mode_label, "error", "failed", err, span)
-            log.error(f"internal error at {stage.current}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-            raise EngineError(f"Internal error while {stage.current} (request {request_id}). The details are in "
-                              f"logs/runtime.log; please report them.", stage=stage.current) from err
-        finally:
-            span.end()
+        ctx = _Request(self.jobs, request_id, request.mode, self.engine.name)
+        with ctx.handled():
+            plan = self._prepare(request, ctx, {})
+            self.outputs.check_space()               # no room for the result: refused before any work
+            yield self._accepted(ctx, plan.request)
+            with self.admission.held(ctx.log, ctx.id) as ticket:
+                yield from self._queue(ctx, ticket)
+                samples, elapsed = yield from self._render(plan, ctx)
+                with ctx.stage("save"):
+                    path = self.outputs.save(ctx.id, samples, self.engine.sample_rate,
+                                             request_record(plan.request, ctx.id, len(samples) / self.engine.sample_rate,
+                                                            self.engine.name), ctx.log)
+            result = self._report(ctx, plan.request.mode.id, path, samples, elapsed, plan.request.seed, plan.notices)
+            if not plan.request.stream:
+                yield Event(chunk=samples)
+            yield Event(result=result)
 
-    def _ended(self, request_id: str, mode: str, outcome: str, state: str, err: Exception, span) -> None:
-        metrics.REQUESTS.labels(mode, outcome).inc()
-        self.jobs.update(request_id, state=state, error=str(err)[:300])
-        span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
-        span.set_attribute("outcome", outcome)
+    def _prepare(self, request: SynthesisRequest, ctx: _Request, entries: dict) -> _Plan:
+        """validate → text → voice: everything a user can get wrong, before the request queues."""
+        with ctx.stage("validate"):
+            valid = validate_request(request, self.config, self.engine.capabilities().modes, self.engine.name)
+        self._received(ctx, valid)
+        with ctx.stage("text"), about("text"):
+            items, notices = self._prepare_text(valid, ctx.log)
+        with ctx.stage("voice"), about("voice"):
+            valid, source = self._prepare_voice(valid, ctx.log, entries)
+            notices += source.upload.warnings if source.upload is not None else []
+        return _Plan(valid, items, notices, source)
 
-    def _pipeline(self, request: ValidRequest, request_id: str, log, stage: _Stages, span,
-                  received: float) -> Iterator[Event]:
-        with stage("text"):
-            items, notices = self._prepare_text(request, log)
-        with stage("voice"):
-            voice = self._prepare_voice(request, log, notices)
-        style = Style(mode=request.mode.id, instruct_text=request.instruct_text, speed=request.speed)
-        notices += self.engine.style_notices(style)
-        for notice in notices:
-            log.warning(notice)
+    def _received(self, ctx: _Request, valid: ValidRequest) -> None:
+        ctx.log.info(f"received {valid.mode.id if valid.mode else AUTO}, text {len(valid.text)} chars, seed "
+                     f"{valid.seed}, speed {valid.speed:g}, stream {'on' if valid.stream else 'off'}")
+        if valid.instruct_text:
+            ctx.log.info(f"instruction: {_clip(valid.instruct_text)}")
+
+    def _accepted(self, ctx: _Request, valid: ValidRequest) -> Event:
+        ctx.log.info(f"accepted: {valid.mode.id}" + (f" with voice {valid.voice}" if valid.voice else "")
+                     + ", waiting for a slot")
+        ctx.span.set_attributes({"text.chars": len(valid.text), "seed": valid.seed, "mode": valid.mode.id})
+        return Event(accepted=Accepted(ctx.id, valid.seed, valid.mode.id, valid.voice, valid.stream))
+
+    def _queue(self, ctx: _Request, ticket) -> Iterator[Event]:
+        with ctx.stage("queue"):
+            for message in ticket.wait():
+                yield Event(progress=(None, message))
+
+    def _render(self, plan: _Plan, ctx: _Request):
+        """features → synthesize (a generator of events that returns (samples, seconds taken))."""
+        with ctx.stage("features"):
+            voice = self.resolver.features(plan.source, ctx.log, plan.notices)
+        valid = plan.request
+        style = Style(mode=valid.mode.id, instruct_text=valid.instruct_text, speed=valid.speed)
+        plan.notices += self.engine.style_notices(style)
+        for notice in plan.notices:
+            ctx.log.warning(notice)
             yield Event(notice=notice)
-        with stage("synthesize") as synthesize_span:
+        with ctx.stage("synthesize") as span:
             started = time.perf_counter()
             audio: list[np.ndarray] = []
-            for event in master_events(self._synthesize(items, voice, style, request.seed, request.stream, log,
-                                                        request_id, synthesize_span),
-                                       self.engine.sample_rate, request.stream, self.config.loudness_lufs):
+            engine_events = self._synthesize(plan.items, voice, style, valid.seed, valid.stream, ctx.log, ctx.id, span)
+            for event in master_events(engine_events, self.engine.sample_rate, valid.stream,
+                                       self.config.loudness_lufs):
                 if event.chunk is not None:
                     if not audio:
-                        metrics.TIME_TO_FIRST_AUDIO.observe(time.time() - received)
+                        metrics.TIME_TO_FIRST_AUDIO.observe(time.time() - ctx.received)
                     audio.append(event.chunk)
-                    if not request.stream:
+                    if not valid.stream:
                         continue
                 if event.notice is not None:
-                    notices.append(event.notice)
+                    plan.notices.append(event.notice)
                 yield event
             samples = np.concatenate(audio) if audio else np.zeros(0, np.float32)
-            elapsed = time.perf_counter() - started
             if samples.size == 0 or not np.isfinite(samples).all():
                 raise EngineError("the engine produced no usable audio", stage="synthesize")
-        with stage("save"):
-            path = self._save(request_id, samples)
+        return samples, time.perf_counter() - started
+
+    def _report(self, ctx: _Request, mode: str, path: Path, samples: np.ndarray, elapsed: float, seed: int,
+                notices: list[str], what: str = "") -> SynthesisResult:
         seconds = len(samples) / self.engine.sample_rate
-        self._record_history(path, request, request_id, seconds, log)
         rtf = elapsed / max(seconds, 1e-6)
-        log.bind(figures={"audio_s": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name}).success(
-            f"saved {path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
-        metrics.REQUESTS.labels(request.mode.id, "ok").inc()
+        ctx.log.bind(figures={"audio_s": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name}).success(
+            f"saved {what}{path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
+        metrics.REQUESTS.labels(mode, "ok").inc()
         metrics.AUDIO_SECONDS.inc(seconds)
         metrics.RTF.observe(rtf)
-        metrics.REQUEST_DURATION.labels(request.mode.id).observe(time.time() - received)
-        self.jobs.update(request_id, audio_s=round(seconds, 2), rtf=round(rtf, 3))
-        span.set_attributes({"audio.seconds": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name})
-        if not request.stream:
-            yield Event(chunk=samples)
-        yield Event(result=SynthesisResult(request_id, path, self.engine.sample_rate, seconds, rtf,
-                                           request.seed, notices))
+        metrics.REQUEST_DURATION.labels(mode).observe(time.time() - ctx.received)
+        self.jobs.update(ctx.id, audio_s=round(seconds, 2), rtf=round(rtf, 3))
+        ctx.span.set_attributes({"audio.seconds": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name})
+        return SynthesisResult(ctx.id, path, self.engine.sample_rate, seconds, rtf, seed, list(notices))
 
     # ---- stages -----------------------------------------------------------------------------
     def _prepare_text(self, request: ValidRequest, log) -> tuple[list[str | Pause], list[str]]:
@@ -517,74 +363,86 @@ class SynthesisService:
                  f"after normalization")
         return result.items, list(result.notices)
 
-    def _prepare_voice(self, request: ValidRequest, log, notices: list[str]) -> Voice:
-        if request.voice is not None:
-            return self._saved_voice(request, log, notices)
-        loaded = load_prompt_audio(request.prompt_wav)
-        rates = "/".join(str(r) for r in self.engine.capabilities().prompt_sample_rates)
-        log.info(f"prompt audio: {loaded.describe()} → {rates} Hz for the engine")
-        notices.extend(loaded.warnings)         # logged and shown with the other notices
-        prompt_text = self._prepare_transcript(request) if request.mode.needs_transcript else None
-        key = (self.engine.name, loaded.audio.sha1, prompt_text)
-        with self._lock:
-            voice = self._voices.get(key)
-            if voice is not None:
-                self._voices.move_to_end(key)
-        if voice is not None:
-            metrics.VOICE_CACHE.labels("hit").inc()
-            log.info("voice features ready (cache hit)")
-            return voice
-        metrics.VOICE_CACHE.labels("miss").inc()
-        started = time.perf_counter()
-        voice = self.engine.prepare_voice(loaded.audio, prompt_text)
-        with self._lock:
-            self._voices[key] = voice
-            while len(self._voices) > self.config.voice_cache_size:
-                self._voices.popitem(last=False)
-        log.info(f"voice features ready (cache miss, {time.perf_counter() - started:.2f} s)")
-        return voice
+    def _prepare_voice(self, valid: ValidRequest, log, entries: dict) -> tuple[ValidRequest, VoiceSource]:
+        """Resolve the voice once (a saved one by id or name → id; `entries` remembers it for a dialogue),
+        decide an "auto" mode from it, and check the mode's needs. The resolved id replaces the name."""
+        if valid.voice is None:
+            loaded = self.resolver.upload(valid.prompt_wav, log)
+            transcript = self._transcript(valid, valid.prompt_text) if valid.mode.needs_transcript else None
+            return valid, VoiceSource(transcript, upload=loaded)
+        entry = entries.get(valid.voice) or self.resolver.resolve(valid.voice)
+        entries[valid.voice] = entry
+        mode = valid.mode or check_mode_supported(auto_mode(valid.instruct_text, bool(entry.transcript)),
+                                                  self.engine.capabilities().modes, self.engine.name)
+        check_mode_needs(mode, valid.prompt_text, valid.instruct_text, saved_voice=True)
+        valid = dataclasses.replace(valid, mode=mode, voice=entry.id)
+        source = self.resolver.saved_source(entry, mode, lambda text: self._transcript(valid, text))
+        log.info(f"voice {entry.name!r} (id {entry.id}): saved {entry.duration:.2f} s recording"
+                 f"{', transcript ' + repr(_clip(entry.transcript, 30)) if source.prompt_text else ''}")
+        return valid, source
 
-    def _prepare_transcript(self, request: ValidRequest, transcript: str | None = None) -> str:
+    def _transcript(self, request: ValidRequest, transcript: str) -> str:
         """The prompt transcript is read by the model alongside the text, so it gets the same normalization."""
         try:
-            return self.frontend.process(request.prompt_text if transcript is None else transcript,
-                                         normalize=request.normalize).marked
+            return self.frontend.process(transcript, normalize=request.normalize).marked
         except UserInputError as err:
             raise UserInputError(f"In the prompt transcript: {err}") from err
 
-    # ---- saved voices (cosyvoice.voices, #13) -------------------------------------------------
-    def _saved_voice(self, request: ValidRequest, log, notices: list[str]) -> Voice:
-        """A saved voice: its stored features are loaded (not extracted) unless the model changed."""
-        entry = self.voices.resolve(request.voice)
-        if request.mode.needs_transcript and not entry.transcript:
-            raise UserInputError(f"Voice {entry.name!r} was saved without a transcript, which {request.mode.label} "
-                                 f"needs. Use 跨语种复刻 (cross-lingual), or save the voice again with its transcript.")
-        prompt_text = self._prepare_transcript(request, entry.transcript) if request.mode.needs_transcript else None
-        log.info(f"voice {entry.name!r} (id {entry.id}): saved {entry.duration:.2f} s recording"
-                 f"{', transcript ' + repr(_clip(entry.transcript, 30)) if prompt_text else ''}")
-        key = ("saved", self.engine.name, entry.id, entry.sha256, prompt_text)
-        with self._lock:
-            voice = self._voices.get(key)
-            if voice is not None:
-                self._voices.move_to_end(key)
-        if voice is not None:
-            log.info("voice features ready (cache hit)")
-            return voice
-        started = time.perf_counter()
-        voice, notice = self.voices.load_voice(entry, self.engine, prompt_text)
-        with self._lock:
-            self._voices[key] = voice
-            while len(self._voices) > self.config.voice_cache_size:
-                self._voices.popitem(last=False)
-        if notice:
-            notices.append(notice)
-            log.info(f"voice features ready (recomputed from the saved recording, "
-                     f"{time.perf_counter() - started:.2f} s)")
-        else:
-            log.info(f"voice features ready (loaded from the voice library, not extracted: "
-                     f"{time.perf_counter() - started:.3f} s)")
-        return voice
+    # ---- a dialogue: every turn through the same stages, saved once -------------------------------
+    def synthesize_dialogue(self, request: DialogueRequest, request_id: str | None = None) -> DialogueResult:
+        return _result_of(self.run_dialogue(request, request_id))
 
+    def run_dialogue(self, request: DialogueRequest, request_id: str | None = None) -> Iterator[Event]:
+        """validate the script → each turn's text and voice → accepted → one admission for the whole
+        dialogue → each turn's features and synthesis → the joined audio saved once → report."""
+        ctx = _Request(self.jobs, request_id, "dialogue", self.engine.name)
+        with ctx.handled():
+            with ctx.stage("validate"):
+                dialogue = validate_dialogue(request, self.config)
+            entries: dict = {}
+            plans = [self._prepare(SynthesisRequest(
+                text=turn.text, mode=AUTO, voice=dialogue.mapping.get(turn.speaker, turn.speaker),
+                instruct_text=turn.instruction, seed=(dialogue.seed + index) % (MAX_SEED + 1), speed=dialogue.speed),
+                ctx, entries) for index, turn in enumerate(dialogue.turns)]
+            self.outputs.check_space()
+            names = {turn.speaker: entries[dialogue.mapping.get(turn.speaker, turn.speaker)] for turn in dialogue.turns}
+            ctx.log.info(f"dialogue: {len(plans)} turn(s), {len(names)} voice(s) "
+                         f"({', '.join(f'{s}={e.name}' for s, e in names.items())}), gap {dialogue.gap_s:g} s, "
+                         f"seed {dialogue.seed}")
+            yield Event(accepted=Accepted(ctx.id, dialogue.seed, "dialogue", None))
+            with self.admission.held(ctx.log, ctx.id) as ticket:
+                yield from self._queue(ctx, ticket)
+                samples, turns, notices, elapsed = yield from self._render_turns(plans, dialogue, names, ctx)
+                with ctx.stage("save"):
+                    path = self.outputs.save(ctx.id, samples, self.engine.sample_rate,
+                                             _dialogue_record(ctx.id, request.script, dialogue, names, turns,
+                                                              len(samples) / self.engine.sample_rate,
+                                                              self.engine.name), ctx.log)
+            done = self._report(ctx, "dialogue", path, samples, elapsed, dialogue.seed, notices, "dialogue ")
+            yield Event(chunk=samples)
+            yield Event(result=DialogueResult(ctx.id, path, done.sample_rate, done.audio_seconds, dialogue.seed,
+                                              done.rtf, turns, notices))
+
+    def _render_turns(self, plans: list[_Plan], dialogue, names: dict, ctx: _Request):
+        rate = self.engine.sample_rate
+        silence = np.zeros(int(round(dialogue.gap_s * rate)), np.float32)
+        parts, turns, notices, position, elapsed = [], [], [], 0, 0.0
+        for index, (plan, turn) in enumerate(zip(plans, dialogue.turns), start=1):
+            audio, seconds = yield from self._render(plan, ctx)
+            elapsed += seconds
+            notices += [notice for notice in plan.notices if notice not in notices]
+            if parts:
+                parts.append(silence)
+                position += len(silence)
+            parts.append(audio)
+            entry = names[turn.speaker]
+            turns.append(TurnResult(turn.speaker, entry.name, position / rate, (position + len(audio)) / rate,
+                                    f"{ctx.id}-{index}", entry.id))
+            position += len(audio)
+            yield Event(progress=(index / len(plans), f"turn {index}/{len(plans)} done"))
+        return np.concatenate(parts), turns, notices, elapsed
+
+    # ---- saved voices (cosyvoice.voices) -----------------------------------------------------------
     def save_voice(self, name: Any, audio_path: Any, transcript: Any = "", language: Any = "", notes: Any = "",
                    request_id: str | None = None):
         """Save a prompt recording to the library with its features; admitted and logged like a request."""
@@ -594,23 +452,20 @@ class SynthesisService:
             raise UserInputError("Saving a voice needs its recording: upload or record 3–15 s of the voice.")
         log.info(f"save voice {str(name)[:64]!r}: extracting features with {self.engine.name}")
         try:
-            with self._worker(log, request_id):
+            with self.admission.held(log, request_id) as ticket:
+                for _ in ticket.wait():
+                    pass
                 entry = self.voices.add(name, audio_path, transcript, language, notes, engine=self.engine)
         except UserInputError as err:
             log.warning(f"voice not saved: {err}")
+            err.logged = True
             raise
         except StudioError as err:
             log.error(f"voice not saved: {err}")
+            err.logged = True
             raise
         log.success(f"saved voice {entry.name!r} (id {entry.id}) with {self.engine.name} features")
         return entry
-
-    def _record_history(self, path: Path, request: ValidRequest, request_id: str, seconds: float, log) -> None:
-        """The History tab's sidecar beside the WAV; a failure costs the entry, never the result."""
-        try:
-            write_sidecar(path, request_record(request, request_id, seconds, self.engine.name))
-        except OSError as err:
-            log.warning(f"result saved, but its history entry could not be written: {err}")
 
     def _synthesize(self, items: list[str | Pause], voice: Voice, style: Style, seed: int, stream: bool,
                     log, request_id: str, parent_span) -> Iterator[Event]:
@@ -666,24 +521,29 @@ class SynthesisService:
                 yield pending.pop(0)
             log.info(f"piece {index}/{total} vocoded ({produced / self.engine.sample_rate:.2f} s audio)")
 
-    def _save(self, request_id: str, samples: np.ndarray) -> Path:
-        folder = Path(self.config.outputs_dir)
-        try:
-            path = write_wav_atomic(output_path(folder, request_id), samples, self.engine.sample_rate)
-        except OSError as err:
-            self._outputs_checked = (0.0, None)      # let /ready look again now
-            raise OutputsError(f"The result could not be saved: cannot write to {folder}: {_disk_advice(err)} "
-                               f"The server keeps running; the next request works once this is fixed.") from err
-        self._outputs_checked = (time.monotonic(), None)
-        return path
+
+def _result_of(events: Iterator[Event]):
+    for event in events:
+        if event.result is not None:
+            return event.result
+    raise EngineError("the request ended without a result", stage="report")
 
 
-def _disk_advice(err: OSError) -> str:
-    """Plain words for the disk errors an operator can fix."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "the disk is full. Free some space there."
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied (or a read-only disk). Fix the folder's permissions or choose another --outputs-dir."
-    if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        return "it is not a folder. Remove what is in its place or choose another --outputs-dir."
-    return f"{err.strerror or err}. Check the folder, or choose another --outputs-dir."
+def _engine_parallelism(engine: Engine) -> int:
+    """The engine's own parallelism; an engine from before the method existed gets 1 (the safe width)."""
+    parallelism = getattr(engine, "parallelism", None)
+    return max(1, int(parallelism())) if parallelism else 1
+
+
+def _dialogue_record(request_id: str, script: str, dialogue, names: dict, turns: list[TurnResult], seconds: float,
+                     engine_name: str) -> dict:
+    """The dialogue's one sidecar: what the History tab lists, and the turn details GET /v1 serves."""
+    from datetime import datetime
+
+    return {"request_id": request_id, "created": datetime.now().isoformat(timespec="milliseconds"),
+            "mode": "dialogue", "voice": ", ".join(sorted({e.name for e in names.values()})),
+            "text": script[:TEXT_KEPT], "seed": dialogue.seed, "gap": dialogue.gap_s, "speed": dialogue.speed,
+            "voices": {speaker: entry.name for speaker, entry in names.items()},
+            "turns": [{"speaker": t.speaker, "voice": t.voice, "voice_id": t.voice_id, "start": round(t.start_s, 3),
+                       "end": round(t.end_s, 3)} for t in turns],
+            "duration": round(seconds, 3), "engine": engine_name}

@@ -35,7 +35,7 @@ def saved_copy(app, returned: Path) -> Path:
 
 
 def request_id_of(path: Path) -> str:
-    match = re.fullmatch(r"output_\d{8}_\d{6}_([0-9a-f]+)\.wav", path.name)
+    match = re.fullmatch(r"output_\d{8}_\d{6}_[0-9a-f]{8}_([0-9a-f]+)\.wav", path.name)
     assert match, path.name
     return match.group(1)
 

@@ -51,7 +51,7 @@ def test_one_request_span_with_its_stage_spans_in_order(tmp_path, exporter):
     assert root.attributes["request.id"] == "span01" and root.attributes["audio.seconds"] > 0
     children = sorted((s for s in spans if s.parent and s.parent.span_id == root.context.span_id),
                       key=lambda s: s.start_time)
-    assert [s.name for s in children] == ["validate", "queue", "text", "voice", "synthesize", "save"]
+    assert [s.name for s in children] == ["validate", "text", "voice", "queue", "features", "synthesize", "save"]
     assert all(child.end_time <= root.end_time for child in children)
 
 

@@ -1,6 +1,8 @@
 """Saved outputs are complete files with predictable names, and old ones are cleaned up."""
 from __future__ import annotations
 
+import re
+
 import os
 import time
 from datetime import datetime
@@ -12,9 +14,10 @@ import soundfile as sf
 from cosyvoice.outputs import output_path, remove_expired, write_wav_atomic
 
 
-def test_name_has_timestamp_and_request_id(tmp_path):
-    path = output_path(tmp_path, "7f3a01", datetime(2026, 11, 22, 10, 31, 5))
-    assert path.name == "output_20261122_103105_7f3a01.wav"
+def test_name_has_timestamp_a_server_made_unique_part_and_request_id(tmp_path):
+    names = {output_path(tmp_path, "7f3a01", datetime(2026, 11, 22, 10, 31, 5)).name for _ in range(50)}
+    assert len(names) == 50          # the same request id at the same second never shares a file
+    assert all(re.fullmatch(r"output_20261122_103105_[0-9a-f]{8}_7f3a01\.wav", name) for name in names)
 
 
 def test_write_is_complete_and_leaves_no_temporary(tmp_path):

@@ -29,6 +29,9 @@ class ControlledEngine:
     def startup_notices(self):
         return []
 
+    def parallelism(self):
+        return 1
+
     def text_token_counter(self):
         return None
 

@@ -64,7 +64,7 @@ class Engine(Protocol):
     def capabilities(self) -> Capabilities: ...
 
     def parallelism(self) -> int:
-        """How many requests the engine works on at once (the service's default concurrency)."""
+        """How many requests this engine synthesises well at once (the service's default admission width)."""
         ...
 
     def startup_notices(self) -> list[str]:

@@ -75,6 +75,9 @@ class LiteEngine:
     def capabilities(self) -> Capabilities:
         return Capabilities(prompt_sample_rates=(matching.WORLD_RATE,))
 
+    def parallelism(self) -> int:
+        return 2              # espeak-ng and WORLD are single-threaded; two requests keep two cores busy
+
     def text_token_counter(self):
         return None           # no model tokenizer: the frontend's documented estimate is used
 
