@@ -254,13 +254,14 @@ def test_with_only_a_login_the_api_takes_its_credentials(tmp_path):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from cosyvoice.http_guard import CredentialGate
     from cosyvoice.openai_api import mount
     from cosyvoice.service import ServiceConfig, SynthesisService
     from test_service import ControlledEngine
 
     service = SynthesisService(ControlledEngine(), ServiceConfig(outputs_dir=tmp_path / "o", voices_dir=tmp_path / "v"))
     app = FastAPI()
-    mount(app, service, basic_auth=("ann", "secret"))
+    mount(app, service, CredentialGate(auth=("ann", "secret")))
     client = TestClient(app)
     assert client.get("/v1/models").status_code == 401
     assert client.get("/v1/models", auth=("ann", "wrong")).status_code == 401
