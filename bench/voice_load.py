@@ -63,7 +63,7 @@ def main() -> int:
             engine.prepare_voice(load_prompt_audio(PROMPT_WAV).audio, None)   # what an upload's voice stage does
             extract.append(time.perf_counter() - started)
             started = time.perf_counter()
-            _, notice = library.load_voice(library.get("bench"), engine, None)  # what a saved voice's stage does
+            _, notice = library.load_voice(library.resolve("bench"), engine, None)  # what a saved voice's stage does
             load.append(time.perf_counter() - started)
             assert notice is None, notice
     result = {"engine": args.engine, "repeats": args.repeats, "voice_id": entry.id,

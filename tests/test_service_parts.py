@@ -36,7 +36,7 @@ def test_auto_mode_is_decided_by_the_service_and_the_seed_is_told_before_audio(s
         accepted = next(i for i, e in enumerate(events) if e.accepted is not None)
         assert accepted < first_audio and events[accepted].accepted.seed == 7
         assert events[accepted].accepted.mode == mode
-        assert events[accepted].accepted.voice_id == service.voices.get(voice).id     # the resolved id travels
+        assert events[accepted].accepted.voice_id == service.voices.resolve(voice).id     # the resolved id travels
     with pytest.raises(UserInputError, match="transcript"):
         service.synthesize(SynthesisRequest(text="你好。", mode="zero_shot", voice="no-text"))
 
