@@ -39,6 +39,7 @@ from cosyvoice.service import MAX_SEED, ServiceConfig, SynthesisRequest, Synthes
 from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
 from cosyvoice.tracing import setup_tracing
+from cosyvoice.ui_runs import PLAYER_HEAD, PageRun, PageRuns, player_slices
 from cosyvoice.voices import check_voices_dir
 
 ROOT = Path(__file__).resolve().parent
@@ -119,6 +120,7 @@ class Studio:
         set_build_info(__version__, self.commit, self.engine.name, self.engine.model_label, self.instance.name)
         self.warmed_up = threading.Event()
         self.warmup_problem: str | None = None
+        self.page_runs = PageRuns()
 
     def health(self) -> dict:
         stats = self.service.stats()
@@ -198,34 +200,54 @@ class Studio:
 
     # ---- request handlers: raw values in, the service validates -------------------------------
     def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                    voice=None, request: gr.Request = None, progress=gr.Progress()):
+                    voice=None, request: gr.Request = None):
         """UI handler: clears the last result, reports queue place and progress, streams (rate, chunk) to
-        the player, then offers the saved file; an error stays in the result area until the next request."""
+        the player, then offers the saved file; an error stays in the result area until the next request.
+
+        The request runs in its own thread (ui_runs.PageRun): closing the tab does not stop it, Cancel does."""
         synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
                                      normalize=normalize, voice=voice)
         request_id = _request_id(request)
+        mode_label = mode if isinstance(mode, str) and mode in MODES_BY_ID else "unknown"
+        run = PageRun(request_id, mode_label, lambda: self.service.run(synthesis, request_id), self.service.jobs)
+        self.page_runs.add(getattr(request, "session_hash", None) or request_id, run).start()
         # The download box and summary are cleared at once; the player keeps its stream open (a None there
         # would end the streamed playlist before the first chunk).
         yield gr.skip(), None, f"⏳ 已提交 Submitted · req `{request_id}`"
         try:
-            for event in self.service.run(synthesis, request_id):
-                if event.notice:
-                    gr.Warning(event.notice)
-                if event.progress is not None:
-                    fraction, what = event.progress
-                    progress(fraction or 0.0, desc=what)
-                    yield gr.skip(), gr.skip(), f"⏳ {what} · req `{request_id}`"
-                if event.chunk is not None:
-                    yield (self.engine.sample_rate, event.chunk), gr.skip(), gr.skip()
-                if event.result is not None:
-                    r = event.result
-                    summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
-                               f"seed {r.seed} · engine `{self.engine.name}` · req `{r.request_id}`")
-                    summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
-                    yield gr.skip(), str(r.path), summary
+            yield from self._page_events(run, request_id)
         except StudioError as err:
-            yield gr.skip(), None, f"❌ **失败 Failed** · req `{request_id}`  \n{err}"
+            yield None, None, f"❌ **失败 Failed** · req `{request_id}`  \n{err}"
+        finally:
+            run.page_left()
+        if run.outcome == "cancelled":
+            yield None, None, f"⏹ 已取消 Cancelled · req `{request_id}`: nothing was saved."
+
+    def _page_events(self, run: PageRun, request_id: str):
+        for event in run.events():
+            if event is None:                # heartbeat: nothing new
+                yield gr.skip(), gr.skip(), gr.skip()
+                continue
+            if event.notice:
+                gr.Warning(event.notice)
+            if event.progress is not None:
+                yield gr.skip(), gr.skip(), f"⏳ {event.progress[1]} · req `{request_id}`"
+            if event.chunk is not None:
+                for piece in player_slices(event.chunk, self.engine.sample_rate):
+                    yield (self.engine.sample_rate, piece), gr.skip(), gr.skip()
+            if event.result is not None:
+                r = event.result
+                summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
+                           f"seed {r.seed} · engine `{self.engine.name}` · req `{r.request_id}`")
+                summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
+                yield gr.skip(), str(r.path), summary
+
+    def cancel_ui(self, request: gr.Request = None):
+        run = self.page_runs.cancel(getattr(request, "session_hash", None) or "")
+        if run is None:
+            return gr.skip()
+        return f"⏹ 正在取消 Cancelling · req `{run.request_id}`…"
 
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
@@ -262,7 +284,7 @@ def raw(component):
 
 def build_ui(studio: Studio) -> gr.Blocks:
     # delete_cache: uploads and Gradio's copies older than an hour are swept every 10 minutes.
-    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600)) as demo:
+    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600), head=PLAYER_HEAD) as demo:
         gr.Markdown("# CosyVoice Studio · 零样本语音克隆 Zero-shot voice cloning")
         status = gr.Markdown(studio.status_line())
         with gr.Tab("合成 Synthesize"):
@@ -297,8 +319,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     speed = raw(gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed"))
                     stream = raw(gr.Checkbox(value=False, label="流式播放 Stream while synthesising"))
                     normalize = raw(gr.Checkbox(value=True, label="文本规范化 Read numbers, dates and symbols as words"))
-                    generate = gr.Button("生成 Generate", variant="primary")
-                    audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
+                    with gr.Row():
+                        generate = gr.Button("生成 Generate", variant="primary", scale=3)
+                        cancel = gr.Button("取消 Cancel", variant="stop", scale=1, elem_id="cancel")
+                    audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False,
+                                         elem_id="output-audio")
                     file_out = gr.File(label="下载 Download", interactive=False)
                     result_md = gr.Markdown(elem_id="result")
                     ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
@@ -336,7 +361,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         generate.click(studio.generate_ui,
                        inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
                                saved_voice],
-                       outputs=[audio_out, file_out, result_md], api_name="generate")
+                       outputs=[audio_out, file_out, result_md], api_visibility="private", show_progress="minimal",
+                       show_progress_on=[result_md])
+        cancel.click(studio.cancel_ui, outputs=result_md, queue=False, api_visibility="private")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
