@@ -129,7 +129,8 @@ def history_tab(service: SynthesisService, form: dict) -> gr.Tab:
     which fills the main form (`form`: mode, text, instruct_text, seed, speed, voice components)."""
     with gr.Tab("历史 History") as tab:
         refresh = gr.Button("刷新 Refresh", size="sm")
-        table = gr.Dataframe(headers=HISTORY_COLUMNS, value=history_rows(service)[0], interactive=False, wrap=True)
+        table = gr.Dataframe(headers=HISTORY_COLUMNS, value=history_rows(service)[0], interactive=False, wrap=True,
+                             elem_id="history-table")
         records = gr.State(history_rows(service)[1])
         with gr.Row():
             player = gr.Audio(label="播放 Play", type="filepath", interactive=False)
