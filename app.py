@@ -40,6 +40,7 @@ from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
 from cosyvoice.tracing import setup_tracing
 from cosyvoice.ui_runs import PLAYER_HEAD, PageRun, PageRuns, player_slices
+from cosyvoice.ui_studio import PRESET_INFO, preset_choices, seed_problem, spoken_length
 from cosyvoice.voices import check_voices_dir
 
 ROOT = Path(__file__).resolve().parent
@@ -180,7 +181,7 @@ class Studio:
 
     def backend_view(self, level: str, request_filter: str):
         """Everything the Backend tab shows, from the job registry and the log files."""
-        return (backend.job_rows(self.service.jobs.snapshot()),
+        return (backend.job_rows(self.service.jobs.snapshot(), request_filter),
                 backend.log_tail(self.args.log_dir, level, request_filter),
                 backend.process_facts(self.engine, self.service.started),
                 backend.recent_restarts(self.args.log_dir))
@@ -194,7 +195,7 @@ class Studio:
     def preview(self, text, normalize=True) -> str:
         """What the engines will be given: the same lines as `python -m cosyvoice text`."""
         try:
-            return self.service.preview_text(text, normalize)
+            return f"{self.service.preview_text(text, normalize)}\nlength:     {spoken_length(text)}"
         except StudioError as err:
             return f"⚠️ {err}"
 
@@ -209,6 +210,10 @@ class Studio:
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
                                      normalize=normalize, voice=voice)
         request_id = _request_id(request)
+        problem = seed_problem(seed, MAX_SEED)
+        if problem:
+            yield None, None, f"❌ **失败 Failed** · req `{request_id}`  \n{problem}"
+            return
         mode_label = mode if isinstance(mode, str) and mode in MODES_BY_ID else "unknown"
         run = PageRun(request_id, mode_label, lambda: self.service.run(synthesis, request_id), self.service.jobs)
         self.page_runs.add(getattr(request, "session_hash", None) or request_id, run).start()
@@ -230,7 +235,7 @@ class Studio:
                 yield gr.skip(), gr.skip(), gr.skip()
                 continue
             if event.notice:
-                gr.Warning(event.notice)
+                gr.Warning(event.notice, duration=8)      # toasts go away; the summary keeps every notice
             if event.progress is not None:
                 yield gr.skip(), gr.skip(), f"⏳ {event.progress[1]} · req `{request_id}`"
             if event.chunk is not None:
@@ -284,7 +289,7 @@ def raw(component):
 
 def build_ui(studio: Studio) -> gr.Blocks:
     # delete_cache: uploads and Gradio's copies older than an hour are swept every 10 minutes.
-    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600), head=PLAYER_HEAD) as demo:
+    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600), head=PLAYER_HEAD + backend.LOG_FOLLOW_HEAD) as demo:
         gr.Markdown("# CosyVoice Studio · 零样本语音克隆 Zero-shot voice cloning")
         status = gr.Markdown(studio.status_line())
         with gr.Tab("合成 Synthesize"):
@@ -292,30 +297,30 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Column(scale=3):
                     mode = raw(gr.Radio([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode"))
                     steps = gr.Markdown(MODES[0].steps)
-                    text = raw(gr.Textbox(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
-                                      placeholder="输入要合成的文本 Type the text to speak…"))
-                    with gr.Row():
-                        char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
-                        preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
-                    preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
-                                          visible=False, interactive=False, elem_id="text-preview")
-                    with gr.Accordion("发音标注 Pronunciation markup", open=False):
-                        gr.Markdown(SYNTAX_HELP)
                     saved_voice = ui_voices.voice_dropdown(studio.service)
                     prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="prompt-audio",
                                           label="参考音频 Prompt audio (3–15 s; upload or record)")
                     prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2, elem_id="prompt-text",
                                              placeholder="参考音频里说的话 Exactly what the prompt recording says"))
                     with gr.Row(visible=False) as instruct_row:
-                        preset = gr.Dropdown([label for label, _ in PRESETS], label="指令预设 Instruction presets",
-                                             value=None, scale=1)
+                        preset = gr.Dropdown(preset_choices(studio.engine), label="指令预设 Instruction presets",
+                                             value=None, scale=1, info=PRESET_INFO)
                         instruct_text = raw(gr.Textbox(label="指令 Instruction", scale=2,
                                                    placeholder="例如 e.g. 请用四川话说 / speak very fast"))
+                    text = raw(gr.Textbox(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
+                                      placeholder="输入要合成的文本 Type the text to speak…"))
+                    with gr.Row():
+                        char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
+                        preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
+                    preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
+                                          visible=False, interactive=False, elem_id="text-preview", wrap_lines=True)
+                    with gr.Accordion("发音标注 Pronunciation markup", open=False):
+                        gr.Markdown(SYNTAX_HELP)
                 with gr.Column(scale=2):
                     with gr.Row():
                         seed = raw(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
                                          label="随机种子 Seed (same input + seed = same audio)", scale=3))
-                        dice = gr.Button("🎲", scale=1, min_width=60)
+                        dice = gr.Button("🎲 随机 Random seed", scale=1, min_width=110, elem_id="random-seed")
                     speed = raw(gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed"))
                     stream = raw(gr.Checkbox(value=False, label="流式播放 Stream while synthesising"))
                     normalize = raw(gr.Checkbox(value=True, label="文本规范化 Read numbers, dates and symbols as words"))
@@ -329,15 +334,17 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
         ui_voices.dialogue_tab(studio.service)
         ui_voices.history_tab(studio.service, dict(mode=mode, text=text, instruct_text=instruct_text, seed=seed,
-                                                   speed=speed, voice=saved_voice))
+                                                   speed=speed, voice=saved_voice, prompt_text=prompt_text))
         with gr.Tab("后台 Backend"):
             gr.Markdown("最近 50 个请求、运行日志与进程状态（只读，每 1.5 秒刷新） · The last 50 requests, the "
                         "runtime log and the process, read-only, refreshed every 1.5 s.")
             jobs_table = gr.Dataframe(headers=backend.JOB_COLUMNS, value=[], interactive=False, wrap=True,
-                                      label="任务 Jobs", elem_id="jobs-table")
+                                      column_widths=backend.JOB_COLUMN_WIDTHS, label="任务 Jobs",
+                                      elem_id="jobs-table")
             with gr.Row():
                 level = gr.Dropdown(list(backend.LEVELS), value="ALL", label="级别 Level", scale=1)
-                request_filter = gr.Textbox(label="请求 Request id", placeholder="e.g. 7f3a01", scale=2)
+                request_filter = gr.Textbox(label="请求 Request id (filters the jobs and the log)",
+                                            placeholder="e.g. 7f3a01", scale=2)
             log_box = gr.Textbox(label="运行日志 runtime.log (last 200 lines)", lines=16, max_lines=16,
                                  interactive=False, autoscroll=True, elem_id="log-tail")
             with gr.Row():
@@ -350,7 +357,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
                     inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False, api_visibility="private")
-        preset.change(lambda label: dict(PRESETS)[label] if label in dict(PRESETS) else gr.skip(),
+        preset.change(lambda instruction: instruction or gr.skip(),
                       inputs=preset, outputs=instruct_text, queue=False, api_visibility="private")
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False, api_visibility="private")
         ui_voices.wire_voice_dropdown(studio.service, saved_voice, prompt_wav, prompt_text)
@@ -361,16 +368,24 @@ def build_ui(studio: Studio) -> gr.Blocks:
         generate.click(studio.generate_ui,
                        inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
                                saved_voice],
-                       outputs=[audio_out, file_out, result_md], api_visibility="private", show_progress="minimal",
+                       # "undocumented": scripts that stream may call /generate, but "Use via API" shows only
+                       # /synthesize, the endpoint meant for clients.
+                       outputs=[audio_out, file_out, result_md], api_name="generate", api_visibility="undocumented",
+                       show_progress="minimal",
                        show_progress_on=[result_md])
         cancel.click(studio.cancel_ui, outputs=result_md, queue=False, api_visibility="private")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
-            api_inputs = [raw(gr.Textbox()), raw(gr.Textbox(value="zero_shot")), gr.Audio(type="filepath"),
-                          raw(gr.Textbox()), raw(gr.Textbox()), raw(gr.Number(value=0, precision=0)),
-                          raw(gr.Number(value=1.0)), raw(gr.Checkbox()), raw(gr.Checkbox(value=True)),
-                          raw(gr.Textbox(value=""))]
+            # Labels name the parameters in "Use via API"; the defaults make its example run as shown
+            # (cross-lingual needs no transcript of the example recording).
+            api_inputs = [raw(gr.Textbox(label="text", value="你好，欢迎使用语音合成工作室。")),
+                          raw(gr.Textbox(label="mode", value="cross_lingual")),
+                          gr.Audio(type="filepath", label="prompt_wav"),
+                          raw(gr.Textbox(label="prompt_text")), raw(gr.Textbox(label="instruct_text")),
+                          raw(gr.Number(label="seed", value=0, precision=0)), raw(gr.Number(label="speed", value=1.0)),
+                          raw(gr.Checkbox(label="stream")), raw(gr.Checkbox(label="normalize", value=True)),
+                          raw(gr.Textbox(label="voice", value=""))]
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
