@@ -365,14 +365,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     api_visibility="private")
         preview_button.click(lambda t, n: gr.update(value=studio.preview(t, n), visible=True),
                              inputs=[text, normalize], outputs=preview_box, queue=False, api_visibility="private")
-        generate.click(studio.generate_ui,
-                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                               saved_voice],
-                       # "undocumented": scripts that stream may call /generate, but "Use via API" shows only
-                       # /synthesize, the endpoint meant for clients.
-                       outputs=[audio_out, file_out, result_md], api_name="generate", api_visibility="undocumented",
-                       show_progress="minimal",
-                       show_progress_on=[result_md])
+        # The player is emptied by its own quick event first: inside the streaming handler a None would
+        # end the stream's playlist, and an empty player must not keep the previous (or a failed) result.
+        generate.click(lambda: None, outputs=audio_out, queue=False, show_progress="hidden",
+                       api_visibility="private").then(
+            studio.generate_ui,
+            inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize, saved_voice],
+            # "undocumented": scripts that stream may call /generate, but "Use via API" shows only
+            # /synthesize, the endpoint meant for clients.
+            outputs=[audio_out, file_out, result_md], api_name="generate", api_visibility="undocumented",
+            show_progress="minimal", show_progress_on=[result_md])
         cancel.click(studio.cancel_ui, outputs=result_md, queue=False, api_visibility="private")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.

@@ -8,11 +8,20 @@ from __future__ import annotations
 import uuid
 
 import gradio as gr
+import numpy as np
+import soundfile as sf
 
 from .errors import StudioError
 from .service import SynthesisService
 
 NO_VOICE = ""
+
+
+def playable(path) -> tuple[int, "np.ndarray"]:
+    """A saved WAV as (rate, samples) for a player: Gradio checks a file path with ffprobe, which the
+    bundled ffmpeg does not include, and the check failed the whole event."""
+    samples, rate = sf.read(str(path), dtype="float32")
+    return rate, samples
 PRIVATE = {"api_visibility": "private"}
 
 
@@ -102,7 +111,7 @@ def dialogue_tab(service: SynthesisService) -> None:
         turns = " · ".join(f"{t.speaker}={t.voice} {t.start_s:.1f}–{t.end_s:.1f} s" for t in result.turns)
         text = f"✅ 已保存 Saved `{result.path.name}` · {result.audio_seconds:.2f} s · seed {result.seed}  \n{turns}"
         text += "".join(f"  \n⚠️ {notice}" for notice in result.notices)
-        return str(result.path), text
+        return playable(result.path), text
 
     button.click(lambda: (None, "⏳ 生成中 Generating…"), outputs=[audio, summary], queue=False, **PRIVATE).then(
         run, inputs=[script, mapping, gap, seed], outputs=[audio, summary], **PRIVATE)
@@ -151,7 +160,7 @@ def history_tab(service: SynthesisService, form: dict) -> gr.Tab:
         if not found or row is None or row >= len(found):
             return gr.skip(), gr.skip(), None
         record = found[row]
-        return record["path"], record["path"], record
+        return playable(record["path"]), record["path"], record
 
     def settings(record: dict | None):
         if not record or record.get("mode") == "dialogue":
