@@ -289,7 +289,7 @@ def raw(component):
 
 def build_ui(studio: Studio) -> gr.Blocks:
     # delete_cache: uploads and Gradio's copies older than an hour are swept every 10 minutes.
-    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600), head=PLAYER_HEAD + backend.LOG_FOLLOW_HEAD) as demo:
+    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600), head=PLAYER_HEAD) as demo:
         gr.Markdown("# CosyVoice Studio · 零样本语音克隆 Zero-shot voice cloning")
         status = gr.Markdown(studio.status_line())
         with gr.Tab("合成 Synthesize"):
@@ -345,7 +345,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 level = gr.Dropdown(list(backend.LEVELS), value="ALL", label="级别 Level", scale=1)
                 request_filter = gr.Textbox(label="请求 Request id (filters the jobs and the log)",
                                             placeholder="e.g. 7f3a01", scale=2)
-            log_box = gr.Textbox(label="运行日志 runtime.log (last 200 lines)", lines=16, max_lines=16,
+            log_box = gr.Textbox(label="运行日志 runtime.log (last 200 lines, newest first)", lines=16, max_lines=16,
                                  interactive=False, autoscroll=True, elem_id="log-tail")
             with gr.Row():
                 facts = gr.Markdown(elem_id="process-facts")

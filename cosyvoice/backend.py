@@ -16,16 +16,6 @@ JOB_COLUMNS = ["id", "mode", "state", "stage", "progress", "wait s", "time s", "
 JOB_COLUMN_WIDTHS = ["7%", "8%", "11%", "7%", "16%", "6%", "6%", "6%", "5%", "28%"]
 LEVELS = ("ALL", "INFO", "SUCCESS", "WARNING", "ERROR")
 TAIL_BYTES = 512 * 1024
-# The log box is rewritten every refresh; this keeps it scrolled to the newest line unless the reader
-# has scrolled up to read something (then it stays put until they scroll back down).
-LOG_FOLLOW_HEAD = """<script>
-setInterval(() => {
-  const box = document.querySelector("#log-tail textarea");
-  if (!box) return;
-  const atEnd = box.dataset.heldAt === undefined || box.scrollTop >= Number(box.dataset.heldAt) - 4;
-  if (atEnd) { box.scrollTop = box.scrollHeight; box.dataset.heldAt = box.scrollTop; }
-}, 500);
-</script>"""
 RESTART_WORDS = re.compile(r"restart|exited|crash loop|not answering|monitor (started|stopping)")
 
 
@@ -56,7 +46,9 @@ def log_tail(log_dir: Path, level: str = "ALL", request_id: str = "", limit: int
     request_id = (request_id or "").strip()
     if request_id:
         lines = [line for line in lines if f"req={request_id}" in line]
-    return "\n".join(lines[-limit:]) or "(no matching lines)"
+    # Newest first: the box is rewritten every refresh and a textarea cannot be told to stay scrolled to
+    # its end, so the newest line is where the reader's eye already is.
+    return "\n".join(reversed(lines[-limit:])) or "(no matching lines)"
 
 
 def recent_restarts(log_dir: Path, limit: int = 10) -> str:

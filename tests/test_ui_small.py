@@ -80,6 +80,11 @@ def test_backend_filter_applies_to_the_jobs_and_cpu_is_measured_while_busy():
     assert float(cpu.split("|")[2].split("%")[0]) > 10, cpu
 
 
+def test_backend_log_shows_the_newest_line_first(tmp_path):
+    (tmp_path / "runtime.log").write_text("t1 | INFO    | req=aa11 | older\nt2 | INFO    | req=aa11 | newer\n")
+    assert backend.log_tail(tmp_path).splitlines()[0].endswith("newer")
+
+
 def test_presets_the_lite_engine_cannot_render_are_marked():
     choices = preset_choices(LiteEngine())
     marked = [label for label, _ in choices if label.startswith("⚠️")]
