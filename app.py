@@ -289,7 +289,7 @@ def raw(component):
 
 def build_ui(studio: Studio) -> gr.Blocks:
     # delete_cache: uploads and Gradio's copies older than an hour are swept every 10 minutes.
-    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600), head=PLAYER_HEAD) as demo:
+    with gr.Blocks(title="CosyVoice Studio", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# CosyVoice Studio · 零样本语音克隆 Zero-shot voice cloning")
         status = gr.Markdown(studio.status_line())
         with gr.Tab("合成 Synthesize"):
@@ -471,7 +471,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     outputs = Path(args.outputs_dir).resolve()
     gr.set_static_paths([str(outputs)])          # results are served from outputs/, never copied to the cache
     app = gr.mount_gradio_app(app, demo, path="", auth=auth, allowed_paths=[str(outputs)],
-                              max_file_size=int(args.max_upload_mb * 2**20))
+                              max_file_size=int(args.max_upload_mb * 2**20), head=PLAYER_HEAD)
     # Gradio checks that file inputs were uploaded only once `has_launched` is set, which launch() does
     # and mount_gradio_app does not; the guard below refuses such paths first, this is the second lock.
     demo.has_launched = True

@@ -105,6 +105,13 @@ def test_small_things_in_the_browser(lite_app):
     with browser_session() as open_page:
         page = open_page(lite_app.url)
         assert page.locator("#random-seed").inner_text().strip() == "🎲 随机 Random seed"
+        # the player's "buffering" mark follows its waiting/playing events
+        marks = page.evaluate("""() => { const probe = document.createElement('audio');
+          document.querySelector('#output-audio').appendChild(probe);
+          probe.dispatchEvent(new Event('waiting')); const waiting = document.body.dataset.playerWaiting;
+          probe.dispatchEvent(new Event('playing')); const playing = document.body.dataset.playerWaiting;
+          probe.remove(); return [waiting, playing]; }""")
+        assert marks == ["1", "0"], marks
         # layout in the order of the steps: prompt audio, transcript, then the new text
         boxes = [page.locator(sel).bounding_box()["y"] for sel in ("#prompt-audio", "#prompt-text", "#text-input")]
         assert boxes == sorted(boxes), boxes
