@@ -1,6 +1,6 @@
 """Studio requests that live on the server, not in the page: a request started from the WebUI runs in
 its own thread, so closing the tab neither loses the result nor leaves a ghost "running" job, and the
-页面 Cancel button can stop it. Also the player's chunking for streamed playback.
+取消 Cancel button can stop it. Also the player's chunking for streamed playback.
 
 Only the UI uses this: the API front ends keep their client connection for the whole request.
 """
@@ -24,8 +24,9 @@ from .log import request_logger
 PLAYER_SLICE_S = 0.5
 _END = object()
 
-# "缓冲中 buffering" on the output player while it waits for audio the server has not sent yet (media
-# events do not bubble, so they are caught on the way down).
+# "缓冲中 buffering" on the output player while playback, once started, waits for audio the server has
+# not sent yet (media events do not bubble, so they are caught on the way down). An emptied or not yet
+# started player also fires "waiting"; that is not buffering, and the result line says what happens.
 PLAYER_HEAD = """<style>
 body[data-player-waiting="1"] #output-audio::after { content: "⏳ 缓冲中 Buffering: waiting for the next audio…";
   display: block; padding: 4px 8px; font-size: 0.9em; }
@@ -33,6 +34,7 @@ body[data-player-waiting="1"] #output-audio::after { content: "⏳ 缓冲中 Buf
 <script>
 (() => {
   const mark = (waiting) => (event) => {
+    if (waiting && !(event.target.currentTime > 0)) return;
     if (event.target.closest && event.target.closest("#output-audio"))
       document.body.dataset.playerWaiting = waiting ? "1" : "0";
   };

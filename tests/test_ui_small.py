@@ -108,10 +108,11 @@ def test_small_things_in_the_browser(lite_app):
         # the player's "buffering" mark follows its waiting/playing events
         marks = page.evaluate("""() => { const probe = document.createElement('audio');
           document.querySelector('#output-audio').appendChild(probe);
-          probe.dispatchEvent(new Event('waiting')); const waiting = document.body.dataset.playerWaiting;
+          probe.dispatchEvent(new Event('waiting')); const before = document.body.dataset.playerWaiting;
+          probe.currentTime = 1.5; probe.dispatchEvent(new Event('waiting')); const waiting = document.body.dataset.playerWaiting;
           probe.dispatchEvent(new Event('playing')); const playing = document.body.dataset.playerWaiting;
-          probe.remove(); return [waiting, playing]; }""")
-        assert marks == ["1", "0"], marks
+          probe.remove(); return [before, waiting, playing]; }""")
+        assert marks[0] != "1" and marks[1:] == ["1", "0"], marks
         # layout in the order of the steps: prompt audio, transcript, then the new text
         boxes = [page.locator(sel).bounding_box()["y"] for sel in ("#prompt-audio", "#prompt-text", "#text-input")]
         assert boxes == sorted(boxes), boxes
