@@ -42,6 +42,8 @@ from cosyvoice.text.frontend import TextFrontend
 from cosyvoice.text.help import SYNTAX_HELP
 from cosyvoice.tracing import setup_tracing
 from cosyvoice.upload_budget import UploadBudget
+from cosyvoice.ui_runs import PLAYER_HEAD, PageRun, PageRuns, player_slices
+from cosyvoice.ui_studio import PRESET_INFO, preset_choices, seed_problem, spoken_length
 from cosyvoice.voices import check_voices_dir
 
 ROOT = Path(__file__).resolve().parent
@@ -168,6 +170,7 @@ class Studio:
         set_build_info(__version__, self.commit, self.engine.name, self.engine.model_label, self.instance.name)
         self.warmed_up = threading.Event()
         self.warmup_problem: str | None = None
+        self.page_runs = PageRuns()
 
     def health(self) -> dict:
         stats = self.service.stats()
@@ -227,7 +230,7 @@ class Studio:
 
     def backend_view(self, level: str, request_filter: str):
         """Everything the Backend tab shows, from the job registry and the log files."""
-        return (backend.job_rows(self.service.jobs.snapshot()),
+        return (backend.job_rows(self.service.jobs.snapshot(), request_filter),
                 backend.log_tail(self.args.log_dir, level, request_filter),
                 backend.process_facts(self.engine, self.service.started),
                 backend.recent_restarts(self.args.log_dir))
@@ -241,40 +244,64 @@ class Studio:
     def preview(self, text, normalize=True) -> str:
         """What the engines will be given: the same lines as `python -m cosyvoice text`."""
         try:
-            return self.service.preview_text(text, normalize)
+            return f"{self.service.preview_text(text, normalize)}\nlength:     {spoken_length(text)}"
         except StudioError as err:
             return f"⚠️ {err}"
 
     # ---- request handlers: raw values in, the service validates -------------------------------
     def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                    voice=None, request: gr.Request = None, progress=gr.Progress()):
+                    voice=None, request: gr.Request = None):
         """UI handler: clears the last result, reports queue place and progress, streams (rate, chunk) to
-        the player, then offers the saved file; an error stays in the result area until the next request."""
+        the player, then offers the saved file; an error stays in the result area until the next request.
+
+        The request runs in its own thread (ui_runs.PageRun): closing the tab does not stop it, Cancel does."""
         synthesis = SynthesisRequest(text=text, mode=mode, prompt_wav=prompt_wav, prompt_text=prompt_text,
                                      instruct_text=instruct_text, seed=seed, speed=speed, stream=stream,
                                      normalize=normalize, voice=voice)
         request_id = _request_id(request)
+        problem = seed_problem(seed, MAX_SEED)
+        if problem:
+            yield None, None, f"❌ **失败 Failed** · req `{request_id}`  \n{problem}"
+            return
+        mode_label = mode if isinstance(mode, str) and mode in MODES_BY_ID else "unknown"
+        run = PageRun(request_id, mode_label, lambda: self.service.run(synthesis, request_id), self.service.jobs)
+        self.page_runs.add(getattr(request, "session_hash", None) or request_id, run).start()
         # The download box and summary are cleared at once; the player keeps its stream open (a None there
         # would end the streamed playlist before the first chunk).
         yield gr.skip(), None, f"⏳ 已提交 Submitted · req `{request_id}`"
         try:
-            for event in self.service.run(synthesis, request_id):
-                if event.notice:
-                    gr.Warning(event.notice)
-                if event.progress is not None:
-                    fraction, what = event.progress
-                    progress(fraction or 0.0, desc=what)
-                    yield gr.skip(), gr.skip(), f"⏳ {what} · req `{request_id}`"
-                if event.chunk is not None:
-                    yield (self.engine.sample_rate, event.chunk), gr.skip(), gr.skip()
-                if event.result is not None:
-                    r = event.result
-                    summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
-                               f"seed {r.seed} · engine `{self.engine.name}` · req `{r.request_id}`")
-                    summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
-                    yield gr.skip(), str(r.path), summary
+            yield from self._page_events(run, request_id)
         except StudioError as err:
-            yield gr.skip(), None, f"❌ **失败 Failed** · req `{request_id}`  \n{err}"
+            yield None, None, f"❌ **失败 Failed** · req `{request_id}`  \n{err}"
+        finally:
+            run.page_left()
+        if run.outcome == "cancelled":
+            yield None, None, f"⏹ 已取消 Cancelled · req `{request_id}`: nothing was saved."
+
+    def _page_events(self, run: PageRun, request_id: str):
+        for event in run.events():
+            if event is None:                # heartbeat: nothing new
+                yield gr.skip(), gr.skip(), gr.skip()
+                continue
+            if event.notice:
+                gr.Warning(event.notice, duration=8)      # toasts go away; the summary keeps every notice
+            if event.progress is not None:
+                yield gr.skip(), gr.skip(), f"⏳ {event.progress[1]} · req `{request_id}`"
+            if event.chunk is not None:
+                for piece in player_slices(event.chunk, self.engine.sample_rate):
+                    yield (self.engine.sample_rate, piece), gr.skip(), gr.skip()
+            if event.result is not None:
+                r = event.result
+                summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
+                           f"seed {r.seed} · engine `{self.engine.name}` · req `{r.request_id}`")
+                summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
+                yield gr.skip(), str(r.path), summary
+
+    def cancel_ui(self, request: gr.Request = None):
+        run = self.page_runs.cancel(getattr(request, "session_hash", None) or "")
+        if run is None:
+            return gr.skip()
+        return f"⏹ 正在取消 Cancelling · req `{run.request_id}`…"
 
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
@@ -328,15 +355,6 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Column(scale=3):
                     mode = raw(gr.Radio([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode"))
                     steps = gr.Markdown(MODES[0].steps)
-                    text = raw(gr.Textbox(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
-                                      placeholder="输入要合成的文本 Type the text to speak…"))
-                    with gr.Row():
-                        char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
-                        preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
-                    preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
-                                          visible=False, interactive=False, elem_id="text-preview")
-                    with gr.Accordion("发音标注 Pronunciation markup", open=False):
-                        gr.Markdown(SYNTAX_HELP)
                     saved_voice = ui_voices.voice_dropdown(studio.service)
                     prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="prompt-audio",
                                           label="参考音频 Prompt audio (3–15 s; upload or record)")
@@ -347,35 +365,49 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2, elem_id="prompt-text",
                                              placeholder="参考音频里说的话 Exactly what the prompt recording says"))
                     with gr.Row(visible=False) as instruct_row:
-                        preset = gr.Dropdown([label for label, _ in PRESETS], label="指令预设 Instruction presets",
-                                             value=None, scale=1)
+                        preset = gr.Dropdown(preset_choices(studio.engine), label="指令预设 Instruction presets",
+                                             value=None, scale=1, info=PRESET_INFO)
                         instruct_text = raw(gr.Textbox(label="指令 Instruction", scale=2,
                                                    placeholder="例如 e.g. 请用四川话说 / speak very fast"))
+                    text = raw(gr.Textbox(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
+                                      placeholder="输入要合成的文本 Type the text to speak…"))
+                    with gr.Row():
+                        char_count = gr.Markdown(studio.char_count(""), elem_id="char-count")
+                        preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
+                    preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
+                                          visible=False, interactive=False, elem_id="text-preview", wrap_lines=True)
+                    with gr.Accordion("发音标注 Pronunciation markup", open=False):
+                        gr.Markdown(SYNTAX_HELP)
                 with gr.Column(scale=2):
                     with gr.Row():
                         seed = raw(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
                                          label="随机种子 Seed (same input + seed = same audio)", scale=3))
-                        dice = gr.Button("🎲", scale=1, min_width=60)
+                        dice = gr.Button("🎲 随机 Random seed", scale=1, min_width=110, elem_id="random-seed")
                     speed = raw(gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed"))
                     stream = raw(gr.Checkbox(value=False, label="流式播放 Stream while synthesising"))
                     normalize = raw(gr.Checkbox(value=True, label="文本规范化 Read numbers, dates and symbols as words"))
-                    generate = gr.Button("生成 Generate", variant="primary")
-                    audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False)
+                    with gr.Row():
+                        generate = gr.Button("生成 Generate", variant="primary", scale=3)
+                        cancel = gr.Button("取消 Cancel", variant="stop", scale=1, elem_id="cancel")
+                    audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False,
+                                         elem_id="output-audio")
                     file_out = gr.File(label="下载 Download", interactive=False)
                     result_md = gr.Markdown(elem_id="result")
                     ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
         ui_voices.dialogue_tab(studio.service)
         ui_voices.history_tab(studio.service, dict(mode=mode, text=text, instruct_text=instruct_text, seed=seed,
-                                                   speed=speed, voice=saved_voice))
+                                                   speed=speed, voice=saved_voice, prompt_text=prompt_text))
         with gr.Tab("后台 Backend"):
             gr.Markdown("最近 50 个请求、运行日志与进程状态（只读，每 1.5 秒刷新） · The last 50 requests, the "
                         "runtime log and the process, read-only, refreshed every 1.5 s.")
             jobs_table = gr.Dataframe(headers=backend.JOB_COLUMNS, value=[], interactive=False, wrap=True,
-                                      label="任务 Jobs", elem_id="jobs-table")
+                                      column_widths=backend.JOB_COLUMN_WIDTHS, label="任务 Jobs",
+                                      elem_id="jobs-table")
             with gr.Row():
                 level = gr.Dropdown(list(backend.LEVELS), value="ALL", label="级别 Level", scale=1)
-                request_filter = gr.Textbox(label="请求 Request id", placeholder="e.g. 7f3a01", scale=2)
-            log_box = gr.Textbox(label="运行日志 runtime.log (last 200 lines)", lines=16, max_lines=16,
+                request_filter = gr.Textbox(label="请求 Request id (filters the jobs and the log)",
+                                            placeholder="e.g. 7f3a01", scale=2)
+            log_box = gr.Textbox(label="运行日志 runtime.log (last 200 lines, newest first)", lines=16, max_lines=16,
                                  interactive=False, autoscroll=True, elem_id="log-tail")
             with gr.Row():
                 facts = gr.Markdown(elem_id="process-facts")
@@ -387,7 +419,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
                     inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False, api_visibility="private")
-        preset.change(lambda label: dict(PRESETS)[label] if label in dict(PRESETS) else gr.skip(),
+        preset.change(lambda instruction: instruction or gr.skip(),
                       inputs=preset, outputs=instruct_text, queue=False, api_visibility="private")
         dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False, api_visibility="private")
         ui_voices.wire_voice_dropdown(studio.service, saved_voice, prompt_wav, prompt_text)
@@ -395,17 +427,29 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     api_visibility="private")
         preview_button.click(lambda t, n: gr.update(value=studio.preview(t, n), visible=True),
                              inputs=[text, normalize], outputs=preview_box, queue=False, api_visibility="private")
-        generate.click(studio.generate_ui,
-                       inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                               saved_voice],
-                       outputs=[audio_out, file_out, result_md], api_name="generate")
+        # The player is emptied by its own quick event first: inside the streaming handler a None would
+        # end the stream's playlist, and an empty player must not keep the previous (or a failed) result.
+        generate.click(lambda: None, outputs=audio_out, queue=False, show_progress="hidden",
+                       api_visibility="private").then(
+            studio.generate_ui,
+            inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize, saved_voice],
+            # "undocumented": scripts that stream may call /generate, but "Use via API" shows only
+            # /synthesize, the endpoint meant for clients.
+            outputs=[audio_out, file_out, result_md], api_name="generate", api_visibility="undocumented",
+            show_progress="minimal", show_progress_on=[result_md])
+        cancel.click(studio.cancel_ui, outputs=result_md, queue=False, api_visibility="private")
         # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
         # Gradio's file machinery: clients send a file and receive the saved WAV.
         with gr.Column(visible=False):
-            api_inputs = [raw(gr.Textbox()), raw(gr.Textbox(value="zero_shot")), gr.Audio(type="filepath"),
-                          raw(gr.Textbox()), raw(gr.Textbox()), raw(gr.Number(value=0, precision=0)),
-                          raw(gr.Number(value=1.0)), raw(gr.Checkbox()), raw(gr.Checkbox(value=True)),
-                          raw(gr.Textbox(value=""))]
+            # Labels name the parameters in "Use via API"; the defaults make its example run as shown
+            # (cross-lingual needs no transcript of the example recording).
+            api_inputs = [raw(gr.Textbox(label="text", value="你好，欢迎使用语音合成工作室。")),
+                          raw(gr.Textbox(label="mode", value="cross_lingual")),
+                          gr.Audio(type="filepath", label="prompt_wav"),
+                          raw(gr.Textbox(label="prompt_text")), raw(gr.Textbox(label="instruct_text")),
+                          raw(gr.Number(label="seed", value=0, precision=0)), raw(gr.Number(label="speed", value=1.0)),
+                          raw(gr.Checkbox(label="stream")), raw(gr.Checkbox(label="normalize", value=True)),
+                          raw(gr.Textbox(label="voice", value=""))]
             api_output = gr.File()
             api_button = gr.Button()
         api_button.click(studio.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
@@ -496,7 +540,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     # The login form's password is checked by the gate (constant time on bytes, any UTF-8).
     app = gr.mount_gradio_app(app, demo, path="", auth=gate.password_matches if auth else None,
                               allowed_paths=[str(outputs)],
-                              max_file_size=int(args.max_upload_mb * 2**20))
+                              max_file_size=int(args.max_upload_mb * 2**20), head=PLAYER_HEAD)
     # Gradio checks that file inputs were uploaded only once `has_launched` is set, which launch() does
     # and mount_gradio_app does not; the guard below refuses such paths first, this is the second lock.
     demo.has_launched = True

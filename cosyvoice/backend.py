@@ -11,15 +11,19 @@ from pathlib import Path
 
 import psutil
 
-JOB_COLUMNS = ["id", "mode", "state", "stage", "progress", "queue wait s", "elapsed s", "audio s", "RTF", "error"]
+JOB_COLUMNS = ["id", "mode", "state", "stage", "progress", "wait s", "time s", "audio s", "RTF", "error"]
+# Short columns narrow, progress and error wide, so headers stay on one line and errors are readable.
+JOB_COLUMN_WIDTHS = ["7%", "8%", "11%", "7%", "16%", "6%", "6%", "6%", "5%", "28%"]
 LEVELS = ("ALL", "INFO", "SUCCESS", "WARNING", "ERROR")
 TAIL_BYTES = 512 * 1024
 RESTART_WORDS = re.compile(r"restart|exited|crash loop|not answering|monitor (started|stopping)")
 
 
-def job_rows(jobs: list[dict]) -> list[list]:
+def job_rows(jobs: list[dict], request_id: str = "") -> list[list]:
+    """Table rows, newest first; with a request id (or part of one) only the matching jobs."""
+    wanted = (request_id or "").strip()
     return [[j["id"], j["mode"], j["state"], j["stage"], j["progress"], j["queue_wait_s"], j["elapsed_s"],
-             j["audio_s"], j["rtf"], j["error"]] for j in jobs]
+             j["audio_s"], j["rtf"], j["error"]] for j in jobs if wanted in j["id"]]
 
 
 def _tail_lines(path: Path, max_bytes: int = TAIL_BYTES) -> list[str]:
@@ -42,7 +46,9 @@ def log_tail(log_dir: Path, level: str = "ALL", request_id: str = "", limit: int
     request_id = (request_id or "").strip()
     if request_id:
         lines = [line for line in lines if f"req={request_id}" in line]
-    return "\n".join(lines[-limit:]) or "(no matching lines)"
+    # Newest first: the box is rewritten every refresh and a textarea cannot be told to stay scrolled to
+    # its end, so the newest line is where the reader's eye already is.
+    return "\n".join(reversed(lines[-limit:])) or "(no matching lines)"
 
 
 def recent_restarts(log_dir: Path, limit: int = 10) -> str:
@@ -50,13 +56,19 @@ def recent_restarts(log_dir: Path, limit: int = 10) -> str:
     return "\n".join(lines[-limit:]) or "(no restarts recorded: the app may run without ./monitor.sh)"
 
 
+# One Process object for the app's life: cpu_percent() measures since its previous call on the same
+# object, so a fresh object each refresh always said 0 %.
+_PROCESS = psutil.Process()
+_PROCESS.cpu_percent(interval=None)
+
+
 def process_facts(engine, started: float) -> str:
-    process = psutil.Process()
+    process = _PROCESS
     info = engine.version_info()
     rows = [("engine", engine.name), ("model", engine.model_label), ("device", engine.device),
             ("precision", info.get("precision", "fp32")), ("model identity", _identity(info)),
             ("RSS", f"{process.memory_info().rss / 2**20:.0f} MB"),
-            ("CPU", f"{process.cpu_percent(interval=None):.0f} %"),
+            ("CPU", f"{process.cpu_percent(interval=None):.0f} % (100 % = one core)"),
             ("uptime", f"{(time.time() - started) / 60:.1f} min")]
     rows += _gpu_rows()
     return "\n".join(f"| {name} | {value} |" for name, value in [("**什么 What**", "**值 Value**"), ("---", "---")]

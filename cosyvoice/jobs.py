@@ -10,7 +10,8 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
-STATES = ("queued", "running", "done", "failed", "refused")
+STATES = ("queued", "running", "done", "failed", "refused", "cancelled")
+FINAL = ("done", "failed", "refused", "cancelled")     # a final state may carry why: "done (page closed)"
 
 
 @dataclass
@@ -60,8 +61,16 @@ class JobRegistry:
                 return
             for key, value in changes.items():
                 setattr(job, key, value)
-            if changes.get("state") in ("done", "failed", "refused") and job.finished_at is None:
+            if str(changes.get("state", "")).split(" ")[0] in FINAL and job.finished_at is None:
                 job.finished_at = time.time()
+
+    def end_unattended(self, job_id: str, state: str, why: str) -> None:
+        """A job that ended without the page that asked for it (closed, or cancelled): its state says so,
+        e.g. "done (page closed)", so the Backend never shows a ghost "running"."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None and (job.state.split(" ")[0] not in FINAL or job.state == state):
+            self.update(job_id, state=f"{state} ({why})", **({"stage": state} if state == "cancelled" else {}))
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter("cosyvoice_requests_total", "Synthesis requests by mode and outcome",
-                   ["mode", "outcome"], registry=REGISTRY)      # outcome: ok, refused, busy, error
+                   ["mode", "outcome"], registry=REGISTRY)      # outcome: ok, refused, busy, error, cancelled
 AUDIO_SECONDS = Counter("cosyvoice_audio_seconds_total", "Seconds of audio synthesised", registry=REGISTRY)
 RTF = Histogram("cosyvoice_rtf", "Real-time factor of finished requests (synthesis time / audio time)",
                 buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30), registry=REGISTRY)
@@ -61,7 +61,7 @@ def _start_at_zero() -> None:
     from cosyvoice.modes import MODE_IDS
 
     for mode in MODE_IDS:
-        for outcome in ("ok", "refused", "busy", "error"):
+        for outcome in ("ok", "refused", "busy", "error", "cancelled"):
             REQUESTS.labels(mode, outcome)
 
 

@@ -8,11 +8,20 @@ from __future__ import annotations
 import uuid
 
 import gradio as gr
+import numpy as np
+import soundfile as sf
 
 from .errors import StudioError
 from .service import SynthesisService
 
 NO_VOICE = ""
+
+
+def playable(path) -> tuple[int, "np.ndarray"]:
+    """A saved WAV as (rate, samples) for a player: Gradio checks a file path with ffprobe, which the
+    bundled ffmpeg does not include, and the check failed the whole event."""
+    samples, rate = sf.read(str(path), dtype="float32")
+    return rate, samples
 PRIVATE = {"api_visibility": "private"}
 
 
@@ -63,8 +72,11 @@ def save_voice_row(service: SynthesisService, prompt_wav: gr.Audio, prompt_text:
         except StudioError as err:
             raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
         message = (f"✅ 已保存音色 Saved voice **{entry.name}** ({entry.duration:.1f} s"
-                   f"{', with transcript' if entry.transcript else ', no transcript: cross-lingual/instruct only'})")
-        return message, gr.update(choices=voice_choices(service), value=entry.id)
+                   f"{', with transcript' if entry.transcript else ', no transcript: cross-lingual/instruct only'}); "
+                   f"it is in the Saved voice list, the recording stays here")
+        # The new voice is listed, not selected: selecting a voice clears the upload, and the user may
+        # want to save the same recording again (another name) or keep using it.
+        return message, gr.update(choices=voice_choices(service))
 
     button.click(save, inputs=[name, prompt_wav, prompt_text], outputs=[status, dropdown], **PRIVATE)
 
@@ -87,7 +99,7 @@ def dialogue_tab(service: SynthesisService) -> None:
                 seed = gr.Number(value=0, precision=0, minimum=0, label="随机种子 Seed")
                 button = gr.Button("生成对话 Generate dialogue", variant="primary")
                 audio = gr.Audio(label="对话音频 Dialogue", interactive=False, type="filepath")
-                summary = gr.Markdown()
+                summary = gr.Markdown(elem_id="dialogue-result")
 
     def run(script_text: str, mapping_text: str, gap_s: float, seed_value: float):
         request_id = uuid.uuid4().hex[:6]
@@ -95,13 +107,14 @@ def dialogue_tab(service: SynthesisService) -> None:
             result = synthesize_dialogue(service, script_text, mapping_text, gap_s,
                                          int(seed_value) if seed_value is not None else None, request_id=request_id)
         except StudioError as err:
-            raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
+            return None, f"❌ **失败 Failed** · req `{request_id}`  \n{err}"
         turns = " · ".join(f"{t.speaker}={t.voice} {t.start_s:.1f}–{t.end_s:.1f} s" for t in result.turns)
         text = f"✅ 已保存 Saved `{result.path.name}` · {result.audio_seconds:.2f} s · seed {result.seed}  \n{turns}"
         text += "".join(f"  \n⚠️ {notice}" for notice in result.notices)
-        return str(result.path), text
+        return playable(result.path), text
 
-    button.click(run, inputs=[script, mapping, gap, seed], outputs=[audio, summary], **PRIVATE)
+    button.click(lambda: (None, "⏳ 生成中 Generating…"), outputs=[audio, summary], queue=False, **PRIVATE).then(
+        run, inputs=[script, mapping, gap, seed], outputs=[audio, summary], **PRIVATE)
 
 
 HISTORY_COLUMNS = ["时间 Time", "模式 Mode", "音色 Voice", "文本 Text", "种子 Seed", "时长 Duration (s)", "文件 File"]
@@ -126,10 +139,11 @@ def history_rows(service: SynthesisService, limit: int = 50) -> tuple[list[list]
 
 def history_tab(service: SynthesisService, form: dict) -> gr.Tab:
     """History: the last results (newest first) with play, download and "use these settings again",
-    which fills the main form (`form`: mode, text, instruct_text, seed, speed, voice components)."""
+    which fills the main form (`form`: mode, text, instruct_text, seed, speed, voice, prompt_text components)."""
     with gr.Tab("历史 History") as tab:
         refresh = gr.Button("刷新 Refresh", size="sm")
-        table = gr.Dataframe(headers=HISTORY_COLUMNS, value=history_rows(service)[0], interactive=False, wrap=True)
+        table = gr.Dataframe(headers=HISTORY_COLUMNS, value=history_rows(service)[0], interactive=False, wrap=True,
+                             elem_id="history-table")
         records = gr.State(history_rows(service)[1])
         with gr.Row():
             player = gr.Audio(label="播放 Play", type="filepath", interactive=False)
@@ -146,7 +160,7 @@ def history_tab(service: SynthesisService, form: dict) -> gr.Tab:
         if not found or row is None or row >= len(found):
             return gr.skip(), gr.skip(), None
         record = found[row]
-        return record["path"], record["path"], record
+        return playable(record["path"]), record["path"], record
 
     def settings(record: dict | None):
         if not record or record.get("mode") == "dialogue":
@@ -157,13 +171,18 @@ def history_tab(service: SynthesisService, form: dict) -> gr.Tab:
         except StudioError:
             gr.Warning(f"The voice {record['voice']!r} of that result is no longer saved; pick one or upload a prompt.")
             voice = NO_VOICE
+        if voice == NO_VOICE and record.get("prompt_text"):
+            gr.Info("The prompt recording itself is not kept with a result: the one in the upload box (if any) "
+                    "stays, and its transcript was filled in from the result.", duration=8)
+        transcript = record.get("prompt_text") if voice == NO_VOICE and record.get("prompt_text") else gr.skip()
         return (record.get("mode", "zero_shot"), record.get("text", ""), record.get("instruct_text", ""),
                 record.get("seed", 0), record.get("speed", 1.0),
-                gr.update(choices=voice_choices(service), value=voice))
+                gr.update(choices=voice_choices(service), value=voice), transcript)
 
     refresh.click(reload, outputs=[table, records], queue=False, **PRIVATE)
     tab.select(reload, outputs=[table, records], queue=False, **PRIVATE)
     table.select(pick, inputs=records, outputs=[player, download, chosen], queue=False, **PRIVATE)
     reuse.click(settings, inputs=chosen, outputs=[form["mode"], form["text"], form["instruct_text"], form["seed"],
-                                                  form["speed"], form["voice"]], queue=False, **PRIVATE)
+                                                  form["speed"], form["voice"], form["prompt_text"]],
+                queue=False, **PRIVATE)
     return tab

@@ -60,7 +60,7 @@ def test_api_synthesis_in_every_mode(cv3_app, mode, extra):
 def test_ui_endpoint_streams_chunks_and_saves_the_file(cv3_app, mode, extra):
     client = cv3_app.client()
     job = client.submit(mode, "你好，世界。今天天气很好。", handle_file(str(extra["prompt"])), extra["prompt_text"],
-                        extra["instruct_text"], 3, 1.0, True, True, api_name="/generate")
+                        extra["instruct_text"], 3, 1.0, True, True, "", api_name="/generate")
     outputs = job.outputs()
     job.result()
     audio_updates = [o for o in outputs if o[0] is not None]

@@ -208,7 +208,7 @@ def test_saved_voice_after_restart_speaks_like_the_original_upload(tmp_path):
 def test_gradio_api_lists_only_public_endpoints_and_synthesize_takes_a_voice(api_app, narrator):
     client = api_app.client()
     info = client.view_api(return_format="dict", print_info=False)
-    assert set(info["named_endpoints"]) == {"/generate", "/synthesize"} and not info["unnamed_endpoints"]
+    assert set(info["named_endpoints"]) == {"/synthesize"} and not info["unnamed_endpoints"]
     parameters = [p["parameter_name"] for p in info["named_endpoints"]["/synthesize"]["parameters"]]
     assert parameters[-1] == "voice"
     path = client.predict(text=TEXT, mode="cross_lingual", prompt_wav=None, prompt_text="", instruct_text="",
