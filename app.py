@@ -26,6 +26,7 @@ from loguru import logger
 
 from cosyvoice import __version__, backend, ui_voices
 from cosyvoice.audio import MAX_FILE_BYTES
+from cosyvoice.batch.router import add_job_args, mount_jobs
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
 from cosyvoice.http_guard import GuardConfig, HttpGuard, request_id_of
@@ -91,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="require 'Authorization: Bearer KEY' on the /v1 API (or env COSYVOICE_API_KEY)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="Gradio's upload/cache folder (default .run/gradio-<port>); swept hourly")
+    add_job_args(parser)
     return parser.parse_args(argv)
 
 
@@ -422,6 +424,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     check_voices_dir(args.voices_dir, args.model_dir)
     app.include_router(openai_router(studio.service, api_key=args.api_key, basic_auth=auth,
                                      max_upload_bytes=int(args.max_upload_mb * 2**20)))
+    studio.batch = mount_jobs(app, studio.service, args, api_key=args.api_key, basic_auth=auth)   # /v1/jobs (#20)
 
     demo = build_ui(studio)
     outputs = Path(args.outputs_dir).resolve()
