@@ -97,6 +97,9 @@ class JobWorker:
             except SQLAlchemyError as err:
                 self.log.warning(f"line {line_request_id(claim.job_id, claim.idx)}: the database failed while "
                                  f"recording it ({str(err)[:160]}); its lease will expire and it is voiced again")
+            except Exception as err:        # a bug must not end the worker thread; the lease brings the line back
+                self.log.exception(f"line {line_request_id(claim.job_id, claim.idx)}: internal error "
+                                   f"{type(err).__name__}: {err}; it is voiced again when its lease expires")
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.config.lease_s / 3):
@@ -126,7 +129,11 @@ class JobWorker:
         except (StudioError, OSError) as err:
             self._retry_or_fail(claim, err, log)
             return
-        self._record(claim, voiced, fit_speed, misfit, log)
+        try:
+            self._record(claim, voiced, fit_speed, misfit, log)
+        except OSError as err:
+            self._retry_or_fail(claim, OSError(f"the line's file could not be written in {self.config.jobs_dir}: "
+                                               f"{err.strerror or err}"), log)
 
     def _retry_or_fail(self, claim: Claim, err: Exception, log) -> None:
         if claim.attempts >= self.config.max_attempts:
@@ -157,12 +164,21 @@ class JobWorker:
         seconds = len(voiced.samples) / voiced.sample_rate
         return voiced, speed, max(0.0, seconds - slot)
 
+    @staticmethod
+    def _remove_other_takes(kept: Path) -> None:
+        """Earlier takes of this line: the regenerated one, or a file a killed worker wrote but never recorded
+        (and its partial write); only the recorded take stays, so each line's audio exists once."""
+        line_prefix = kept.name.split("-", 1)[0]
+        for other in kept.parent.glob(f"*{line_prefix}-*"):
+            if other != kept and (other.name.startswith(line_prefix) or other.name.startswith(f".{line_prefix}")):
+                other.unlink(missing_ok=True)
+
     def _record(self, claim: Claim, voiced: Voiced, fit_speed: float, misfit: float | None, log) -> None:
         relative = f"{claim.job_id}/lines/{claim.idx + 1:05d}-{claim.token[:10]}.wav"
         path = Path(self.config.jobs_dir) / relative
         write_wav_atomic(path, voiced.samples, voiced.sample_rate)
         seconds = len(voiced.samples) / voiced.sample_rate
-        accepted, previous = self.store.complete(
+        accepted, _previous = self.store.complete(
             claim, self.owner, audio_path=relative, sample_rate=voiced.sample_rate, duration_s=seconds,
             used_seed=voiced.seed, fit_speed=fit_speed, misfit_s=misfit)
         if not accepted:
@@ -171,8 +187,7 @@ class JobWorker:
             log.warning(f"line {claim.line['custom_id']!r} was voiced, but its lease had run out and another "
                         f"worker took it over; this take is discarded so the job records the line once")
             return
-        if previous and previous != relative:
-            (Path(self.config.jobs_dir) / previous).unlink(missing_ok=True)
+        self._remove_other_takes(path)
         LINES.labels("done").inc()
         fit = f", fitted at speed {fit_speed:.2f}" if misfit is not None else ""
         over = f", {misfit:.2f} s longer than its slot" if misfit else ""
