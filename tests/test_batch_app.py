@@ -24,6 +24,8 @@ def save_narrator(voices_dir: Path) -> None:
 
 
 def app_flags(tmp: Path, lease: float = 4.0) -> list[str]:
+    for name in ("a", "b"):
+        (tmp / name).mkdir(exist_ok=True)          # each instance's own logs and outputs
     return ["--engine", "lite", "--concurrency", "3", "--voices-dir", str(tmp / "voices"),
             "--jobs-dir", str(tmp / "jobs"), "--job-lease-seconds", str(lease)]
 
@@ -123,3 +125,28 @@ def test_sigkill_mid_job_then_restart_finishes_every_line_exactly_once(tmp_path)
     assert [m["custom_id"] for m in manifest] == [f"l{n:03d}" for n in range(200)]
     stitched, rate = sf.read(io.BytesIO(packed.read("stitched.wav")))
     assert abs(len(stitched) / rate - sum(line["duration_s"] for line in full)) < 0.05
+
+
+def test_the_official_openai_client_runs_a_speech_batch(jobs_app, tmp_path):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{jobs_app.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    path = tmp_path / "batch.jsonl"
+    path.write_bytes(batch_file(4))
+    with open(path, "rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == path.stat().st_size
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/audio/speech", completion_window="24h",
+                                  metadata={"project": "trailer"})
+    assert batch.status == "in_progress" and batch.request_counts.total == 4
+    deadline = time.time() + 120
+    while batch.status == "in_progress" and time.time() < deadline:
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 4 and batch.metadata == {"project": "trailer"}
+    output = [json.loads(row) for row in client.files.content(batch.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in output] == ["clip-1", "clip-2", "clip-3", "clip-4"]
+    assert all(o["response"]["status_code"] == 200 and o["response"]["body"]["duration_s"] > 0.3 for o in output)
+    assert batch.id in [b.id for b in client.batches.list()]
+    with pytest.raises(openai.BadRequestError, match="Only endpoint"):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")

@@ -25,6 +25,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from loguru import logger
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +35,7 @@ from ..openai_api import ApiError, _from_studio_error, error_response
 from . import model, result
 from .store import JobNotFound, JobStateError, JobStore, describe_url
 from .worker import JobWorker, WorkerConfig
+from .openai_batches import batches_router
 
 RESULT_FORMATS = {"wav": "audio/wav", "srt": "application/x-subrip", "vtt": "text/vtt",
                   "jsonl": "application/jsonl", "zip": "application/zip"}
@@ -63,7 +65,11 @@ class JobsRuntime:
 def runtime_from_args(service, args: argparse.Namespace) -> JobsRuntime:
     jobs_dir = Path(args.jobs_dir or Path(args.outputs_dir) / "jobs").resolve()
     url = args.jobs_db or f"sqlite:///{jobs_dir / 'jobs.db'}"
-    store = JobStore(url)
+    try:
+        store = JobStore(url)
+    except (SQLAlchemyError, OSError) as err:
+        raise StudioError(f"cannot open the job database {describe_url(url)}: {str(err).splitlines()[0][:200]}. "
+                          f"Check --jobs-db (and that the database server is up).") from err
     workers = args.job_workers if args.job_workers is not None else max(1, service.config.workers - 1)
     worker = JobWorker(store, service, WorkerConfig(jobs_dir=jobs_dir, workers=workers,
                                                     lease_s=args.job_lease_seconds))
@@ -76,6 +82,7 @@ def mount_jobs(app: FastAPI, service, args: argparse.Namespace, api_key: str | N
     """The app's one hook: open the database, start this instance's workers, add the routes."""
     runtime = runtime_from_args(service, args)
     app.include_router(jobs_router(runtime, api_key, basic_auth))
+    app.include_router(batches_router(runtime, api_key, basic_auth))
     runtime.worker.start()
     return runtime
 
@@ -85,7 +92,8 @@ def line_view(job_id: str, row: dict) -> dict:
     view = {"custom_id": row["custom_id"], "index": row["idx"] + 1, "text": row["text"], "state": row["state"],
             "attempts": row["attempts"], "voice": row["voice"], "seed": row["used_seed"],
             "duration_s": None if row["duration_s"] is None else round(row["duration_s"], 3),
-            "error": row["error"] or None, "revision": row["revision"]}
+            "error": row["error"] or None, "revision": row["revision"], "voiced_by": row["voiced_by"],
+            "finished_at": row["finished_at"]}
     if row["slot_start"] is not None:
         view.update(slot=[row["slot_start"], row["slot_end"]], fit_speed=row["fit_speed"],
                     misfit_s=None if row["misfit_s"] is None else round(row["misfit_s"], 3))
@@ -203,11 +211,8 @@ def _status_error(err: StudioError) -> ApiError:
     return _from_studio_error(err)
 
 
-def jobs_router(runtime: JobsRuntime, api_key: str | None = None,
-                basic_auth: tuple[str, str] | None = None) -> APIRouter:
-    router = APIRouter(prefix="/v1/jobs")
-    store = runtime.store
-
+def make_guard(api_key: str | None, basic_auth: tuple[str, str] | None):
+    """Runs a route's work with the /v1 auth and error shape: StudioError and ApiError become OpenAI errors."""
     async def guarded(request: Request, work) -> Response:
         request_id = request_id_of(request.scope)
         log = logger.bind(req=request_id)
@@ -226,6 +231,16 @@ def jobs_router(runtime: JobsRuntime, api_key: str | None = None,
             return error_response(err, request_id)
         response.headers["x-request-id"] = request_id
         return response
+
+    return guarded
+
+
+def jobs_router(runtime: JobsRuntime, api_key: str | None = None,
+                basic_auth: tuple[str, str] | None = None) -> APIRouter:
+    router = APIRouter(prefix="/v1/jobs")
+    store = runtime.store
+
+    guarded = make_guard(api_key, basic_auth)
 
     @router.post("")
     async def submit(request: Request) -> Response:
