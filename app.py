@@ -27,6 +27,7 @@ from loguru import logger
 from cosyvoice import __version__, backend, ui_voices
 from cosyvoice.audio import MAX_FILE_BYTES
 from cosyvoice.batch.router import add_job_args, mount_jobs
+from cosyvoice.batch.ui import jobs_tab
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
 from cosyvoice.http_guard import GuardConfig, HttpGuard, request_id_of
@@ -305,6 +306,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     result_md = gr.Markdown(elem_id="result")
                     ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
         ui_voices.dialogue_tab(studio.service)
+        jobs_tab(studio)                          # 任务 Jobs (#20, cosyvoice/batch/ui.py)
         ui_voices.history_tab(studio.service, dict(mode=mode, text=text, instruct_text=instruct_text, seed=seed,
                                                    speed=speed, voice=saved_voice))
         with gr.Tab("后台 Backend"):
