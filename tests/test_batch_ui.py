@@ -39,7 +39,7 @@ def test_jobs_tab_submits_plays_regenerates_and_downloads(jobs_app):  # noqa: F8
         page.locator("#jobs-line input").fill("2")
         page.locator("#jobs-line input").press("Enter")
         page.locator("#jobs-play").click()
-        page.locator("#jobs-player audio").wait_for(state="attached", timeout=30000)
+        page.locator("#jobs-player audio[src]").first.wait_for(state="attached", timeout=30000)
         before = httpx.get(f"{jobs_app.url}/v1/jobs/{job_id}").json()["lines"][1]
         page.locator("#jobs-regenerate").click()
         wait_text(page.locator("#jobs-message"), "Line 2 queued again")

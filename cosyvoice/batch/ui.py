@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import soundfile as sf
 
 from ..errors import StudioError
 from ..ui_voices import voice_choices
@@ -57,7 +58,8 @@ def _play(runtime, job_id: str, custom_id: str):
     row = next((r for r in runtime.store.lines(job_id) if r["custom_id"] == custom_id), None) if job_id else None
     if row is None or row["state"] != "done":
         raise gr.Error("Pick a line that is done to play it.")
-    return str(runtime.jobs_dir / row["audio_path"])
+    samples, rate = sf.read(runtime.jobs_dir / row["audio_path"], dtype="int16")   # samples: no ffprobe needed
+    return rate, samples
 
 
 def _regenerate(runtime, job_id: str, custom_id: str):
