@@ -150,3 +150,29 @@ def test_the_official_openai_client_runs_a_speech_batch(jobs_app, tmp_path):
     assert batch.id in [b.id for b in client.batches.list()]
     with pytest.raises(openai.BadRequestError, match="Only endpoint"):
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def test_cli_submits_a_csv_waits_and_downloads(jobs_app, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "script.csv"
+    script.write_text("custom_id,text\nhello,Hello and welcome.\nbye,Thank you for listening.\n", encoding="utf-8")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cosyvoice", "jobs", *args, "--url", jobs_app.url],
+                              cwd=ROOT, capture_output=True, text=True, timeout=180)
+
+    submitted = cli("submit", str(script), "--voice", "narrator", "--wait")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.startswith("job_") and "2/2 done" in submitted.stderr
+    target = tmp_path / "out.srt"
+    downloaded = cli("download", job_id, "--format", "srt", "--out", str(target))
+    assert downloaded.returncode == 0 and downloaded.stdout.strip() == str(target)
+    assert "Thank you for listening." in target.read_text(encoding="utf-8")
+    assert job_id in cli("list").stdout
+    missing = cli("show", "job_missing")
+    assert missing.returncode == 1 and "No job 'job_missing'" in missing.stderr

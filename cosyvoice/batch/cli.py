@@ -22,8 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default=os.environ.get("COSYVOICE_URL", "http://127.0.0.1:7860"),
                         help="the server (or env COSYVOICE_URL)")
     parser.add_argument("--api-key", default=os.environ.get("COSYVOICE_API_KEY"))
+    # --url and --api-key are taken before or after the command (given after, they win).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS)
+    common.add_argument("--api-key", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
-    submit = commands.add_parser("submit", help="submit a .txt/.csv/.srt/.jsonl file as a job")
+    add = lambda name, **kw: commands.add_parser(name, parents=[common], **kw)   # noqa: E731
+    submit = add("submit", help="submit a .txt/.csv/.srt/.jsonl file as a job")
     submit.add_argument("file", type=Path)
     submit.add_argument("--voice", help="a saved voice for lines that name none")
     submit.add_argument("--instructions", default=None)
@@ -31,14 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--speed", type=float, default=None)
     submit.add_argument("--gap-ms", type=float, default=None, help="silence between lines in the stitched track")
     submit.add_argument("--wait", action="store_true", help="then wait for it to finish")
-    commands.add_parser("list", help="recent jobs")
+    add("list", help="recent jobs")
     for name in ("show", "wait", "cancel", "pause", "resume"):
-        commands.add_parser(name).add_argument("job_id")
-    download = commands.add_parser("download", help="the result: zip (default), wav, srt, vtt or jsonl")
+        add(name).add_argument("job_id")
+    download = add("download", help="the result: zip (default), wav, srt, vtt or jsonl")
     download.add_argument("job_id")
     download.add_argument("--format", default="zip", choices=("zip", "wav", "srt", "vtt", "jsonl"))
     download.add_argument("--out", type=Path, help="file to write (default <job id>.<format>)")
-    regenerate = commands.add_parser("regenerate", help="voice one line again (new seed, or new text)")
+    regenerate = add("regenerate", help="voice one line again (new seed, or new text)")
     regenerate.add_argument("job_id")
     regenerate.add_argument("custom_id")
     regenerate.add_argument("--text")
