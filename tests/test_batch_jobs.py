@@ -238,3 +238,14 @@ def test_srt_lines_sit_in_their_slots_and_misfits_are_reported(setup):
         assert np.abs(segment).max() > 0.05                           # the cue covers sound, not silence
     assert on_slot >= 40
     assert abs(len(samples) / rate - parsed[-1].end.total_seconds()) < 0.002
+
+
+def test_a_job_paused_while_its_last_line_finished_ends_when_resumed(tmp_path):
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    job_id = store.create(lines(1), "json")
+    claim = store.claim("node", lease_s=30)
+    store.set_state(job_id, "pause")
+    store.complete(claim, "node", audio_path="x.wav", sample_rate=24000, duration_s=1.0, used_seed=1,
+                   fit_speed=1.0, misfit_s=None)
+    assert store.job(job_id)["state"] == "paused"
+    assert store.set_state(job_id, "resume")["state"] == "done"

@@ -196,6 +196,8 @@ class JobStore:
             if action == "cancel":
                 conn.execute(update(lines).where(and_(lines.c.job_id == job_id, lines.c.state == "pending"))
                              .values(state="cancelled", finished_at=now))
+            elif action == "resume":        # its last lines may have finished while it was paused
+                self._maybe_finish(conn, job_id, now)
         return self.job(job_id)
 
     def regenerate(self, job_id: str, custom_id: str, text: str | None, seed: int | None) -> dict:
