@@ -36,7 +36,7 @@ def start(tmp: Path, port: int) -> subprocess.Popen:
            "--log-dir", str(tmp / "logs"), "--outputs-dir", str(tmp / "outputs"), "--voices-dir", str(tmp / "voices"),
            "--jobs-dir", str(tmp / "jobs")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(tmp / "app.out", "wb"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
+    deadline = time.time() + 600           # a loaded box may take minutes to warm up
     while time.time() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:

@@ -43,7 +43,7 @@ def wait_job(url: str, job_id: str, until, timeout: float) -> dict:
 def jobs_app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("jobs_app")
     save_narrator(tmp / "voices")
-    app = start_app(tmp, *app_flags(tmp))
+    app = start_app(tmp, *app_flags(tmp), timeout=400)
     app.tmp = tmp
     yield app
     stop_app(app)
@@ -101,7 +101,7 @@ def test_job_api_refusals_are_clear(jobs_app):
 @pytest.mark.slow
 def test_sigkill_mid_job_then_restart_finishes_every_line_exactly_once(tmp_path):
     save_narrator(tmp_path / "voices")
-    first = start_app(tmp_path / "a", *app_flags(tmp_path))
+    first = start_app(tmp_path / "a", *app_flags(tmp_path), timeout=400)
     lines = [{"custom_id": f"l{n:03d}", "text": f"Sentence {n} of the long book."} for n in range(200)]
     job = httpx.post(f"{first.url}/v1/jobs", json={"lines": lines, "voice": "narrator", "seed": 11}, timeout=30).json()
     try:
@@ -110,7 +110,7 @@ def test_sigkill_mid_job_then_restart_finishes_every_line_exactly_once(tmp_path)
     finally:
         first.proc.kill()                                      # SIGKILL: no drain, leases left held
         first.proc.wait()
-    second = start_app(tmp_path / "b", *app_flags(tmp_path))
+    second = start_app(tmp_path / "b", *app_flags(tmp_path), timeout=400)
     try:
         view = wait_job(second.url, job["id"], lambda v: v["state"] in FINAL, 400)
         assert view["state"] == "done" and view["progress"]["done"] == 200, view["progress"]

@@ -249,3 +249,15 @@ def test_a_job_paused_while_its_last_line_finished_ends_when_resumed(tmp_path):
                    fit_speed=1.0, misfit_s=None)
     assert store.job(job_id)["state"] == "paused"
     assert store.set_state(job_id, "resume")["state"] == "done"
+
+
+def test_a_line_whose_workers_keep_dying_fails_instead_of_looping(setup):
+    store, worker, _ = setup
+    job_id = store.create(lines(1), "json")
+    for _ in range(3):                     # three workers claimed it and died (their leases ran out)
+        assert store.claim("doomed", lease_s=0.01) is not None
+        time.sleep(0.02)
+    worker(1).start()
+    job = wait_final(store, job_id, timeout=30)
+    (row,) = store.lines(job_id)
+    assert job["state"] == "failed" and row["attempts"] == 4 and "3 workers stopped" in row["error"]

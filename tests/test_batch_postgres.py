@@ -80,8 +80,8 @@ def test_two_instances_one_killed_the_other_finishes_its_lines(postgres_url, tmp
     lease = 5.0
     save_narrator(tmp_path / "voices")
     flags = [*app_flags(tmp_path, lease), "--jobs-db", postgres_url]
-    first = start_app(tmp_path / "a", *flags)
-    second = start_app(tmp_path / "b", *flags)
+    first = start_app(tmp_path / "a", *flags, timeout=400)
+    second = start_app(tmp_path / "b", *flags, timeout=400)
     lines = [{"custom_id": f"p{n:03d}", "text": f"Shared line number {n}."} for n in range(120)]
     job = httpx.post(f"{first.url}/v1/jobs", json={"lines": lines, "voice": "narrator", "seed": 3}, timeout=30).json()
     try:

@@ -113,6 +113,13 @@ class JobWorker:
     def process(self, claim: Claim) -> None:
         line, rid = claim.line, line_request_id(claim.job_id, claim.idx)
         log = logger.bind(req=rid)
+        if claim.attempts > self.config.max_attempts:     # workers died on it each time: do not let it kill more
+            self.store.fail(claim, f"gave up: {claim.attempts - 1} workers stopped while voicing this line",
+                            retry_in=None)
+            LINES.labels("failed").inc()
+            log.error(f"job {claim.job_id} line {line['custom_id']!r} failed: {claim.attempts - 1} workers "
+                      f"stopped while voicing it")
+            return
         log.info(f"job {claim.job_id} line {line['custom_id']!r} (attempt {claim.attempts}): voicing")
         try:
             voiced, fit_speed, misfit = self._render(line, rid)
