@@ -111,5 +111,4 @@ def test_two_instances_one_killed_the_other_finishes_its_lines(postgres_url, tmp
     stitched, rate = sf.read(io.BytesIO(packed.read("stitched.wav")))
     assert abs(len(stitched) / rate - sum(line["duration_s"] for line in full)) < 0.05
     survivor_log = (second.log_dir / "runtime.log").read_text()
-    assert "postgresql+psycopg://cosyvoice:***@" not in survivor_log or "jobs in postgresql" in survivor_log
     assert any(f"job {job['id']} line '{line['custom_id']}'" in survivor_log for line in held)   # it voiced them
