@@ -144,7 +144,7 @@ def test_regenerating_a_line_changes_only_that_line(setup):
     wait_final(store, job_id)
     before = {row["custom_id"]: (jobs_dir / row["audio_path"]).read_bytes() for row in store.lines(job_id)}
     store.regenerate(job_id, "3", text="Line three, now with new words.", seed=None)
-    assert store.job(job_id)["state"] == "queued"
+    assert store.job(job_id)["state"] in ("queued", "running")      # back in line (a worker may have it already)
     job = wait_final(store, job_id)
     rows = {row["custom_id"]: row for row in store.lines(job_id)}
     after = {cid: (jobs_dir / row["audio_path"]).read_bytes() for cid, row in rows.items()}
