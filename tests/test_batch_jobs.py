@@ -171,7 +171,9 @@ def test_pause_holds_lines_resume_continues_cancel_stops_the_rest(setup):
     while store.counts(job_id).get("done", 0) < 2 and time.time() < deadline:
         time.sleep(0.05)
     store.set_state(job_id, "cancel")
-    time.sleep(1.0)                                                 # a line being voiced may still finish
+    deadline = time.time() + 60
+    while store.counts(job_id).get("running") and time.time() < deadline:
+        time.sleep(0.1)                                             # a line being voiced finishes, none starts
     counts = store.counts(job_id)
     assert store.job(job_id)["state"] == "cancelled"
     assert counts.get("cancelled", 0) >= 20 and counts.get("pending", 0) == 0 and counts.get("running", 0) == 0
