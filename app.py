@@ -27,6 +27,8 @@ from loguru import logger
 
 from cosyvoice import __version__, backend, ui_voices
 from cosyvoice.audio import MAX_FILE_BYTES, PROMPT_SUFFIXES, recording_as_wav
+from cosyvoice.batch.router import add_job_args, mount_jobs
+from cosyvoice.batch.ui import jobs_tab
 from cosyvoice.engines.registry import add_engine_args, engine_from_args
 from cosyvoice.errors import StudioError
 from cosyvoice.http_guard import (CredentialGate, GuardConfig, HttpGuard, OriginPolicy, normalize_origins,
@@ -142,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(CORS); repeat for several. Other sites' pages are refused (403)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="Gradio's upload/cache folder (default .run/gradio-<port>); swept hourly")
+    add_job_args(parser)
     return parser.parse_args(argv)
 
 
@@ -395,6 +398,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     result_md = gr.Markdown(elem_id="result")
                     ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
         ui_voices.dialogue_tab(studio.service)
+        jobs_tab(studio)                          # 任务 Jobs (#20, cosyvoice/batch/ui.py)
         ui_voices.history_tab(studio.service, dict(mode=mode, text=text, instruct_text=instruct_text, seed=seed,
                                                    speed=speed, voice=saved_voice, prompt_text=prompt_text))
         with gr.Tab("后台 Backend"):
@@ -533,6 +537,7 @@ def create_app(args: argparse.Namespace) -> tuple[FastAPI, Studio]:
     # The OpenAI-compatible /v1 API: before the Gradio mount at "", which takes every other path.
     check_voices_dir(args.voices_dir, args.model_dir)
     openai_api.mount(app, studio.service, gate, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    studio.batch = mount_jobs(app, studio.service, args, gate)   # /v1/jobs and /v1/batches (#20)
 
     demo = build_ui(studio)
     outputs = Path(args.outputs_dir).resolve()

@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"synth": "synthesise text to a WAV file", "voices": "add|list|rename|delete|export|import saved voices",
                 "text": "show what the text frontend makes of a text",
-                "download": "download the Fun-CosyVoice3-0.5B model directory"}
+                "download": "download the Fun-CosyVoice3-0.5B model directory",
+                "jobs": "submit|list|show|wait|download long-form and batch jobs on a running server"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m cosyvoice {synth,voices,text,download} …\n" +
+        print("usage: python -m cosyvoice {synth,voices,text,download,jobs} …\n" +
               "\n".join(f"  {name:<9} {what}" for name, what in commands.items()), file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "text":
         from .text.cli import main as text_main
         return text_main(rest)
+    if command == "jobs":
+        from .batch.cli import main as jobs_main
+        return jobs_main(rest)
     from .download import main as download_main
     return download_main(rest)
 

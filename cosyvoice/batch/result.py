@@ -1,0 +1,131 @@
+"""A job's result: the stitched track, SRT and WebVTT subtitles, a JSONL manifest and a zip of it all.
+
+Everything is built from the lines the database records as done, each read from its one accepted
+file, so a line voiced twice (a lost lease) can never appear twice. Lines follow each other with
+`gap_ms` of silence (default none, so the track is exactly the sum of its lines); lines from an .srt
+cue start at their slot (or right after the previous line, when that one overran its slot).
+Subtitle times come from the rendered audio: a cue spans its line's audio, pauses included.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..outputs import atomic_file
+
+
+@dataclass
+class Cue:
+    index: int
+    custom_id: str
+    start: float
+    end: float
+    text: str
+
+
+def timeline(job: dict, rows: list[dict]) -> list[tuple[dict, float]]:
+    """(line, start second in the stitched track) for every done line, in order."""
+    gap = float(job["options"].get("gap_ms", 0)) / 1000
+    placed, cursor = [], 0.0
+    for row in rows:
+        if row["state"] != "done":
+            continue
+        if row["slot_start"] is not None:
+            start = max(row["slot_start"], cursor)
+        else:
+            start = cursor + (gap if placed else 0.0)
+        placed.append((row, start))
+        cursor = start + row["duration_s"]
+    return placed
+
+
+def stitch(job: dict, rows: list[dict], jobs_dir: Path) -> tuple[np.ndarray, int, list[Cue]]:
+    placed = timeline(job, rows)
+    if not placed:
+        return np.zeros(0, np.float32), 0, []
+    rate = placed[0][0]["sample_rate"]
+    parts, cues, cursor = [], [], 0
+    for number, (row, start) in enumerate(placed, 1):
+        samples, file_rate = sf.read(Path(jobs_dir) / row["audio_path"], dtype="float32", always_2d=False)
+        if file_rate != rate:
+            raise ValueError(f"line {row['custom_id']} is at {file_rate} Hz, the job at {rate} Hz")
+        offset = int(round(start * rate))
+        if offset > cursor:
+            parts.append(np.zeros(offset - cursor, np.float32))
+            cursor = offset
+        begin = cursor / rate
+        parts.append(samples)
+        cursor += len(samples)
+        cues.append(Cue(number, row["custom_id"], begin, cursor / rate, row["text"]))
+    return np.concatenate(parts), rate, cues
+
+
+def _clock(seconds: float, separator: str) -> str:
+    millis = int(round(seconds * 1000))
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def srt_text(cues: list[Cue]) -> str:
+    return "".join(f"{cue.index}\n{_clock(cue.start, ',')} --> {_clock(cue.end, ',')}\n{cue.text}\n\n"
+                   for cue in cues)
+
+
+def vtt_text(cues: list[Cue]) -> str:
+    body = "".join(f"{cue.custom_id}\n{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}\n"
+                   f"{cue.text.replace('-->', '→')}\n\n" for cue in cues)
+    return "WEBVTT\n\n" + body
+
+
+def manifest_lines(job: dict, rows: list[dict], cues: list[Cue]) -> str:
+    """One JSON object per line, shaped like an OpenAI Batch output file (custom_id, response, error)."""
+    starts = {cue.custom_id: cue.start for cue in cues}
+    out = []
+    for row in rows:
+        if row["state"] == "done":
+            body = {"file": line_file_name(row), "duration_s": round(row["duration_s"], 3), "seed": row["used_seed"],
+                    "start_s": round(starts.get(row["custom_id"], 0.0), 3), "sample_rate": row["sample_rate"]}
+            if row["slot_start"] is not None:
+                body.update(slot=[row["slot_start"], row["slot_end"]], fit_speed=round(row["fit_speed"], 3),
+                            misfit_s=round(row["misfit_s"] or 0.0, 3))
+            item = {"id": f"{job['id']}-{row['idx'] + 1}", "custom_id": row["custom_id"],
+                    "response": {"status_code": 200, "body": body}, "error": None}
+        else:
+            item = {"id": f"{job['id']}-{row['idx'] + 1}", "custom_id": row["custom_id"], "response": None,
+                    "error": {"code": row["state"], "message": row["error"] or f"line {row['state']}"}}
+        out.append(json.dumps(item, ensure_ascii=False))
+    return "\n".join(out) + "\n"
+
+
+def line_file_name(row: dict) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in row["custom_id"])[:40]
+    return f"lines/{row['idx'] + 1:05d}_{safe}.wav"
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def write_zip(job: dict, rows: list[dict], jobs_dir: Path, target: Path) -> Path:
+    """stitched.wav, subtitles.srt/.vtt, manifest.jsonl and every line's file; written whole or not at all."""
+    samples, rate, cues = stitch(job, rows, jobs_dir)
+    with atomic_file(target) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+        if rate:
+            archive.writestr("stitched.wav", wav_bytes(samples, rate))
+        archive.writestr("subtitles.srt", srt_text(cues))
+        archive.writestr("subtitles.vtt", vtt_text(cues))
+        archive.writestr("manifest.jsonl", manifest_lines(job, rows, cues))
+        for row in rows:
+            if row["state"] == "done":
+                archive.write(Path(jobs_dir) / row["audio_path"], line_file_name(row))
+    return target
