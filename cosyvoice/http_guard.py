@@ -44,9 +44,10 @@ MAX_JSON_BYTES = 1 * 2**20
 REQUEST_ID_KEY = "cosyvoice.request_id"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UPLOAD_PATHS = frozenset({"/upload", "/gradio_api/upload", "/gradio_api/process_recording"})
-# Routes whose body is JSON: the /v1 API (except the multipart voice upload) and Gradio's call routes.
+# Routes whose body is JSON: the /v1 API (except the multipart uploads) and Gradio's call routes.
 JSON_ROUTES = re.compile(r"^/(v1/.+|gradio_api/(queue/join|call/.+|run/.+|api/.+))$")
-MULTIPART_ROUTES = frozenset({"/v1/audio/voices"})
+MULTIPART_ROUTES = frozenset({"/v1/audio/voices", "/v1/files"})
+EITHER_ROUTES = frozenset({"/v1/jobs"})          # JSON lines, or a JSONL/text file as multipart
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
@@ -293,6 +294,8 @@ def content_type_refusal(scope) -> Refusal | None:
     declared = (_header(scope, b"content-type") or b"").decode("latin-1").split(";")[0].strip().lower()
     if path.rstrip("/") in MULTIPART_ROUTES:
         wanted, ok = "multipart/form-data", declared == "multipart/form-data"
+    elif path.rstrip("/") in EITHER_ROUTES and declared == "multipart/form-data":
+        wanted, ok = "multipart/form-data", True
     else:
         wanted, ok = "application/json", declared == "application/json" or declared.endswith("+json")
         ok = ok or (not declared and not _has_body(scope))

@@ -68,7 +68,7 @@ def runtime_from_args(service, args: argparse.Namespace) -> JobsRuntime:
     except (SQLAlchemyError, OSError) as err:
         raise StudioError(f"cannot open the job database {describe_url(url)}: {str(err).splitlines()[0][:200]}. "
                           f"Check --jobs-db (and that the database server is up).") from err
-    workers = args.job_workers if args.job_workers is not None else max(1, service.config.workers - 1)
+    workers = args.job_workers if args.job_workers is not None else max(1, service.admission.width - 1)
     worker = JobWorker(store, service, WorkerConfig(jobs_dir=jobs_dir, workers=workers,
                                                     lease_s=args.job_lease_seconds))
     logger.bind(req="jobs").info(f"jobs in {describe_url(url)}, files in {jobs_dir}")
