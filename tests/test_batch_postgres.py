@@ -24,6 +24,10 @@ from tests.conftest import free_port, start_app, stop_app
 from tests.test_batch_app import FINAL, app_flags, save_narrator, wait_job
 
 
+# A real PostgreSQL comes with the deploy packages (.ci/install-deploy-deps.sh), like nginx and Chromium.
+pytestmark = pytest.mark.deploy
+
+
 def postgres_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if found:
