@@ -1,8 +1,8 @@
 """Prompt audio: decode any common format, check it, mix to mono and trim silence.
 
 Recordings as people have them are taken, with a notice instead of a refusal: 8–16 kHz audio
-(phones, headsets) is upsampled to 16 kHz; anything longer than MAX_SECONDS is cut to its best
-BEST_MAX_SECONDS window (most speech, fewest pauses, no clipping) and the kept span is named.
+(phones, headsets) is upsampled to 16 kHz; anything with more than BEST_MAX_SECONDS of sound is cut
+to its best 3–15 s window (most speech, fewest pauses, no clipping) and the kept span is named.
 
 Every refusal is a UserInputError whose message names the problem and what to do about it.
 """
@@ -215,9 +215,10 @@ def _raise_rate(name: str, mono: np.ndarray, rate: int, warnings: list[str]) -> 
 
 
 def _cut_to_best(mono: np.ndarray, rate: int, sound_seconds: float, warnings: list[str]) -> np.ndarray:
-    """A recording with over MAX_SECONDS of sound keeps its best BEST_MAX_SECONDS window, and says which."""
+    """A recording with over BEST_MAX_SECONDS of sound keeps its best window, and says which."""
     start, end = best_window(mono, rate)
-    warnings.append(f"Prompt audio has {sound_seconds:.1f} s of sound, over the {MAX_SECONDS:.0f} s limit; the best "
+    warnings.append(f"Prompt audio has {sound_seconds:.1f} s of sound; a voice clones best from "
+                    f"{BEST_MIN_SECONDS:.0f}–{BEST_MAX_SECONDS:.0f} s, so the best "
                     f"{(end - start) / rate:.1f} s were kept ({start / rate:.1f}–{end / rate:.1f} s into the "
                     f"recording). The transcript must say exactly what is spoken in that part.")
     return trim_silence(mono[start:end], rate)
@@ -243,7 +244,7 @@ def load_prompt_audio(path: str | Path) -> LoadedPrompt:
         raise UserInputError(f"Prompt audio '{name}' is a steady tone or hum, not speech. Upload a recording "
                              f"of someone speaking.")
     trimmed = trim_silence(mono, rate)
-    if len(trimmed) / rate > MAX_SECONDS:
+    if len(trimmed) / rate > BEST_MAX_SECONDS + 0.05:
         trimmed = _cut_to_best(mono, rate, len(trimmed) / rate, warnings)
     seconds = len(trimmed) / rate
     if seconds < MIN_SECONDS:

@@ -542,6 +542,11 @@ class VoiceLibrary:
         except (OSError, ValueError) as err:
             problem = f"its stored features could not be read ({err})"
         others = self._other_identities(entry, identity)
+        if problem is None and not others:       # a voice saved by the CLI or another engine: nothing to tell
+            voice = self._extract_and_store(entry, engine, prompt_text)
+            logger.bind(req="-").info(f"voice library: features for {entry.name!r} on {identity} extracted once "
+                                      f"from the stored recording and saved")
+            return voice, None
         if problem is None:
             problem = (f"its stored features were made by {', '.join(others)}; this server runs {identity}, so "
                        f"they were recomputed from the stored recording" if others else
@@ -549,12 +554,16 @@ class VoiceLibrary:
                        f"stored recording")
         else:
             problem += "; they were recomputed from the stored recording"
+        voice = self._extract_and_store(entry, engine, prompt_text)
+        return voice, f"Voice {entry.name!r}: {problem} and saved, so the next use loads them."
+
+    def _extract_and_store(self, entry: VoiceEntry, engine: Engine, prompt_text: str | None) -> Voice:
         voice = engine.prepare_voice(self._checked_audio(entry), prompt_text)
         try:
             self._store_features(entry.folder, engine, voice)
         except OSError as err:
             logger.bind(req="-").warning(f"voice library: could not store features for {entry.name!r}: {err}")
-        return voice, f"Voice {entry.name!r}: {problem} and saved, so the next use loads them."
+        return voice
 
     def _checked_audio(self, entry: VoiceEntry) -> PromptAudio:
         try:

@@ -183,7 +183,7 @@ def test_telephone_rate_recording_is_upsampled_with_a_notice(tmp_path, rate):
 def test_forty_second_prompt_is_cut_to_its_best_window(tmp_path):
     loaded = load_prompt_audio(audio_variants.long(tmp_path, 40.0))
     assert 14.0 <= loaded.audio.seconds <= 15.0
-    notice = next(w for w in loaded.warnings if "over the 30 s limit" in w)
+    notice = next(w for w in loaded.warnings if "clones best from 3–15 s" in w)
     assert "were kept (" in notice and "transcript must say exactly" in notice
 
 
@@ -191,7 +191,14 @@ def test_best_window_is_the_dense_clean_speech(tmp_path):
     path, start, end = audio_variants.long_mixed(tmp_path)
     loaded = load_prompt_audio(path)
     assert np.abs(loaded.audio.samples).max() < 0.999           # the clipped stretch was left out
-    notice = next(w for w in loaded.warnings if "over the 30 s limit" in w)
+    notice = next(w for w in loaded.warnings if "clones best from 3–15 s" in w)
     kept = [float(x) for x in notice.split("kept (")[1].split(" s into")[0].split("–")]
     overlap = min(kept[1], end) - max(kept[0], start)
     assert overlap >= 0.9 * (kept[1] - kept[0])                 # (almost) all of it from the clean dense part
+
+
+def test_twenty_second_prompt_is_also_cut_to_at_most_fifteen_seconds(tmp_path):
+    """Over 15 s of sound clones worse: it is trimmed with the same notice, not only past the 30 s limit."""
+    loaded = load_prompt_audio(audio_variants.long(tmp_path, 20.0))
+    assert 3.0 <= loaded.audio.seconds <= 15.05
+    assert any("clones best from 3–15 s" in w and "were kept (" in w for w in loaded.warnings)
