@@ -66,7 +66,7 @@ def test_v1_save_on_a_full_voices_dir_is_a_507_with_the_message(tmp_path, small_
             before = voice_state(app)
             fill(small_disk)
             refused = post_voice(app, "second", "full-save")
-            assert refused.status_code == 507 and refused.json()["error"]["code"] == "storage_full"
+            assert refused.status_code == 507 and refused.json()["error"]["code"] == "insufficient_storage"
             message = error_message(refused, "full-save")
             assert "is full" in message and "Free some space" in message
             errors = log_lines(app, "full-save", "ERROR")
