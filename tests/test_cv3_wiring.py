@@ -18,7 +18,7 @@ from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.cpu_decode_kernel import RowsLinear
 from cosyvoice.engines.cosyvoice3.llm import load_llm
 from cosyvoice.engines.cosyvoice3.scheduler import prepare_batched_decoding
-from cosyvoice.engines.registry import EngineConfig, add_engine_args, create_engine
+from cosyvoice.engines.registry import EngineConfig, add_engine_args, create_engine, engine_config
 from tiny_onnx import make_tiny_model_dir
 
 torch.set_num_threads(2)
@@ -51,7 +51,7 @@ def test_the_engine_is_built_from_one_config(tmp_path) -> None:
     parser = argparse.ArgumentParser()
     add_engine_args(parser)
     args = parser.parse_args(["--engine", "lite", "--batch-slots", "3", "--no-cuda-graphs"])
-    config = EngineConfig.from_args(args)
+    config = engine_config(args)
     assert (config.engine, config.batch_slots, config.cuda_graphs, config.precision) == ("lite", 3, False, "auto")
     assert create_engine(config).name == "lite"
     assert create_engine(EngineConfig(engine="auto", model_dir=tmp_path / "missing")).name == "lite"
