@@ -111,3 +111,13 @@ def test_no_module_but_settings_reads_the_environment():
     offenders = [use for path in sources if path.name != "settings.py" or path.parent.name != "cosyvoice"
                  for use in environment_uses(path)]
     assert offenders == []
+
+
+def test_the_readme_flags_paragraph_lists_every_flag_and_variable():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("  Flags (declared once in `cosyvoice/settings.py`")
+    paragraph = readme[start:readme.index("\n- ", start)]
+    for _, f in declared():
+        assert re.search(rf"{re.escape(flag_of(f))}(?![\w-])", paragraph), f"README's flags miss {flag_of(f)}"
+        env = f.metadata["setting"]["env"]
+        assert env is None or f"${env}" in paragraph, f"README's flags miss ${env}"
