@@ -4,6 +4,7 @@ Gradio's API. Raw values go to the service, which validates; this module only tr
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -143,6 +144,15 @@ def _recording_for_prompt_box(path: str) -> bytes:
 def synthesize_tab(studio: "Studio") -> dict:
     """Lay out and wire the Synthesize tab; the form's components, for the History tab's "use again"."""
     tab = SynthesizeTab(studio)
+    form = _form(studio, tab)
+    _wire(studio, tab, form)
+    _api_endpoint(tab)
+    return dict(mode=form.mode, text=form.text, instruct_text=form.instruct_text, seed=form.seed, speed=form.speed,
+                voice=form.saved_voice, prompt_text=form.prompt_text)
+
+
+def _form(studio: "Studio", tab: SynthesizeTab) -> SimpleNamespace:
+    """The tab's components: the request form on the left, seed/speed/options and the result on the right."""
     with gr.Tab("合成 Synthesize"):
         with gr.Row():
             with gr.Column(scale=3):
@@ -187,28 +197,42 @@ def synthesize_tab(studio: "Studio") -> dict:
                 file_out = gr.File(label="下载 Download", interactive=False)
                 result_md = gr.Markdown(elem_id="result")
                 ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
-    mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
-                           gr.update(visible=MODES_BY_ID[m].needs_transcript)),
-                inputs=mode, outputs=[steps, instruct_row, prompt_text], queue=False, api_visibility="private")
-    preset.change(lambda instruction: instruction or gr.skip(),
-                  inputs=preset, outputs=instruct_text, queue=False, api_visibility="private")
-    dice.click(lambda: random.randint(0, MAX_SEED), outputs=seed, queue=False, api_visibility="private")
-    ui_voices.wire_voice_dropdown(studio.service, saved_voice, prompt_wav, prompt_text)
-    text.change(tab.char_count, inputs=text, outputs=char_count, queue=False, show_progress="hidden",
-                api_visibility="private")
-    preview_button.click(lambda t, n: gr.update(value=tab.preview(t, n), visible=True),
-                         inputs=[text, normalize], outputs=preview_box, queue=False, api_visibility="private")
+    return SimpleNamespace(mode=mode, steps=steps, saved_voice=saved_voice, prompt_wav=prompt_wav,
+                           prompt_text=prompt_text, instruct_row=instruct_row, preset=preset,
+                           instruct_text=instruct_text, text=text, char_count=char_count,
+                           preview_button=preview_button, preview_box=preview_box, seed=seed, dice=dice, speed=speed,
+                           stream=stream, normalize=normalize, generate=generate, cancel=cancel, audio_out=audio_out,
+                           file_out=file_out, result_md=result_md)
+
+
+def _wire(studio: "Studio", tab: SynthesizeTab, form: SimpleNamespace) -> None:
+    """The tab's events: mode-dependent fields, presets, the dice, character count, preview, Generate, Cancel."""
+    private = {"queue": False, "api_visibility": "private"}
+    form.mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
+                                gr.update(visible=MODES_BY_ID[m].needs_transcript)),
+                     inputs=form.mode, outputs=[form.steps, form.instruct_row, form.prompt_text], **private)
+    form.preset.change(lambda instruction: instruction or gr.skip(),
+                       inputs=form.preset, outputs=form.instruct_text, **private)
+    form.dice.click(lambda: random.randint(0, MAX_SEED), outputs=form.seed, **private)
+    ui_voices.wire_voice_dropdown(studio.service, form.saved_voice, form.prompt_wav, form.prompt_text)
+    form.text.change(tab.char_count, inputs=form.text, outputs=form.char_count, show_progress="hidden", **private)
+    form.preview_button.click(lambda t, n: gr.update(value=tab.preview(t, n), visible=True),
+                              inputs=[form.text, form.normalize], outputs=form.preview_box, **private)
     # The player is emptied by its own quick event first: inside the streaming handler a None would
     # end the stream's playlist, and an empty player must not keep the previous (or a failed) result.
-    generate.click(lambda: None, outputs=audio_out, queue=False, show_progress="hidden",
-                   api_visibility="private").then(
+    form.generate.click(lambda: None, outputs=form.audio_out, show_progress="hidden", **private).then(
         tab.generate_ui,
-        inputs=[mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize, saved_voice],
+        inputs=[form.mode, form.text, form.prompt_wav, form.prompt_text, form.instruct_text, form.seed, form.speed,
+                form.stream, form.normalize, form.saved_voice],
         # "undocumented": scripts that stream may call /generate, but "Use via API" shows only
         # /synthesize, the endpoint meant for clients.
-        outputs=[audio_out, file_out, result_md], api_name="generate", api_visibility="undocumented",
-        show_progress="minimal", show_progress_on=[result_md])
-    cancel.click(tab.cancel_ui, outputs=result_md, queue=False, api_visibility="private")
+        outputs=[form.audio_out, form.file_out, form.result_md], api_name="generate", api_visibility="undocumented",
+        show_progress="minimal", show_progress_on=[form.result_md])
+    form.cancel.click(tab.cancel_ui, outputs=form.result_md, **private)
+
+
+def _api_endpoint(tab: SynthesizeTab) -> None:
+    """Gradio's `/synthesize` API endpoint (shown in "Use via API")."""
     # The API endpoint gets real components (hidden) so uploads and the returned file are handled by
     # Gradio's file machinery: clients send a file and receive the saved WAV.
     with gr.Column(visible=False):
@@ -224,5 +248,3 @@ def synthesize_tab(studio: "Studio") -> dict:
         api_output = gr.File()
         api_button = gr.Button()
     api_button.click(tab.synthesize_api, inputs=api_inputs, outputs=api_output, api_name="synthesize")
-    return dict(mode=mode, text=text, instruct_text=instruct_text, seed=seed, speed=speed, voice=saved_voice,
-                prompt_text=prompt_text)
