@@ -43,12 +43,11 @@ WARMUP_PROMPT_TEXT = "你好，欢迎使用语音合成工作室。今天天气�
 
 def synthetic_prompt():
     """A spoken prompt made on the spot (espeak-ng), so the warm-up needs no recording on disk."""
-    from cosyvoice.audio import prompt_from_samples
-    from cosyvoice.engines.lite import espeak
+    from .audio import prompt_from_samples
+    from .engines.lite import espeak
 
     spoken = espeak.speak(WARMUP_PROMPT_TEXT, espeak.EspeakParams(voice="cmn"))
     return prompt_from_samples(spoken.samples, spoken.sample_rate)
-
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -64,6 +63,7 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 
 def git_commit() -> tuple[str | None, str | None]:
+    """The checked-out commit and its time, for /version; (None, None) outside a git checkout."""
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H %cI"], capture_output=True,
                              text=True, timeout=5)

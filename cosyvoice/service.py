@@ -175,7 +175,7 @@ class SynthesisService:
         self.resolver = VoiceResolver(self.voices, engine, self.config.voice_cache_size)
         self.outputs = OutputStore(self.config.outputs_dir, self.config.min_free_mb, self.config.retention_days)
 
-    # ---- what app.py and the UI read ------------------------------------------------------------
+    # ---- what the server and the UI read---------------------------------------------------------
     def stats(self) -> dict:
         return self.admission.stats()
 

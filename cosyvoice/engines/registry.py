@@ -1,31 +1,14 @@
-"""Pick and build the engine from one EngineConfig (declared in cosyvoice.settings): `auto` means
-cosyvoice3 when a complete model dir exists, else lite. add_engine_args/engine_config are the argparse
-side the CLI and benchmarks use."""
+"""Pick and build the engine from one EngineConfig (declared with its flags in cosyvoice.settings):
+`auto` means cosyvoice3 when a complete model dir exists, else lite."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from loguru import logger
 
-from ..settings import ENGINE_CHOICES, EngineConfig, add_flags, build
+from ..settings import ENGINE_CHOICES, EngineConfig
 from .base import Engine
 from .cosyvoice3.model_dir import download_hint
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """Flags every front end (WebUI, CLI, benchmarks) shares for choosing and placing the engine
-    (declared on cosyvoice.settings.EngineConfig)."""
-    add_flags(parser, EngineConfig)
-
-
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The config from parsed add_engine_args flags (absent flags: the declared defaults)."""
-    return build(EngineConfig, args)
-
-
-def engine_from_args(args: argparse.Namespace) -> Engine:
-    return create_engine(engine_config(args))
 
 
 def resolve_engine_name(name: str, model_dir: Path) -> str:
