@@ -65,14 +65,14 @@ class EngineConfig:
     llm_weights: str = field(default=LLM_WEIGHTS, metadata=setting(
         help="LLM checkpoint in the model dir: llm.pt, or llm.rl.pt where the dir has it"))
     batch_slots: int | None = field(default=None, metadata=setting(
-        type=int, help="requests decoded together by the LLM (default 4 on CUDA, 2 on CPU)"))
+        type=int, help="requests decoded together by the LLM; none: 4 on CUDA, 2 on CPU"))
     quantize: str | None = field(default=None, metadata=setting(
         choices=("int8",), help="int8 LLM projections (fbgemm, CPU only); faster, nearly the same tokens"))
     cuda_graphs: bool = field(default=True, metadata=setting(
         "--no-cuda-graphs", action="store_false", help="run the one-token decode step without CUDA graph capture"))
     stream_cache_gb: float | None = field(default=None, metadata=setting(
-        type=float, help="memory for the flow caches of all streaming requests together (default: half the "
-                         "device's free memory at start); when full, streams stop caching (slower, same audio)"))
+        type=float, help="memory for the flow caches of all streaming requests together; when full, streams "
+                         "stop caching (slower, same audio); none: half the device's free memory at start"))
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class ServiceConfig:
     max_instruct_chars: int = 200
     max_piece_units: int = 80            # the official packing: pieces of up to 80 units (zh chars, en tokens)
     workers: int | None = field(default=None, metadata=setting(
-        "--concurrency", type=int, help="requests synthesised at once (default: what the engine runs well in parallel)"))
+        "--concurrency", type=int, help="requests synthesised at once; none: what the engine runs well in parallel"))
     queue_size: int = field(default=8, metadata=setting(type=int, help="requests allowed to wait"))
     retention_days: float = field(default=7.0, metadata=setting(
         "--outputs-retention-days", type=float, help="results older than this are deleted (hourly sweep)"))
@@ -95,7 +95,7 @@ class ServiceConfig:
         type=float, help="free space outputs/ must keep: below it requests get 507 and /ready 503"))
     loudness_lufs: float | None = field(default=None, metadata=setting(
         "--loudness", type=float, metavar="LUFS",
-        help="bring every output to this loudness, e.g. -16 (default: peaks limited to -1 dBFS only)"))
+        help="bring every output to this loudness, e.g. -16; none: peaks are only limited to -1 dBFS"))
     g2p_dict: Path = field(default=ROOT / "configs" / "G2P_replace_dict.jsonl", metadata=setting(
         type=Path, help="pronunciation replacements for the text front end"))
 
@@ -135,13 +135,13 @@ class ServerConfig:
                                                 "from a browser (CORS); repeat for several. Other sites' pages are "
                                                 "refused (403)"))
     cache_dir: Path | None = field(default=None, metadata=setting(
-        type=Path, help="Gradio's upload/cache folder (default .run/gradio-<port>); swept hourly"))
+        type=Path, help="Gradio's upload/cache folder, swept hourly; none: .run/gradio-<port>"))
     otlp_endpoint: str | None = field(default=None, metadata=setting(
         env="OTEL_EXPORTER_OTLP_ENDPOINT", help="send OpenTelemetry traces to this OTLP/HTTP collector"))
     otel_service_name: str = field(default="cosyvoice-studio", metadata=setting(
         env="OTEL_SERVICE_NAME", help="the service.name traces carry"))
     instance_name: str | None = field(default=None, metadata=setting(
-        env="COSYVOICE_INSTANCE", help="what the X-Instance header says (default host:port)"))
+        env="COSYVOICE_INSTANCE", help="what the X-Instance header says; none: host:port"))
     fault: str | None = field(default=None, metadata=setting(
         env="COSYVOICE_FAULT", help="testing only: fail-synthesis or fail-requests, to rehearse a broken canary"))
     warmup_delay_s: float = field(default=0.0, metadata=setting(
