@@ -28,18 +28,18 @@ class SynthesizeTab:
     """The tab's handlers, bound to the studio (its service, engine and the page's running requests)."""
 
     def __init__(self, studio: "Studio"):
-        self.studio = studio
+        self.service, self.engine, self.page_runs = studio.service, studio.engine, studio.page_runs
 
     def char_count(self, text) -> str:
         used = len(text.strip()) if isinstance(text, str) else 0
-        limit = self.studio.service.config.max_text_chars
+        limit = self.service.config.max_text_chars
         mark = "⚠️ " if used > limit else ""
         return f"{mark}{used} / {limit} 字符 characters"
 
     def preview(self, text, normalize=True) -> str:
         """What the engines will be given: the same lines as `python -m cosyvoice text`."""
         try:
-            return f"{self.studio.service.preview_text(text, normalize)}\nlength:     {spoken_length(text)}"
+            return f"{self.service.preview_text(text, normalize)}\nlength:     {spoken_length(text)}"
         except StudioError as err:
             return f"⚠️ {err}"
 
@@ -58,8 +58,8 @@ class SynthesizeTab:
             yield None, None, f"❌ **失败 Failed** · req `{request_id}`  \n{problem}"
             return
         mode_label = mode if isinstance(mode, str) and mode in MODES_BY_ID else "unknown"
-        run = PageRun(request_id, mode_label, lambda: self.studio.service.run(synthesis, request_id), self.studio.service.jobs)
-        self.studio.page_runs.add(getattr(request, "session_hash", None) or request_id, run).start()
+        run = PageRun(request_id, mode_label, lambda: self.service.run(synthesis, request_id), self.service.jobs)
+        self.page_runs.add(getattr(request, "session_hash", None) or request_id, run).start()
         # The download box and summary are cleared at once; the player keeps its stream open (a None there
         # would end the streamed playlist before the first chunk).
         yield gr.skip(), None, f"⏳ 已提交 Submitted · req `{request_id}`"
@@ -82,17 +82,17 @@ class SynthesizeTab:
             if event.progress is not None:
                 yield gr.skip(), gr.skip(), f"⏳ {event.progress[1]} · req `{request_id}`"
             if event.chunk is not None:
-                for piece in player_slices(event.chunk, self.studio.engine.sample_rate):
-                    yield (self.studio.engine.sample_rate, piece), gr.skip(), gr.skip()
+                for piece in player_slices(event.chunk, self.engine.sample_rate):
+                    yield (self.engine.sample_rate, piece), gr.skip(), gr.skip()
             if event.result is not None:
                 r = event.result
                 summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
-                           f"seed {r.seed} · engine `{self.studio.engine.name}` · req `{r.request_id}`")
+                           f"seed {r.seed} · engine `{self.engine.name}` · req `{r.request_id}`")
                 summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
                 yield gr.skip(), str(r.path), summary
 
     def cancel_ui(self, request: gr.Request = None):
-        run = self.studio.page_runs.cancel(getattr(request, "session_hash", None) or "")
+        run = self.page_runs.cancel(getattr(request, "session_hash", None) or "")
         if run is None:
             return gr.skip()
         return f"⏹ 正在取消 Cancelling · req `{run.request_id}`…"
@@ -110,7 +110,7 @@ class SynthesizeTab:
                                      normalize=normalize, voice=voice)
         request_id = _request_id(request)
         try:
-            return str(self.studio.service.synthesize(synthesis, request_id).path)
+            return str(self.service.synthesize(synthesis, request_id).path)
         except StudioError as err:
             raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
 
