@@ -268,7 +268,8 @@ def gradio_login_check(app: FastAPI):
     Gradio has no public API for "is this session logged in"; this reads its private cookie name
     (`access-token[-unsecure]-<cookie_id>`) and token table, the only place that does. Checked with
     gradio 6.31; a change there shows in tests/test_credential_gate.py."""
-    gradio_app = next(route.app for route in app.routes if isinstance(getattr(route, "app", None), gr.routes.App))
+    mounted = (getattr(route, "app", None) for route in app.routes)
+    gradio_app = next(inner for inner in mounted if isinstance(inner, gr.routes.App))
 
     def logged_in(scope) -> bool:
         cookies = _cookies(scope)

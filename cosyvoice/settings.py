@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -44,12 +44,15 @@ def setting(flag: str | None = None, *, env: str | None = None, help: str = "", 
     return {"setting": {"flag": flag, "env": env, "help": help, "kw": argparse_kw}}
 
 
-def _setting(f) -> dict | None:
+def _setting(f: Field) -> dict | None:
+    """A field's `setting(...)` metadata; None for fields that are not user settings."""
     return f.metadata.get("setting")
 
 
-def flag_of(f) -> str:
-    return _setting(f)["flag"] or "--" + f.name.replace("_", "-")
+def flag_of(f: Field) -> str:
+    """A setting's command-line flag: declared, or the field name as --kebab-case."""
+    declared = (_setting(f) or {}).get("flag")
+    return declared or "--" + f.name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class Settings:
     warnings: tuple[str, ...] = ()
 
 
-def _default_text(f) -> str:
+def _default_text(f: Field) -> str:
     default = f.default if f.default is not MISSING else None
     return "none" if default in (None, ()) else str(default)
 
@@ -173,8 +176,8 @@ def add_flags(parser: argparse.ArgumentParser, *configs: type) -> argparse.Argum
             meta = _setting(f)
             if meta is None:
                 continue
-            env = f" env: {meta['env']};" if meta["env"] else ""
-            help_text = f"{meta['help']} ({env.strip()} default: {_default_text(f)})".replace("( ", "(")
+            facts = ([f"env: {meta['env']}"] if meta["env"] else []) + [f"default: {_default_text(f)}"]
+            help_text = f"{meta['help']} ({'; '.join(facts)})"
             kw = dict(meta["kw"])
             if kw.get("action") not in ("store_true", "store_false") and "choices" not in kw:
                 kw.setdefault("metavar", flag_of(f)[2:].replace("-", "_").upper())
@@ -183,13 +186,13 @@ def add_flags(parser: argparse.ArgumentParser, *configs: type) -> argparse.Argum
     return parser
 
 
-def _from_env(f, raw: str):
-    kind = _setting(f)["kw"].get("type", str)
+def _from_env(f: Field, env: str, raw: str) -> Any:
+    """A variable's text as the field's type; a clear StartupError when it is not one."""
+    kind = (_setting(f) or {}).get("kw", {}).get("type", str)
     try:
         return kind(raw)
     except ValueError:
-        raise StartupError(f"{_setting(f)['env']}={raw!r} is not a valid {kind.__name__}; "
-                           f"fix or unset it") from None
+        raise StartupError(f"{env}={raw!r} is not a valid {kind.__name__}; fix or unset it") from None
 
 
 def build(config: type, args: argparse.Namespace, environ: Mapping[str, str] | None = None):
@@ -205,7 +208,7 @@ def build(config: type, args: argparse.Namespace, environ: Mapping[str, str] | N
             value = getattr(args, f.name)
             values[f.name] = tuple(value) if isinstance(value, list) else value
         elif meta["env"] and environ.get(meta["env"]):
-            values[f.name] = _from_env(f, environ[meta["env"]])
+            values[f.name] = _from_env(f, meta["env"], environ[meta["env"]])
     return config(**values)
 
 

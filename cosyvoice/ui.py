@@ -38,7 +38,7 @@ def backend_tab(studio: "Studio") -> None:
         gr.Markdown("最近 50 个请求、运行日志与进程状态（只读，每 1.5 秒刷新） · The last 50 requests, the "
                     "runtime log and the process, read-only, refreshed every 1.5 s.")
         jobs_table = gr.Dataframe(headers=backend.JOB_COLUMNS, value=[], interactive=False, wrap=True,
-                                  column_widths=backend.JOB_COLUMN_WIDTHS, label="任务 Jobs",
+                                  column_widths=list[str | int](backend.JOB_COLUMN_WIDTHS), label="任务 Jobs",
                                   elem_id="jobs-table")
         with gr.Row():
             level = gr.Dropdown(list(backend.LEVELS), value="ALL", label="级别 Level", scale=1)

@@ -44,7 +44,7 @@ class SynthesizeTab:
             return f"⚠️ {err}"
 
     def generate_ui(self, mode, text, prompt_wav, prompt_text, instruct_text, seed, speed, stream, normalize,
-                    voice=None, request: gr.Request = None):
+                    voice=None, request: gr.Request | None = None):
         """UI handler: clears the last result, reports queue place and progress, streams (rate, chunk) to
         the player, then offers the saved file; an error stays in the result area until the next request.
 
@@ -91,7 +91,7 @@ class SynthesizeTab:
                 summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
                 yield gr.skip(), str(r.path), summary
 
-    def cancel_ui(self, request: gr.Request = None):
+    def cancel_ui(self, request: gr.Request | None = None):
         run = self.page_runs.cancel(getattr(request, "session_hash", None) or "")
         if run is None:
             return gr.skip()
@@ -100,7 +100,7 @@ class SynthesizeTab:
     def synthesize_api(self, text: str, mode: str = "zero_shot", prompt_wav: str | None = None,
                        prompt_text: str = "", instruct_text: str = "", seed: int = 0, speed: float = 1.0,
                        stream: bool = False, normalize: bool = True, voice: str = "",
-                       request: gr.Request = None) -> str:
+                       request: gr.Request | None = None) -> str:
         """Synthesise `text` and return the saved WAV (mode: zero_shot | cross_lingual | instruct).
 
         voice: a saved voice's name or id, used instead of prompt_wav/prompt_text (GET /v1/audio/voices).
@@ -164,7 +164,7 @@ def _form(studio: "Studio", tab: SynthesizeTab) -> SimpleNamespace:
                 # Gradio's audio box refuses .webm (browsers call it video/webm): this button takes it
                 recording = gr.UploadButton("上传录音 Upload a recording (webm, m4a, ogg, opus, aac, wav, mp3, flac)",
                                             file_types=["audio", *PROMPT_SUFFIXES], size="sm", elem_id="prompt-upload")
-                recording.upload(_recording_for_prompt_box, recording, prompt_wav, **ui_voices.PRIVATE)
+                recording.upload(_recording_for_prompt_box, recording, prompt_wav, api_visibility="private")
                 prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2, elem_id="prompt-text",
                                          placeholder="参考音频里说的话 Exactly what the prompt recording says"))
                 with gr.Row(visible=False) as instruct_row:
