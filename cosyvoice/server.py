@@ -210,8 +210,8 @@ def create_app(config: Settings) -> tuple[FastAPI, Studio]:
     check_voices_dir(config.service.voices_dir, config.engine.model_dir)
     max_upload_bytes = int(server.max_upload_mb * 2**20)
     openai_api.mount(app, studio.service, gate, max_upload_bytes=max_upload_bytes)
-    app = mount_ui(app, studio, gate if auth else None, max_upload_bytes)
-    gate.logged_in = gradio_login_check(app)
+    app, demo = mount_ui(app, studio, gate if auth else None, max_upload_bytes)
+    gate.logged_in = gradio_internals(app, demo)
     uploads = UploadBudget(lambda: str(cache_dir), per_minute=server.uploads_per_minute,
                            bytes_per_minute=int(server.upload_mb_per_minute * 2**20),
                            cache_bytes=int(server.upload_cache_mb * 2**20))
@@ -248,26 +248,28 @@ def mount_probes(app: FastAPI, studio: Studio) -> None:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def mount_ui(app: FastAPI, studio: Studio, gate: CredentialGate | None, max_upload_bytes: int) -> FastAPI:
-    """The Gradio page at "", with its login form checked by the gate (constant time on bytes, any UTF-8)."""
+def mount_ui(app: FastAPI, studio: Studio, gate: CredentialGate | None, max_upload_bytes: int):
+    """The Gradio page at "", with its login form checked by the gate (constant time on bytes, any UTF-8);
+    the mounted app and the Blocks."""
     demo = build_ui(studio)
     outputs = Path(studio.settings.service.outputs_dir).resolve()
     gr.set_static_paths([str(outputs)])          # results are served from outputs/, never copied to the cache
     app = gr.mount_gradio_app(app, demo, path="", auth=gate.password_matches if gate else None,
                               allowed_paths=[str(outputs)], max_file_size=max_upload_bytes, head=PLAYER_HEAD)
-    # Gradio checks that file inputs were uploaded only once `has_launched` is set, which launch() does
-    # and mount_gradio_app does not (no public switch for it); the guard refuses such paths first, this is
-    # the second lock. Checked with gradio 6.31.
+    return app, demo
+
+
+def gradio_internals(app: FastAPI, demo: gr.Blocks):
+    """The two places we reach into Gradio's private state (no public API exists for either; checked
+    with gradio 6.31):
+
+    - `demo.has_launched`: Gradio checks that file inputs were uploaded only once it is set, which
+      launch() does and mount_gradio_app does not; the guard refuses such paths first, this is the
+      second lock.
+    - the login cookie (`access-token[-unsecure]-<cookie_id>`) and token table of the mounted app:
+      the returned function tells the gate whether a request comes from a logged-in page
+      (tests/test_credential_gate.py fails if Gradio renames them)."""
     demo.has_launched = True
-    return app
-
-
-def gradio_login_check(app: FastAPI):
-    """A function telling whether a request carries a Gradio login cookie, for the /v1 API's gate.
-
-    Gradio has no public API for "is this session logged in"; this reads its private cookie name
-    (`access-token[-unsecure]-<cookie_id>`) and token table, the only place that does. Checked with
-    gradio 6.31; a change there shows in tests/test_credential_gate.py."""
     mounted = (getattr(route, "app", None) for route in app.routes)
     gradio_app = next(inner for inner in mounted if isinstance(inner, gr.routes.App))
 
