@@ -13,12 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _synth(argv: list[str]) -> int:
-    from .engines.registry import add_engine_args, engine_from_args
+    from .engines.registry import create_engine
     from .errors import StudioError
     from .log import flush, setup_logging
     from .modes import MODE_IDS
     from .outputs import copy_atomic
-    from .service import AUTO, ServiceConfig, SynthesisRequest, SynthesisService, add_service_args
+    from .service import AUTO, SynthesisRequest, SynthesisService
+    from .settings import EngineConfig, ServiceConfig, add_flags, build
     from .text.frontend import TextFrontend
 
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
@@ -36,8 +37,7 @@ def _synth(argv: list[str]) -> int:
     parser.add_argument("--no-normalize", action="store_true")
     parser.add_argument("--out", type=Path, help="also copy the result here (a file, or a folder to copy it into)")
     parser.add_argument("--log-dir", type=Path, default=ROOT / "logs")
-    add_engine_args(parser)
-    add_service_args(parser, ROOT)
+    add_flags(parser, EngineConfig, ServiceConfig)
     args = parser.parse_args(argv)
     if args.prompt_wav and not Path(args.prompt_wav).is_file():       # the CLI reads the user's own files: say plainly what is missing
         print(f"error: prompt recording not found: {args.prompt_wav}", file=sys.stderr)
@@ -45,8 +45,9 @@ def _synth(argv: list[str]) -> int:
 
     setup_logging(args.log_dir, stdout=False)
     try:
-        engine = engine_from_args(args)
-        service = SynthesisService(engine, ServiceConfig.from_args(args), TextFrontend(args.g2p_dict))
+        service_config = build(ServiceConfig, args)
+        engine = create_engine(build(EngineConfig, args))
+        service = SynthesisService(engine, service_config, TextFrontend(service_config.g2p_dict))
         request = SynthesisRequest(text=args.text, mode=args.mode, prompt_wav=args.prompt_wav,
                                    prompt_text=args.prompt_text, instruct_text=args.instruct, seed=args.seed,
                                    speed=args.speed, stream=args.stream, normalize=not args.no_normalize,

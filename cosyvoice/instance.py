@@ -5,7 +5,7 @@ streamed responses included):
 - every response carries `X-Instance` (this instance's name) and `X-Request-ID`: being outermost, this is
   where a request is given its id (cosyvoice.http_guard.with_request_id: nginx's `$request_id` when sane,
   else a fresh one), so even a refusal made here names the id every inner layer logs under;
-- `COSYVOICE_FAULT`, read once at start-up, is a test-only fault switch (nothing sets it by default) for
+- `COSYVOICE_FAULT` (ServerConfig.fault, read once at start-up by cosyvoice.settings) is a test-only fault switch (nothing sets it by default) for
   rehearsing a broken canary:
     fail-synthesis  every synthesis request (a POST that starts a job) answers HTTP 500;
     fail-requests   every request except the probes (/health, /ready, /metrics, /version) answers 500,
@@ -16,7 +16,6 @@ streamed responses included):
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -41,11 +40,10 @@ class InstanceInfo:
     fault: str | None   # the test-only fault switch, None in normal operation
 
 
-def instance_info(port: int, environ: dict | None = None) -> InstanceInfo:
-    """This process's identity; COSYVOICE_INSTANCE overrides the default host:port name."""
-    env = os.environ if environ is None else environ
-    name = env.get(INSTANCE_ENV) or f"{socket.gethostname()}:{port}"
-    fault = env.get(FAULT_ENV) or None
+def instance_info(port: int, name: str | None = None, fault: str | None = None) -> InstanceInfo:
+    """This process's identity; `name` (COSYVOICE_INSTANCE) overrides the default host:port name."""
+    name = name or f"{socket.gethostname()}:{port}"
+    fault = fault or None
     if fault is not None and fault not in FAULTS:
         raise StudioError(f"{FAULT_ENV}={fault!r} is not a known fault (known: {', '.join(FAULTS)}); "
                           f"unset it to run normally")

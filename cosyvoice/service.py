@@ -10,7 +10,6 @@ cache) and `OutputStore` (unique files, free space); `run` only strings them tog
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 import traceback
@@ -40,50 +39,8 @@ from .validation import (AUTO, MAX_SEED, SPEED_RANGE, SynthesisRequest, ValidReq
                          check_mode_needs, check_mode_supported, switch_field, text_field, validate_dialogue,
                          validate_request)
 from .voice_resolver import VoiceResolver, VoiceSource
+from .settings import ServiceConfig
 from .voices import VoiceLibrary
-
-DEFAULT_MIN_FREE_MB = 50.0
-
-
-@dataclass
-class ServiceConfig:
-    outputs_dir: Path = Path("outputs")
-    max_text_chars: int = 2000
-    max_prompt_text_chars: int = 300     # a 30 s prompt holds far fewer characters than this
-    max_instruct_chars: int = 200
-    max_piece_units: int = 80            # the official packing: pieces of up to 80 units (zh chars, en tokens)
-    workers: int | None = None           # requests synthesised at once; None: the engine's parallelism()
-    queue_size: int = 8                  # requests allowed to wait beyond those
-    retention_days: float = 7.0
-    voice_cache_size: int = 16
-    voices_dir: Path = Path("voices")    # the saved-voice library (cosyvoice.voices)
-    min_free_mb: float = DEFAULT_MIN_FREE_MB   # outputs/ refuses new results (507) below this much free space
-    loudness_lufs: float | None = None   # output loudness target (cosyvoice.mastering); None: only the limiter
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "ServiceConfig":
-        return cls(outputs_dir=args.outputs_dir, max_text_chars=args.max_text_chars, workers=args.concurrency,
-                   queue_size=args.queue_size, retention_days=args.outputs_retention_days,
-                   voices_dir=args.voices_dir, min_free_mb=getattr(args, "min_free_mb", DEFAULT_MIN_FREE_MB),
-                   loudness_lufs=getattr(args, "loudness", None))
-
-
-def add_service_args(parser: argparse.ArgumentParser, root: Path) -> None:
-    """Flags every front end (WebUI, CLI) shares for the service; ServiceConfig.from_args reads them."""
-    parser.add_argument("--max-text-chars", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="requests synthesised at once (default: what the engine runs well in parallel)")
-    parser.add_argument("--queue-size", type=int, default=8, help="requests allowed to wait")
-    parser.add_argument("--outputs-retention-days", type=float, default=7.0)
-    parser.add_argument("--outputs-dir", type=Path, default=root / "outputs")
-    parser.add_argument("--min-free-mb", type=float, default=DEFAULT_MIN_FREE_MB,
-                        help="free space outputs/ must keep: below it requests get 507 and /ready 503")
-    parser.add_argument("--g2p-dict", type=Path, default=root / "configs" / "G2P_replace_dict.jsonl")
-    parser.add_argument("--voices-dir", type=Path, default=root / "voices",
-                        help="saved voices (never inside the model dir)")
-    parser.add_argument("--loudness", type=float, default=None, metavar="LUFS",
-                        help="bring every output to this loudness, e.g. -16 (default: peaks limited to -1 dBFS only)")
-
 
 @dataclass
 class SynthesisResult:
@@ -218,7 +175,7 @@ class SynthesisService:
         self.resolver = VoiceResolver(self.voices, engine, self.config.voice_cache_size)
         self.outputs = OutputStore(self.config.outputs_dir, self.config.min_free_mb, self.config.retention_days)
 
-    # ---- what app.py and the UI read ------------------------------------------------------------
+    # ---- what the server and the UI read---------------------------------------------------------
     def stats(self) -> dict:
         return self.admission.stats()
 

@@ -6,7 +6,6 @@ request id where the body has one), the WARNING line under that id, and /health 
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import subprocess
@@ -143,28 +142,23 @@ def test_secrets_are_masked_warned_about_and_never_written(key_app):
     assert "| WARNING |" in warning and "COSYVOICE_AUTH" in warning
 
 
-def secret_args(tmp_path, **given) -> argparse.Namespace:
-    fields = {"auth": None, "auth_file": None, "api_key": None, "api_key_file": None} | given
-    return argparse.Namespace(**fields)
-
-
 def test_secrets_come_from_a_file_or_the_environment(tmp_path):
-    from app import StartupError, read_secrets
+    from cosyvoice.settings import StartupError, configs_from
 
     key_file = tmp_path / "key"
     key_file.write_text("from-file\n")
     key_file.chmod(0o644)
-    args = secret_args(tmp_path, api_key_file=key_file)
-    warnings = read_secrets(args, {"COSYVOICE_AUTH": "ann:from-env", "COSYVOICE_API_KEY": "ignored"})
-    assert (args.auth, args.api_key) == ("ann:from-env", "from-file")
-    assert warnings and "chmod 600" in warnings[0]
+    config = configs_from(["--api-key-file", str(key_file)],
+                          {"COSYVOICE_AUTH": "ann:from-env", "COSYVOICE_API_KEY": "ignored"})
+    assert (config.server.auth, config.server.api_key) == ("ann:from-env", "from-file")
+    assert config.warnings and "chmod 600" in config.warnings[0]
     with pytest.raises(StartupError, match="both given"):
-        read_secrets(secret_args(tmp_path, api_key="x", api_key_file=key_file), {})
+        configs_from(["--api-key", "x", "--api-key-file", str(key_file)], {})
     (tmp_path / "empty").write_text("")
     with pytest.raises(StartupError, match="is empty"):
-        read_secrets(secret_args(tmp_path, auth_file=tmp_path / "empty"), {})
+        configs_from(["--auth-file", str(tmp_path / "empty")], {})
     with pytest.raises(StartupError, match="cannot be read"):
-        read_secrets(secret_args(tmp_path, auth_file=tmp_path / "missing"), {})
+        configs_from(["--auth-file", str(tmp_path / "missing")], {})
 
 
 def test_an_unreadable_secret_file_stops_the_start_with_a_clear_message(tmp_path):

@@ -18,7 +18,8 @@ from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.cpu_decode_kernel import RowsLinear
 from cosyvoice.engines.cosyvoice3.llm import load_llm
 from cosyvoice.engines.cosyvoice3.scheduler import prepare_batched_decoding
-from cosyvoice.engines.registry import EngineConfig, add_engine_args, create_engine
+from cosyvoice.engines.registry import EngineConfig, create_engine
+from cosyvoice.settings import add_flags, build
 from tiny_onnx import make_tiny_model_dir
 
 torch.set_num_threads(2)
@@ -49,9 +50,9 @@ def test_the_engine_hands_its_scheduler_to_the_model_and_reports_its_parallelism
 
 def test_the_engine_is_built_from_one_config(tmp_path) -> None:
     parser = argparse.ArgumentParser()
-    add_engine_args(parser)
+    add_flags(parser, EngineConfig)
     args = parser.parse_args(["--engine", "lite", "--batch-slots", "3", "--no-cuda-graphs"])
-    config = EngineConfig.from_args(args)
+    config = build(EngineConfig, args, {})
     assert (config.engine, config.batch_slots, config.cuda_graphs, config.precision) == ("lite", 3, False, "auto")
     assert create_engine(config).name == "lite"
     assert create_engine(EngineConfig(engine="auto", model_dir=tmp_path / "missing")).name == "lite"

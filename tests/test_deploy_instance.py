@@ -30,10 +30,9 @@ def client_for(fault: str | None = None) -> TestClient:
     async def config():
         return {}
 
-    env = {"COSYVOICE_INSTANCE": "gpu-3"} | ({"COSYVOICE_FAULT": fault} if fault else {})
     # As in app.create_app: the guard owns the request id, the instance middleware wraps it.
     app.add_middleware(HttpGuard, config=GuardConfig(upload_folder=lambda: "/nonexistent", max_upload_bytes=2**20))
-    app.add_middleware(InstanceMiddleware, info=instance_info(7863, env))
+    app.add_middleware(InstanceMiddleware, info=instance_info(7863, name="gpu-3", fault=fault))
     return TestClient(app)
 
 
@@ -50,7 +49,7 @@ def test_instance_and_request_id_on_every_response():
 
 
 def test_default_instance_name_is_host_and_port():
-    info = instance_info(7861, {})
+    info = instance_info(7861)
     assert info.name.endswith(":7861") and info.fault is None
 
 
@@ -72,4 +71,4 @@ def test_fail_requests_fails_everything_but_the_probes():
 
 def test_unknown_fault_is_refused_at_start_up():
     with pytest.raises(StudioError, match="not a known fault"):
-        instance_info(7861, {"COSYVOICE_FAULT": "fail-everything"})
+        instance_info(7861, fault="fail-everything")

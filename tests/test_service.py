@@ -1,6 +1,7 @@
 """The request path's own rules: bounded queue, failures logged and survived, voices cached."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -108,7 +109,7 @@ def test_voice_is_prepared_once_per_prompt(service):
 
 def test_pieces_are_joined_without_added_silence_and_a_written_pause_is_exact(service):
     service.engine.release.set()
-    service.config.max_piece_units = 10
+    service.config = dataclasses.replace(service.config, max_piece_units=10)
     import soundfile as sf
 
     text = "第一句话在这里。第二句话在这里。第三句话在这里。"

@@ -1,4 +1,4 @@
-"""The jobs HTTP API (/v1/jobs), its flags, and `mount_jobs`, which the app calls once.
+"""The jobs HTTP API (/v1/jobs) and `mount_jobs`, which the server calls once (flags: settings.JobsConfig).
 
     POST /v1/jobs                                JSON {lines:[…], voice, …} or multipart file= (.txt .csv .srt .jsonl)
     GET  /v1/jobs                                recent jobs
@@ -13,7 +13,6 @@ the login's HTTP Basic credentials).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -28,6 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import StudioError, UserInputError
+from ..settings import JobsConfig
 from ..http_guard import CredentialGate, refusal_response, request_id_of
 from ..openai_api import ApiError, error_body
 from . import model, result
@@ -39,19 +39,6 @@ RESULT_FORMATS = {"wav": "audio/wav", "srt": "application/x-subrip", "vtt": "tex
                   "jsonl": "application/jsonl", "zip": "application/zip"}
 
 
-def add_job_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs-db", default=None,
-                        help="job database URL: sqlite:///path.db (default <jobs dir>/jobs.db) or "
-                             "postgresql://user:pass@host/db for several instances")
-    parser.add_argument("--jobs-dir", type=Path, default=None,
-                        help="where job line files live (default <outputs dir>/jobs; shared volume for many instances)")
-    parser.add_argument("--job-workers", type=int, default=None,
-                        help="job lines voiced at once by this instance (default: concurrency - 1, at least 1; "
-                             "0: take jobs, voice none)")
-    parser.add_argument("--job-lease-seconds", type=float, default=30.0,
-                        help="how long a line stays with a worker that stops renewing it (a dead instance)")
-
-
 @dataclass
 class JobsRuntime:
     store: JobStore
@@ -60,24 +47,24 @@ class JobsRuntime:
     max_chars: int
 
 
-def runtime_from_args(service, args: argparse.Namespace) -> JobsRuntime:
-    jobs_dir = Path(args.jobs_dir or Path(args.outputs_dir) / "jobs").resolve()
-    url = args.jobs_db or f"sqlite:///{jobs_dir / 'jobs.db'}"
+def runtime_from_config(service, config: JobsConfig) -> JobsRuntime:
+    jobs_dir = Path(config.jobs_dir or Path(service.config.outputs_dir) / "jobs").resolve()
+    url = config.jobs_db or f"sqlite:///{jobs_dir / 'jobs.db'}"
     try:
         store = JobStore(url)
     except (SQLAlchemyError, OSError) as err:
         raise StudioError(f"cannot open the job database {describe_url(url)}: {str(err).splitlines()[0][:200]}. "
                           f"Check --jobs-db (and that the database server is up).") from err
-    workers = args.job_workers if args.job_workers is not None else max(1, service.admission.width - 1)
+    workers = config.job_workers if config.job_workers is not None else max(1, service.admission.width - 1)
     worker = JobWorker(store, service, WorkerConfig(jobs_dir=jobs_dir, workers=workers,
-                                                    lease_s=args.job_lease_seconds))
+                                                    lease_s=config.job_lease_seconds))
     logger.bind(req="jobs").info(f"jobs in {describe_url(url)}, files in {jobs_dir}")
     return JobsRuntime(store, worker, jobs_dir, service.config.max_text_chars)
 
 
-def mount_jobs(app: FastAPI, service, args: argparse.Namespace, gate: CredentialGate | None = None) -> JobsRuntime:
+def mount_jobs(app: FastAPI, service, config: JobsConfig, gate: CredentialGate | None = None) -> JobsRuntime:
     """The app's one hook: open the database, start this instance's workers, add the routes."""
-    runtime = runtime_from_args(service, args)
+    runtime = runtime_from_config(service, config)
     gate = gate or CredentialGate()
     app.include_router(jobs_router(runtime, gate))
     app.include_router(batches_router(runtime, gate))

@@ -23,6 +23,8 @@ from typing import Iterator
 
 import torch
 
+from cosyvoice import settings
+
 from . import FRONTEND_TOLERANCE, CaseResult, compare, exact, load_case
 
 CASE_FILE = "frontend_features.pt"
@@ -55,7 +57,7 @@ def _compatible_mkl_features(model_dir: Path, wav_path: Path) -> dict[str, torch
     """compute_features in a child process with MKL's compatible code path, or None if that fails."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "features.pt"
-        env = dict(os.environ, MKL_CBWR="COMPATIBLE", OMP_NUM_THREADS=str(min(2, torch.get_num_threads())))
+        env = settings.child_env(MKL_CBWR="COMPATIBLE", OMP_NUM_THREADS=str(min(2, torch.get_num_threads())))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                           env.get("PYTHONPATH", "")]))
         done = subprocess.run([sys.executable, "-m", "cosyvoice.parity.frontend", "--model-dir", str(model_dir),
@@ -81,7 +83,7 @@ def run(model_dir: Path, audio_dir: Path) -> Iterator[CaseResult]:
     # Only a numeric miss can be MKL's rounding; a shape mismatch is a real failure.
     failed = [name for name, result in results.items()
               if not result.passed and math.isfinite(result.max_abs_err)]
-    if failed and torch.backends.mkl.is_available() and "MKL_CBWR" not in os.environ:
+    if failed and torch.backends.mkl.is_available() and settings.env_value("MKL_CBWR") is None:
         again = _compatible_mkl_features(Path(model_dir), wav_path)
         for name in failed:
             default_err = results[name].max_abs_err
@@ -104,7 +106,7 @@ def _dump_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wav", required=True, type=Path)
     parser.add_argument("--dump", required=True, type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    torch.set_num_threads(int(settings.env_value("OMP_NUM_THREADS", "2")))
     torch.save(compute_features(args.model_dir, args.wav), args.dump)
     return 0
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 from loguru import logger
 from torch import Tensor, nn
 
+from cosyvoice import settings
+
 SOURCE = Path(__file__).with_name("csrc") / "cpu_decode_kernel.cpp"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-std=c++20", "-shared"]
 LANES = 8     # floats per AVX2 register: the kernels take in-feature and head widths that are multiples of it
@@ -36,12 +37,11 @@ _why_not = ""
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cosyvoice-studio" / "kernels"
+    return settings.kernel_cache_dir()
 
 
 def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CXX", "c++"))
+    return settings.compiler()
 
 
 def build_flags() -> list[str]:
