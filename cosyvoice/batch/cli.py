@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from ..settings import env_value
 
 FINAL = ("done", "done_with_failures", "failed", "cancelled")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cosyvoice jobs", description="Long-form and batch jobs.")
-    parser.add_argument("--url", default=os.environ.get("COSYVOICE_URL", "http://127.0.0.1:7860"),
+    parser.add_argument("--url", default=env_value("COSYVOICE_URL", "http://127.0.0.1:7860"),
                         help="the server (or env COSYVOICE_URL)")
-    parser.add_argument("--api-key", default=os.environ.get("COSYVOICE_API_KEY"))
+    parser.add_argument("--api-key", default=env_value("COSYVOICE_API_KEY"))
     # --url and --api-key are taken before or after the command (given after, they win).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS)
