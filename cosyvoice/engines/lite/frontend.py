@@ -100,7 +100,8 @@ def mandarin_words(han: str) -> tuple[str, ...]:
     words = []
     for word in seg.cut(han):
         syllables = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True, tone_sandhi=True,
-                                errors=lambda chars: ["_"] * len(chars))
+                                # pypinyin documents a list return for `errors`; its stubs say str only.
+                                errors=lambda chars: ["_"] * len(chars))  # type: ignore[arg-type,return-value]
         syllables = [espeak_pinyin(s) for s in syllables if s != "_"]
         if syllables:
             words.append("".join(syllables))
