@@ -6,6 +6,7 @@ Every event here is internal to the page: api_visibility="private" keeps it out 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -22,7 +23,7 @@ def playable(path) -> tuple[int, "np.ndarray"]:
     bundled ffmpeg does not include, and the check failed the whole event."""
     samples, rate = sf.read(str(path), dtype="float32")
     return rate, samples
-PRIVATE = {"api_visibility": "private"}
+PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 def voice_choices(service: SynthesisService) -> list[tuple[str, str]]:

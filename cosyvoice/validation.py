@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from .dialogue import DialogueRequest, Turn, gap_field, parse_mapping, parse_script
 from .errors import UserInputError
-from .modes import MODE_IDS, Mode, get_mode
+from .modes import BY_ID, MODE_IDS, Mode, get_mode
 
 MAX_SEED = 2**32 - 1
 SPEED_RANGE = (0.5, 2.0)
