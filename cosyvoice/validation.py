@@ -48,6 +48,13 @@ class ValidRequest:
     normalize: bool
     voice: str | None = None         # as sent until the voice stage; the resolved id after it
 
+    @property
+    def chosen_mode(self) -> Mode:
+        """The mode, for the stages after the voice stage (which decides an "auto" one)."""
+        if self.mode is None:
+            raise RuntimeError("the mode is read before the voice stage decided it")
+        return self.mode
+
 
 @dataclass(frozen=True)
 class ValidDialogue:
