@@ -1,5 +1,5 @@
-"""The WebUI's saved-voice parts, built inside app.build_ui's Blocks: a voice dropdown, a 保存音色
-Save voice row, and (from their own modules) the 对话 Dialogue and History tabs.
+"""Three parts of the WebUI built inside its Blocks: the saved-voice controls of the Synthesize tab (a
+voice dropdown and a 保存音色 Save voice row), the 对话 Dialogue tab and the 历史 History tab.
 
 Every event here is internal to the page: api_visibility="private" keeps it out of "Use via API".
 """
