@@ -67,8 +67,9 @@ def parse_mapping(value: object) -> dict[str, str]:
     """Speaker → voice, from a dict or text such as "S1=narrator, S2=小王" (one pair per comma or line)."""
     if value is None or value == "":
         return {}
+    pairs: list[tuple[Any, Any]]
     if isinstance(value, dict):
-        pairs = value.items()
+        pairs = list(value.items())
     elif isinstance(value, str):
         pairs = []
         for part in re.split(r"[,，\n]", value):

@@ -66,7 +66,7 @@ def _looks_offline(err: BaseException) -> bool:
     return bool(names & offline_names) or any(isinstance(e, (ConnectionError, TimeoutError)) for e in _chain(err))
 
 
-def _chain(err: BaseException) -> list[BaseException]:
+def _chain(err: BaseException | None) -> list[BaseException]:
     seen: list[BaseException] = []
     while err is not None and err not in seen:
         seen.append(err)

@@ -96,10 +96,12 @@ class StreamEncoder:
                 raise ValueError(f"opus cannot encode {rate} Hz audio")
             self._sink = _Sink()
             self._container = av.open(self._sink, mode="w", format=container_format)
-            self._stream = self._container.add_stream(codec, rate=rate)
-            self._stream.layout = "mono"
+            stream = self._container.add_stream(codec, rate=rate)
+            assert isinstance(stream, av.AudioStream)    # an audio codec gives an audio stream
+            stream.layout = "mono"
+            self._stream = stream
             if response_format in _BIT_RATES:
-                self._stream.codec_context.bit_rate = _BIT_RATES[response_format]
+                stream.codec_context.bit_rate = _BIT_RATES[response_format]
             self._av = av
 
     def feed(self, samples: np.ndarray) -> bytes:

@@ -8,6 +8,9 @@ EngineError is ours (logged as ERROR); both keep the service serving.
 class StudioError(Exception):
     """Base class: `str(err)` is a message fit to show a user."""
 
+    param: str | None = None     # the request field a refusal is about (validation.about sets it)
+    logged: bool = False         # the service already wrote this error's log line; front ends add none
+
 
 class UserInputError(StudioError):
     """The request cannot be served as given: bad text, audio, markup or options."""

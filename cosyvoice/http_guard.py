@@ -169,7 +169,7 @@ class CredentialGate:
 
     def password_matches(self, user: str | bytes, password: str | bytes) -> bool:
         """Gradio's auth callable for the login form; also used for HTTP Basic."""
-        if self._user is None:
+        if self._user is None or self._password is None:
             return False
         user_bytes = user.encode("utf-8") if isinstance(user, str) else user
         password_bytes = password.encode("utf-8") if isinstance(password, str) else password
@@ -246,10 +246,10 @@ def _origin_key(origin: str) -> str | None:
 
 
 def normalize_origins(origins: list[str]) -> frozenset[str]:
-    keys = {_origin_key(origin) for origin in origins}
+    keys = [_origin_key(origin) for origin in origins]
     if None in keys:
         raise ValueError("--allow-origin takes origins like https://studio.example.com (scheme, host, port)")
-    return frozenset(keys)
+    return frozenset(key for key in keys if key is not None)
 
 
 @dataclass(frozen=True)

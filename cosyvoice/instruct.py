@@ -1,9 +1,11 @@
-"""Natural-language style instructions: the UI presets and a parser shared by both engines.
+"""Natural-language style instructions: the UI's presets (for both engines) and the parser the lite
+engine reads them with.
 
-Instructions are kept bare (no system prompt, no <|endofprompt|>): the neural engine wraps them
-into the form CosyVoice3 was trained on (engines/cosyvoice3/engine.py, instruct_prompt_text); the
-lite engine needs to know what was asked for (faster, louder, happy, Cantonese, ...) and what it
-could not understand. Presets use the phrasings of the official CosyVoice3 instruct list.
+Instructions are kept bare (no system prompt, no <|endofprompt|>). The neural engine does not parse
+them: it wraps them into the form CosyVoice3 was trained on (engines/cosyvoice3/engine.py,
+instruct_prompt_text). The lite engine needs to know what was asked for (faster, louder, happy,
+Cantonese, ...) and what it could not understand: `parse_instruction`. Presets use the phrasings of
+the official CosyVoice3 instruct list.
 """
 from __future__ import annotations
 

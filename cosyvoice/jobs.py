@@ -1,6 +1,7 @@
 """The in-process job registry: where every recent request is (state, stage, progress, timings).
 
-The service is its only writer; the Backend tab, /metrics-adjacent views and the JSON log read it.
+The service writes it (its stages and its Admission queue); ui_runs only closes a job whose page left
+or cancelled it. The Backend tab reads it, and so does the JSON log (the stage on each line).
 It keeps the last `keep` jobs, so memory stays bounded however long the app runs.
 """
 from __future__ import annotations

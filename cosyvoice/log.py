@@ -100,14 +100,15 @@ class ResilientLogFile:
                 self._to_fallback(message)
                 return
             try:
-                if self._handle is None or self._replaced():
-                    self._open()
-                self._handle.write(message)
-                self._handle.flush()
+                handle = self._handle
+                if handle is None or self._replaced(handle):
+                    handle = self._open()
+                handle.write(message)
+                handle.flush()
                 if self._failing_since is not None:
                     self._failing_since = None
                     self._to_fallback(f"log file {self.path} is writable again; logging there\n")
-                if self._handle.tell() > self.max_bytes:
+                if handle.tell() > self.max_bytes:
                     self._rotate()
             except OSError as err:
                 self._failed(err, message)
@@ -124,18 +125,19 @@ class ResilientLogFile:
                 pass
             self._handle = None
 
-    def _replaced(self) -> bool:
+    def _replaced(self, handle: TextIO) -> bool:
         try:
             on_disk = os.stat(self.path)
         except FileNotFoundError:
             return True
-        mine = os.fstat(self._handle.fileno())
+        mine = os.fstat(handle.fileno())
         return (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev)
 
-    def _open(self) -> None:
+    def _open(self) -> TextIO:
         self._close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a", encoding="utf-8")
+        return self._handle
 
     def _rotate(self) -> None:
         self._close()

@@ -38,10 +38,3 @@ BY_ID: dict[str, Mode] = {mode.id: mode for mode in MODES}
 def get_mode(mode_id: str) -> Mode | None:
     return BY_ID.get(mode_id)
 
-
-def mode_for_voice(instruction: str, has_transcript: bool) -> str:
-    """The mode an API picks for a saved voice: instruct when told how to speak, else zero-shot when the
-    voice's transcript is known, else cross-lingual."""
-    if instruction.strip():
-        return "instruct"
-    return "zero_shot" if has_transcript else "cross_lingual"

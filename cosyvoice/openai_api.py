@@ -146,7 +146,7 @@ async def _read_capped(request: Request, limit: int, what: str) -> bytes:
 
 
 # ---- the one error handler ------------------------------------------------------------------------
-STATUS = ((ApiError, None), (ServerBusyError, 429), (VoiceNotFound, 404), (VoiceNameTaken, 409),
+STATUS = ((ServerBusyError, 429), (VoiceNotFound, 404), (VoiceNameTaken, 409),
           (StorageFullError, 507), (UserInputError, 400))
 CODES = {429: ("rate_limit_error", "server_busy"), 404: ("invalid_request_error", "voice_not_found"),
          409: ("invalid_request_error", "voice_name_taken"), 507: ("server_error", "insufficient_storage"),
@@ -154,13 +154,14 @@ CODES = {429: ("rate_limit_error", "server_busy"), 404: ("invalid_request_error"
 
 
 def error_body(err: StudioError, request_id: str) -> tuple[int, dict]:
-    status = next((code or err.status for kind, code in STATUS if isinstance(err, kind)), 500)
+    status = err.status if isinstance(err, ApiError) else next(
+        (code for kind, code in STATUS if isinstance(err, kind)), 500)
     kind, code = (err.type, err.code) if isinstance(err, ApiError) else CODES[status]
-    param = getattr(err, "param", None)
+    param = err.param
     if param is None:
         param = "voice" if isinstance(err, VoiceNotFound) else "name" if isinstance(err, VoiceNameTaken) else None
     return status, {"error": {"message": f"{err} (request {request_id})", "type": kind,
-                              "param": API_PARAMS.get(param, param), "code": code}}
+                              "param": None if param is None else API_PARAMS.get(param, param), "code": code}}
 
 
 async def studio_error_handler(request: Request, err: StudioError) -> Response:
@@ -168,7 +169,7 @@ async def studio_error_handler(request: Request, err: StudioError) -> Response:
         return refusal_response(request.scope, err.refusal)
     rid = request_id(request)
     status, body = error_body(err, rid)
-    if not getattr(err, "logged", False):
+    if not err.logged:
         log = logger.bind(req=rid)
         (log.error if status >= 500 else log.warning)(f"/v1 {request.method} {request.url.path}: refused: {err}")
     headers = {"x-request-id": rid, **({"retry-after": "30"} if status == 429 else {})}
@@ -208,7 +209,8 @@ def authorizer(gate: CredentialGate):
 def mount(app: FastAPI, service: SynthesisService, gate: CredentialGate | None = None,
           max_upload_bytes: int = 25 * 2**20) -> None:
     """Add the /v1 routes and the one handler that turns every StudioError into OpenAI's error shape."""
-    app.add_exception_handler(StudioError, studio_error_handler)
+    # Starlette types every handler as taking any Exception; this one is registered for StudioError only.
+    app.add_exception_handler(StudioError, studio_error_handler)  # type: ignore[arg-type]
     app.include_router(openai_router(service, gate or CredentialGate(), max_upload_bytes))
 
 

@@ -233,7 +233,8 @@ class SynthesisService:
                     path = self.outputs.save(ctx.id, samples, self.engine.sample_rate,
                                              request_record(plan.request, ctx.id, len(samples) / self.engine.sample_rate,
                                                             self.engine.name), ctx.log)
-            result = self._report(ctx, plan.request.mode.id, path, samples, elapsed, plan.request.seed, plan.notices)
+            result = self._report(ctx, plan.request.chosen_mode.id, path, samples, elapsed, plan.request.seed,
+                                  plan.notices)
             if not plan.request.stream:
                 yield Event(chunk=samples)
             yield Event(result=result)
@@ -257,10 +258,10 @@ class SynthesisService:
             ctx.log.info(f"instruction: {_clip(valid.instruct_text)}")
 
     def _accepted(self, ctx: _Request, valid: ValidRequest) -> Event:
-        ctx.log.info(f"accepted: {valid.mode.id}" + (f" with voice {valid.voice}" if valid.voice else "")
+        ctx.log.info(f"accepted: {valid.chosen_mode.id}" + (f" with voice {valid.voice}" if valid.voice else "")
                      + ", waiting for a slot")
-        ctx.span.set_attributes({"text.chars": len(valid.text), "seed": valid.seed, "mode": valid.mode.id})
-        return Event(accepted=Accepted(ctx.id, valid.seed, valid.mode.id, valid.voice, valid.stream))
+        ctx.span.set_attributes({"text.chars": len(valid.text), "seed": valid.seed, "mode": valid.chosen_mode.id})
+        return Event(accepted=Accepted(ctx.id, valid.seed, valid.chosen_mode.id, valid.voice, valid.stream))
 
     def _queue(self, ctx: _Request, ticket) -> Iterator[Event]:
         with ctx.stage("queue"):
@@ -272,7 +273,7 @@ class SynthesisService:
         with ctx.stage("features"):
             voice = self.resolver.features(plan.source, ctx.log, plan.notices)
         valid = plan.request
-        style = Style(mode=valid.mode.id, instruct_text=valid.instruct_text, speed=valid.speed)
+        style = Style(mode=valid.chosen_mode.id, instruct_text=valid.instruct_text, speed=valid.speed)
         plan.notices += self.engine.style_notices(style)
         for notice in plan.notices:
             ctx.log.warning(notice)
@@ -325,7 +326,7 @@ class SynthesisService:
         decide an "auto" mode from it, and check the mode's needs. The resolved id replaces the name."""
         if valid.voice is None:
             loaded = self.resolver.upload(valid.prompt_wav, log)
-            transcript = self._transcript(valid, valid.prompt_text) if valid.mode.needs_transcript else None
+            transcript = self._transcript(valid, valid.prompt_text) if valid.chosen_mode.needs_transcript else None
             return valid, VoiceSource(transcript, upload=loaded)
         entry = entries.get(valid.voice) or self.resolver.resolve(valid.voice)
         entries[valid.voice] = entry
@@ -383,7 +384,10 @@ class SynthesisService:
     def _render_turns(self, plans: list[_Plan], dialogue, names: dict, ctx: _Request):
         rate = self.engine.sample_rate
         silence = np.zeros(int(round(dialogue.gap_s * rate)), np.float32)
-        parts, turns, notices, position, elapsed = [], [], [], 0, 0.0
+        parts: list[np.ndarray] = []
+        turns: list[TurnResult] = []
+        notices: list[str] = []
+        position, elapsed = 0, 0.0
         for index, (plan, turn) in enumerate(zip(plans, dialogue.turns), start=1):
             audio, seconds = yield from self._render(plan, ctx)
             elapsed += seconds

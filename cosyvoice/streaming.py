@@ -39,6 +39,7 @@ def first_audio(events) -> Start:
         if event.accepted is not None:
             accepted = event.accepted
         if event.chunk is not None or event.result is not None:
+            assert accepted is not None, "the service sends its accepted event before any audio"
             return Start(accepted.seed, accepted.stream, event)
     raise StudioError("The request ended without audio.")
 
@@ -119,6 +120,7 @@ def sse_response(start: Start, events, response_format: str, sample_rate: int, r
             yield _message({"type": "error", **error_body(err, request_id)[1]})
             return
         yield from _delta(encoder.finish())
+        assert result is not None, "the service ends every stream with a result or an error"
         yield _message({"type": "speech.audio.done", "request_id": request_id, "seed": result.seed,
                         "audio_seconds": round(result.audio_seconds, 3), "file": result.path.name})
     return CuttableStream(body(), "text/event-stream", {"x-seed": str(start.seed)}, request_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class PageRun:
     `page_left()` and `cancel()` are the two ways a page stops listening.
     """
 
-    def __init__(self, request_id: str, mode: str, events: Callable[[], Iterator], jobs: JobRegistry):
+    def __init__(self, request_id: str, mode: str, events: Callable[[], Generator], jobs: JobRegistry):
         self.request_id, self.mode, self._make_events, self.jobs = request_id, mode, events, jobs
         self._queue: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()

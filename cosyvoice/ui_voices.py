@@ -1,11 +1,12 @@
-"""The WebUI's saved-voice parts, built inside app.build_ui's Blocks: a voice dropdown, a 保存音色
-Save voice row, and (from their own modules) the 对话 Dialogue and History tabs.
+"""Three parts of the WebUI built inside its Blocks: the saved-voice controls of the Synthesize tab (a
+voice dropdown and a 保存音色 Save voice row), the 对话 Dialogue tab and the 历史 History tab.
 
 Every event here is internal to the page: api_visibility="private" keeps it out of "Use via API".
 """
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -22,7 +23,7 @@ def playable(path) -> tuple[int, "np.ndarray"]:
     bundled ffmpeg does not include, and the check failed the whole event."""
     samples, rate = sf.read(str(path), dtype="float32")
     return rate, samples
-PRIVATE = {"api_visibility": "private"}
+PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 def voice_choices(service: SynthesisService) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from .dialogue import DialogueRequest, Turn, gap_field, parse_mapping, parse_script
 from .errors import UserInputError
-from .modes import MODE_IDS, Mode, get_mode
+from .modes import BY_ID, MODE_IDS, Mode, get_mode
 
 MAX_SEED = 2**32 - 1
 SPEED_RANGE = (0.5, 2.0)
@@ -48,6 +48,13 @@ class ValidRequest:
     normalize: bool
     voice: str | None = None         # as sent until the voice stage; the resolved id after it
 
+    @property
+    def chosen_mode(self) -> Mode:
+        """The mode, for the stages after the voice stage (which decides an "auto" one)."""
+        if self.mode is None:
+            raise RuntimeError("the mode is read before the voice stage decided it")
+        return self.mode
+
 
 @dataclass(frozen=True)
 class ValidDialogue:
@@ -64,7 +71,7 @@ def about(param: str) -> Iterator[None]:
     try:
         yield
     except UserInputError as err:
-        if getattr(err, "param", None) is None:
+        if err.param is None:
             err.param = param
         raise
 
@@ -140,9 +147,10 @@ def speed_field(value: Any) -> float:
 def mode_field(value: Any, engine_modes: tuple[str, ...], engine_name: str) -> Mode | None:
     if value == AUTO:
         return None
-    if not isinstance(value, str) or get_mode(value) is None:
+    mode = get_mode(value) if isinstance(value, str) else None
+    if mode is None:
         raise UserInputError(f"Unknown mode {str(value)[:30]!r}. Choose one of: {', '.join(MODE_IDS)} or {AUTO}.")
-    return check_mode_supported(get_mode(value), engine_modes, engine_name)
+    return check_mode_supported(mode, engine_modes, engine_name)
 
 
 def check_mode_supported(mode: Mode, engine_modes: tuple[str, ...], engine_name: str) -> Mode:
@@ -155,8 +163,8 @@ def auto_mode(instruction: str, has_transcript: bool) -> Mode:
     """The mode "auto" means: instruct when told how to speak, else zero-shot when the voice's transcript
     is known, else cross-lingual."""
     if instruction.strip():
-        return get_mode("instruct")
-    return get_mode("zero_shot" if has_transcript else "cross_lingual")
+        return BY_ID["instruct"]
+    return BY_ID["zero_shot" if has_transcript else "cross_lingual"]
 
 
 def voice_field(value: Any, prompt_wav: Any) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path)
             sink.write(block)
 
 
-def _array_header(handle: BinaryIO, label: str) -> tuple[tuple[int, ...], np.dtype]:
+def _array_header(handle: IO[bytes], label: str) -> tuple[tuple[int, ...], np.dtype]:
     try:
         version = np.lib.format.read_magic(handle)
         readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from . import metrics
-from .audio import load_prompt_audio
+from .audio import LoadedPrompt, load_prompt_audio
 from .engines.base import Engine, Voice
 from .errors import UserInputError
 from .voices import VoiceEntry, VoiceLibrary
@@ -25,11 +25,12 @@ class VoiceSource:
     model reads (None when the mode needs none)."""
     prompt_text: str | None
     entry: VoiceEntry | None = None
-    upload: object = None            # cosyvoice.audio's loaded prompt (audio + description + warnings)
+    upload: LoadedPrompt | None = None   # an uploaded recording (audio + description + warnings)
 
     def cache_key(self, engine_name: str) -> Hashable:
         if self.entry is not None:
             return ("saved", engine_name, self.entry.id, self.entry.sha256, self.prompt_text)
+        assert self.upload is not None, "a voice source is a saved voice or an upload"
         return ("upload", engine_name, self.upload.audio.sha1, self.prompt_text)
 
 
@@ -72,6 +73,7 @@ class VoiceResolver:
 
     def _make(self, source: VoiceSource, notices: list[str]) -> tuple[Voice, str]:
         if source.entry is None:
+            assert source.upload is not None, "a voice source is a saved voice or an upload"
             return self.engine.prepare_voice(source.upload.audio, source.prompt_text), "extracted"
         voice, notice = self.library.load_voice(source.entry, self.engine, source.prompt_text)
         if notice:

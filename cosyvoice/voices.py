@@ -106,8 +106,15 @@ class VoiceEntry:
         return data
 
     @property
+    def saved_folder(self) -> Path:
+        """The entry's folder in the library; only an entry still being staged has none."""
+        if self.folder is None:
+            raise ValueError(f"voice {self.id} is not in the library yet")
+        return self.folder
+
+    @property
     def audio_path(self) -> Path:
-        return self.folder / AUDIO_FILE
+        return self.saved_folder / AUDIO_FILE
 
 
 def check_voices_dir(voices_dir: Path, model_dir: Path | None) -> None:
@@ -140,7 +147,8 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(exist_ok=True)     # not parents: a voice deleted meanwhile must not reappear
     with atomic_file(path, make_parents=False) as handle:
-        np.savez(handle, **arrays)
+        # numpy's stub types **kwds as if a key could be its `allow_pickle` flag; ours are feature names.
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
@@ -465,7 +473,7 @@ class VoiceLibrary:
             self._check_free(new_name, except_id=entry.id)
             renamed = replace(entry, name=new_name)
             try:
-                _write_json_atomic(entry.folder / META_FILE, renamed.metadata())
+                _write_json_atomic(entry.saved_folder / META_FILE, renamed.metadata())
             except OSError as err:
                 raise self._unwritable(err, f"the new name {new_name!r}") from err
             self._changed()
@@ -478,7 +486,7 @@ class VoiceLibrary:
         with self._locked():
             entry = self._for_change(ref)
             trash = self.root / f"{TRASH_PREFIX}{entry.id}-{uuid.uuid4().hex[:6]}"
-            os.rename(entry.folder, trash)      # gone from the library at once; the files go below
+            os.rename(entry.saved_folder, trash)      # gone from the library at once; the files go below
             self._changed()
         shutil.rmtree(trash, ignore_errors=True)
         logger.bind(req="-").info(f"voice library: deleted voice {entry.name!r} (id {entry.id})")
@@ -520,7 +528,7 @@ class VoiceLibrary:
         """The stored features for this engine + model; FileNotFoundError when there are none, any
         other problem a ValueError (a file over the limits is never loaded)."""
         identity = engine.feature_identity()
-        arrays = read_npz(entry.folder / FEATURES_DIR / _feature_file(identity))
+        arrays = read_npz(entry.saved_folder / FEATURES_DIR / _feature_file(identity))
         if str(arrays.pop(IDENTITY_KEY, "")) != identity:
             raise ValueError("the file was made for another engine or model")
         try:
@@ -560,7 +568,7 @@ class VoiceLibrary:
     def _extract_and_store(self, entry: VoiceEntry, engine: Engine, prompt_text: str | None) -> Voice:
         voice = engine.prepare_voice(self._checked_audio(entry), prompt_text)
         try:
-            self._store_features(entry.folder, engine, voice)
+            self._store_features(entry.saved_folder, engine, voice)
         except OSError as err:
             logger.bind(req="-").warning(f"voice library: could not store features for {entry.name!r}: {err}")
         return voice
@@ -578,7 +586,7 @@ class VoiceLibrary:
 
     def _other_identities(self, entry: VoiceEntry, identity: str) -> list[str]:
         others = []
-        for path in sorted((entry.folder / FEATURES_DIR).glob("*.npz")):
+        for path in sorted((entry.saved_folder / FEATURES_DIR).glob("*.npz")):
             try:
                 other = str(read_npz(path)[IDENTITY_KEY])
             except (OSError, ValueError, KeyError):
@@ -592,9 +600,9 @@ class VoiceLibrary:
         entry = self.resolve(ref)
         target = Path(target)
         with atomic_file(target) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.write(entry.folder / META_FILE, META_FILE)
+            archive.write(entry.saved_folder / META_FILE, META_FILE)
             archive.write(entry.audio_path, AUDIO_FILE)
-            for path in sorted((entry.folder / FEATURES_DIR).glob("*.npz")):
+            for path in sorted((entry.saved_folder / FEATURES_DIR).glob("*.npz")):
                 archive.write(path, f"{FEATURES_DIR}/{path.name}")
         return target
 

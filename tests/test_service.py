@@ -53,6 +53,15 @@ class ControlledEngine:
     def version_info(self):
         return {}
 
+    def feature_identity(self):
+        return "controlled/v1"
+
+    def export_voice(self, voice):
+        return {}
+
+    def import_voice(self, arrays, prompt_text):
+        return Voice(prompt_text=prompt_text)
+
 
 @pytest.fixture
 def service(tmp_path):

@@ -82,7 +82,7 @@ def run(model_dir: Path, audio_dir: Path) -> Iterator[CaseResult]:
 
     # Only a numeric miss can be MKL's rounding; a shape mismatch is a real failure.
     failed = [name for name, result in results.items()
-              if not result.passed and math.isfinite(result.max_abs_err)]
+              if not result.passed and result.max_abs_err is not None and math.isfinite(result.max_abs_err)]
     if failed and torch.backends.mkl.is_available() and settings.env_value("MKL_CBWR") is None:
         again = _compatible_mkl_features(Path(model_dir), wav_path)
         for name in failed:

@@ -351,7 +351,7 @@ def parse(marked_text: str) -> list[Item]:
         elif tok.kind == "pause":
             items.append(Pause(float(tok.value)))  # type: ignore[arg-type]
         elif tok.kind == "cmu":
-            phones = tuple(tok.value)  # type: ignore[arg-type]
+            phones: tuple[str, ...] = tuple(tok.value)  # type: ignore[arg-type]  # cmu tokens hold a list of str
             prev = tokens[i - 1] if i else None
             if items and isinstance(items[-1], CmuWord) and prev is not None and prev.end == tok.start:
                 items[-1] = CmuWord(items[-1].phones + phones)

@@ -303,10 +303,6 @@ def _date_ymd(m: re.Match, lang: str) -> str:
     return f"{_MONTHS[mo - 1]} {en_ordinal(d)}, {en_year(int(y))}"
 
 
-def _zh_year(m: re.Match, lang: str) -> str:
-    return zh_digits(m.group(1)) + "年"
-
-
 def _en_year(m: re.Match, lang: str) -> str:
     if lang != "en":
         return m.group(0)

@@ -132,7 +132,7 @@ def llm_checkpoint_layout(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
     """Every key llm.pt must hold, with its shape, in the official naming."""
     h, hd, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
-    layout = {f"{_QWEN}embed_tokens.weight": (cfg.text_vocab_size, h)}
+    layout: dict[str, tuple[int, ...]] = {f"{_QWEN}embed_tokens.weight": (cfg.text_vocab_size, h)}
     for n in range(cfg.num_layers):
         p = f"{_QWEN}layers.{n}."
         layout.update({

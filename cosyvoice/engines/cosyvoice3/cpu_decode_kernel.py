@@ -145,6 +145,9 @@ class RowsLinear(nn.Module):
     The weight is the plain (out, in) tensor shared with the nn.Linear it replaces: no second copy.
     """
 
+    weight: Tensor                   # buffers, declared so their types are known
+    bias: Tensor | None
+
     def __init__(self, linear: nn.Linear, max_rows: int):
         super().__init__()
         if linear.in_features % LANES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -273,6 +274,7 @@ class FinalNorm(nn.Module):
 
 class DiT(Float32Buffers, nn.Module):
     float32_buffers = ("inv_freq",)     # rotary angles stay float32 when the weights go half (as officially)
+    inv_freq: Tensor                    # a buffer, declared so its type is known
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -289,7 +291,11 @@ class DiT(Float32Buffers, nn.Module):
         """Adaptive-norm parameters for diffusion times t (S,). They depend on t only, so a solver can
         compute them for all its steps at once (one weight pass instead of one per step)."""
         act = F.silu(self.time_embed(t))                                    # (S, dim)
-        return Modulation([block.modulation(act) for block in self.blocks], self.norm_out.modulation(act))
+        return Modulation([block.modulation(act) for block in self.layers()], self.norm_out.modulation(act))
+
+    def layers(self) -> list[DiTBlock]:
+        """The blocks, typed: a type checker sees nn.ModuleList's items as plain Modules."""
+        return [cast(DiTBlock, block) for block in self.blocks]
 
     def frame_tables(self, frames: int, streaming: bool) -> FrameTables:
         return FrameTables.build(self.inv_freq, frames, self.cfg.static_chunk_size if streaming else None)
@@ -317,7 +323,7 @@ class DiT(Float32Buffers, nn.Module):
         mask = block_causal_mask(start, end, block, x.device)                          # (n, end)
         h, proj, mid = self.input_embed.forward_after(x.transpose(1, 2), cond.transpose(1, 2),
                                                       mu.transpose(1, 2), spks, cache)  # (B, n, dim)
-        for layer, layer_mod, keys, values in zip(self.blocks, mod.blocks, cache.keys, cache.values):
+        for layer, layer_mod, keys, values in zip(self.layers(), mod.blocks, cache.keys, cache.values):
             h = layer.forward_after(h, layer_mod, cos, sin, mask, keys, values, start)
         if keep:
             context = POS_CONV_KERNEL - 1

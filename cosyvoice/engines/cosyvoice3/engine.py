@@ -244,11 +244,12 @@ class CosyVoice3Engine:
         no_text = torch.zeros(1, 0, dtype=torch.int64)
         tokens_per_id = DEFAULT_TOKENS_PER_TEXT_ID
         if style.mode == "zero_shot":
-            if not (voice.prompt_text or "").strip():
+            transcript = voice.prompt_text or ""
+            if not transcript.strip():
                 raise UserInputError("Zero-shot cloning needs the transcript of the prompt recording; "
                                      "use cross-lingual mode when you do not have it.")
-            prompt_ids = self._ids(zero_shot_prompt_text(voice.prompt_text))
-            transcript_ids = len(self.tokenizer.encode(voice.prompt_text.split(END_OF_PROMPT)[-1]))
+            prompt_ids = self._ids(zero_shot_prompt_text(transcript))
+            transcript_ids = len(self.tokenizer.encode(transcript.split(END_OF_PROMPT)[-1]))
             if transcript_ids:
                 tokens_per_id = min(20.0, max(2.0, feats.speech_tokens.shape[1] / transcript_ids))
             inputs = SynthesisInputs(self._ids(text), prompt_ids, feats.speech_tokens, feats.speech_tokens,

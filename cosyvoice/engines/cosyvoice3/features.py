@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import overload
 
 import numpy as np
 import torch
@@ -83,6 +84,10 @@ def resample(wav: Tensor, orig_sr: int, new_sr: int,
 _FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
+@overload
+def _kaldi_mel(hz: Tensor) -> Tensor: ...
+@overload
+def _kaldi_mel(hz: float) -> float: ...
 def _kaldi_mel(hz: Tensor | float) -> Tensor | float:
     if isinstance(hz, Tensor):
         return 1127.0 * (1.0 + hz / 700.0).log()

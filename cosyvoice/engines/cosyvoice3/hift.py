@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,11 +59,12 @@ class LeftPaddedConv(nn.Conv1d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
-        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation,
-                         padding=(kernel_size - 1) * dilation)
+        left_pad = (kernel_size - 1) * dilation
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, padding=left_pad)
+        self.left_pad = left_pad
 
     def forward(self, x: Tensor) -> Tensor:
-        y = _conv(x, self.weight, self.bias, padding=self.padding[0], dilation=self.dilation[0])
+        y = _conv(x, self.weight, self.bias, padding=self.left_pad, dilation=self.dilation[0])
         return y[:, :, :x.shape[2]]
 
 
@@ -77,7 +79,8 @@ class LookAheadConv(nn.Conv1d):
         super().__init__(in_channels, out_channels, kernel_size)
         self.look_right = kernel_size - 1
 
-    def forward(self, x: Tensor, finalize: bool) -> Tensor:
+    # Unlike Conv1d it needs to know whether the input is final; only CausalHiFT calls it.
+    def forward(self, x: Tensor, finalize: bool) -> Tensor:  # type: ignore[override]
         if finalize:
             x = F.pad(x, (0, self.look_right))
         return _conv(x, self.weight, self.bias)
@@ -114,6 +117,7 @@ class UpsampleConv(nn.Conv1d):
             # Phase-major output channels (r * C_out + c): in time-major memory the conv output then
             # already is the interleaved signal and the reshape below is free.
             weight = _like_layout(phase.reshape(self.rate * out_ch, in_ch, self.taps).to(w.dtype), w)
+            assert self.bias is not None               # built with one (the checkpoint has it)
             bias = self.bias.detach().repeat(self.rate)
             self._phase_cache = (key, weight, bias)
         return self._phase_cache[1], self._phase_cache[2]
@@ -158,7 +162,7 @@ class Snake(nn.Module):
 class ResBlock(nn.Module):
     """Per dilation: x += conv2(snake(conv1_dilated(snake(x)))), all convs left-causal."""
 
-    def __init__(self, channels: int, kernel_size: int, dilations: list[int]):
+    def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]):
         super().__init__()
         self.convs1 = nn.ModuleList(LeftPaddedConv(channels, channels, kernel_size, d) for d in dilations)
         self.convs2 = nn.ModuleList(LeftPaddedConv(channels, channels, kernel_size) for _ in dilations)
@@ -236,6 +240,8 @@ class HarmonicSource(nn.Module):
     noise drawn in the constructor, not Gaussian.
     """
 
+    harmonics: Tensor                # a buffer, declared so its type is known
+
     def __init__(self, config: HiFTConfig):
         super().__init__()
         self.sampling_rate = config.sampling_rate
@@ -270,6 +276,8 @@ class HarmonicSource(nn.Module):
 
 
 class CausalHiFT(nn.Module):
+    window: Tensor                   # a buffer, declared so its type is known
+
     def __init__(self, config: HiFTConfig):
         super().__init__()
         self.config = config

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import torch
 import torch.nn.functional as F
@@ -160,8 +160,9 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.qkv = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=True)  # q, k, v fused: one matmul
-        self.out = nn.Linear(q_size, cfg.hidden_size, bias=False)
+        # nn.Module: the int8 and batched-decode variants replace these projections (quantize, scheduler).
+        self.qkv: nn.Module = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=True)  # q, k, v fused
+        self.out: nn.Module = nn.Linear(q_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, cache: KVCache, layer: int) -> Tensor:
         """x (B, T, H) at positions start..start+T-1; cos/sin (T, head_dim) of those positions."""
@@ -214,7 +215,7 @@ class Attention(nn.Module):
         cache.v[layer, rows.slots, :, rows.positions] = v[:, :, 0].to(cache.v.dtype)
         group = self.num_heads // self.num_kv_heads
         q = q.reshape(rows_n, self.num_kv_heads, group, self.head_dim)         # query groups as "time"
-        if rows.fused:
+        if rows.ends_tensor is not None:          # rows.fused
             # Every row against its own slot in one call (csrc/cpu_decode_kernel.cpp): the per-row loop
             # below costs ~1.5 ms per request per step in small-op overhead.
             out = cpu_decode_kernel.rows_attention(q * self.head_dim ** -0.5, cache.k[layer], cache.v[layer],
@@ -238,8 +239,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.intermediate_size = cfg.intermediate_size
-        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)  # gate, up fused
-        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up: nn.Module = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)  # fused
+        self.down: nn.Module = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).split(self.intermediate_size, dim=-1)
@@ -289,6 +290,7 @@ class DecodeRows:
 
 class CosyVoice3LM(Float32Buffers, nn.Module):
     float32_buffers = ("rope_inv_freq",)    # rotary angles stay float32 whatever dtype the weights take
+    rope_inv_freq: Tensor                   # a buffer, declared so its type is known
 
     def __init__(self, cfg: LLMConfig):
         super().__init__()
@@ -301,8 +303,12 @@ class CosyVoice3LM(Float32Buffers, nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.speech_embedding = nn.Embedding(cfg.speech_vocab_size, cfg.hidden_size,
                                              _weight=torch.empty(cfg.speech_vocab_size, cfg.hidden_size))
-        self.llm_decoder = nn.Linear(cfg.hidden_size, cfg.speech_vocab_size, bias=False)
+        self.llm_decoder: nn.Module = nn.Linear(cfg.hidden_size, cfg.speech_vocab_size, bias=False)
         self.register_buffer("rope_inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The layers, typed: a type checker sees nn.ModuleList's items as plain Modules."""
+        return [cast(DecoderLayer, layer) for layer in self.layers]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -315,13 +321,13 @@ class CosyVoice3LM(Float32Buffers, nn.Module):
     @property
     def kv_dtype(self) -> torch.dtype:
         """Keys/values are stored in the projections' dtype (half on CUDA, see devices.half_projections)."""
-        weight = getattr(self.layers[0].attn.qkv, "weight", None)
+        weight = getattr(self.decoder_layers()[0].attn.qkv, "weight", None)
         return weight.dtype if weight is not None and weight.is_floating_point() else self.dtype
 
     def projections(self) -> list[tuple[nn.Module, str]]:
         """(parent, attribute) of every matmul weight: the layers' qkv, out, gate_up, down and the speech head."""
-        found = []
-        for layer in self.layers:
+        found: list[tuple[nn.Module, str]] = []
+        for layer in self.decoder_layers():
             found += [(layer.attn, "qkv"), (layer.attn, "out"), (layer.mlp, "gate_up"), (layer.mlp, "down")]
         return found + [(self, "llm_decoder")]
 
@@ -369,7 +375,7 @@ class CosyVoice3LM(Float32Buffers, nn.Module):
         cos = cache.cos[rows.positions][:, None, None]                     # (M, 1, 1, D)
         sin = cache.sin[rows.positions][:, None, None]
         x = self.speech_embedding(tokens)                                   # (M, 1, H)
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.decoder_layers()):
             x = layer.decode_rows(x, cos, sin, cache, index, rows)
         return self.llm_decoder(self.norm(x[:, -1]))
 
@@ -432,9 +438,10 @@ class CosyVoice3LM(Float32Buffers, nn.Module):
             if request.finished:
                 return
             with torch.inference_mode():
-                token = decoder.step()[0]
-            if isinstance(token, Exception):
-                raise token
+                outcome = decoder.step()[0]
+            if isinstance(outcome, Exception):
+                raise outcome
+            token = outcome
 
 
 class DecodeRequest:
@@ -549,8 +556,9 @@ class SlotDecoder:
         if not busy:
             return {}
         rows = busy if self.compact else list(range(self.slots))
-        last = [self.requests[i].decoded[-1] if self.requests[i] is not None else 0 for i in rows]
-        positions = [self.requests[i].next_position if self.requests[i] is not None else 0 for i in rows]
+        requests = [self.requests[i] for i in rows]
+        last = [request.decoded[-1] if request is not None else 0 for request in requests]
+        positions = [request.next_position if request is not None else 0 for request in requests]
         device = self.llm.device
         tokens = torch.tensor(last, dtype=torch.long, device=device)[:, None]
         logits = self.step_fn(tokens, DecodeRows.of(rows, positions, device, self.exact, self.fused_attention))

@@ -51,6 +51,10 @@ class Int8Linear(nn.Module):
 
     KERNEL_MAX_ROWS = 8
     REDUCE_RANGE = not _cpu_has_vnni()
+    weight: Tensor | None            # buffers; all but bias are None when the fbgemm-packed copy is kept
+    scales: Tensor | None
+    scales_bf16: Tensor | None
+    bias: Tensor | None
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -60,12 +64,11 @@ class Int8Linear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().clone()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = _pack_for_fbgemm(weight_q, scales, bias) if weight.device.type == "cpu" else None
-        if self.packed is not None:  # the packed copy is the only one kept
-            weight_q = scales = bias = None
-        self.register_buffer("weight", weight_q)
-        self.register_buffer("scales", scales)                                  # float32 (out,)
-        self.register_buffer("scales_bf16", None if scales is None else scales.to(torch.bfloat16))
-        self.register_buffer("bias", bias)
+        kept = self.packed is None   # else the packed copy is the only one kept
+        self.register_buffer("weight", weight_q if kept else None)
+        self.register_buffer("scales", scales if kept else None)                # float32 (out,)
+        self.register_buffer("scales_bf16", scales.to(torch.bfloat16) if kept else None)
+        self.register_buffer("bias", bias if kept else None)
         self.use_kernel = linear.in_features % 16 == 0
         self.row_wise_rows = self.KERNEL_MAX_ROWS   # inputs up to this many rows are quantised row by row
 
@@ -85,6 +88,7 @@ class Int8Linear(nn.Module):
             out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16).contiguous(), self.weight,
                                                      self.scales_bf16).to(x.dtype)
         else:
+            assert self.weight is not None and self.scales is not None   # kept whenever not packed
             dense = (self.weight.to(torch.float32) * self.scales[:, None]).to(x.dtype)
             out = F.linear(flat, dense)
         if self.bias is not None:
@@ -96,10 +100,16 @@ def quantize_int8(model: CosyVoice3LM) -> CosyVoice3LM:
     """Swap every decoder-layer projection and the speech head for Int8Linear, in place.
 
     Embedding tables stay in the model dtype (only a few rows are read per step)."""
-    for layer in model.layers:
-        layer.attn.qkv = Int8Linear(layer.attn.qkv)
-        layer.attn.out = Int8Linear(layer.attn.out)
-        layer.mlp.gate_up = Int8Linear(layer.mlp.gate_up)
-        layer.mlp.down = Int8Linear(layer.mlp.down)
-    model.llm_decoder = Int8Linear(model.llm_decoder)
+    for layer in model.decoder_layers():
+        layer.attn.qkv = Int8Linear(_plain(layer.attn.qkv))
+        layer.attn.out = Int8Linear(_plain(layer.attn.out))
+        layer.mlp.gate_up = Int8Linear(_plain(layer.mlp.gate_up))
+        layer.mlp.down = Int8Linear(_plain(layer.mlp.down))
+    model.llm_decoder = Int8Linear(_plain(model.llm_decoder))
     return model
+
+
+def _plain(projection: nn.Module) -> nn.Linear:
+    if not isinstance(projection, nn.Linear):
+        raise TypeError(f"quantize_int8 takes nn.Linear projections, not {type(projection).__name__}")
+    return projection

@@ -31,6 +31,7 @@ that one row's result does not depend on the others:
 from __future__ import annotations
 
 import contextlib
+import enum
 import queue
 import threading
 from collections import deque
@@ -45,7 +46,11 @@ from cosyvoice.engines.cosyvoice3.cpu_decode_kernel import LANES, RowsLinear, lo
 from cosyvoice.engines.cosyvoice3.devices import Autocast
 from cosyvoice.engines.cosyvoice3.llm import CosyVoice3LM, DecodeRequest, DecodeRows, SlotCache, SlotDecoder
 
-DONE = object()   # end of one request's tokens
+class _End(enum.Enum):
+    DONE = "done"
+
+
+DONE = _End.DONE   # end of one request's tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +110,7 @@ def _row_invariant_projection(llm: CosyVoice3LM, slots: int, kernel: str):
     """A function nn.Linear -> row-invariant projection for `kernel`, or None (with the reason logged)."""
     if kernel not in CPU_KERNELS:
         raise ValueError(f"CPU decode kernel must be one of {', '.join(CPU_KERNELS)}, got {kernel!r}")
-    candidates = []
+    candidates: list[tuple[str, Callable[[nn.Linear], nn.Module]]] = []
     cfg = llm.cfg
     in_features = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size)
     if kernel in ("auto", "rows"):
@@ -146,7 +151,7 @@ def row_invariant_twin(llm: CosyVoice3LM, slots: int, kernel: str = "auto") -> C
             return None
 
     def replace(module: nn.Module) -> nn.Module:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and make is not None:
             return make(module)
         if isinstance(module, Int8Linear):
             module.row_wise_rows = max(module.row_wise_rows, slots)
@@ -179,7 +184,10 @@ def capture_cuda_graph(step: StepFn, device: torch.device) -> tuple[Callable[[],
 def run_eagerly(step: StepFn, device: torch.device) -> tuple[Callable[[], None], Tensor]:
     """The capture contract without a graph (CPU, tests): replay re-runs `step` into the same output."""
     out = step()
-    return (lambda: out.copy_(step())), out
+
+    def replay() -> None:
+        out.copy_(step())
+    return replay, out
 
 
 class CapturedStep:
@@ -249,7 +257,7 @@ def decoder_mode(decoder: SlotDecoder) -> str:
 @dataclass
 class Ticket:
     request: DecodeRequest
-    out: "queue.Queue[object]" = field(default_factory=queue.Queue)
+    out: "queue.Queue[int | BaseException | _End]" = field(default_factory=queue.Queue)
     cancelled: bool = False
 
 

@@ -41,7 +41,8 @@ class CosyVoice3Tokenizer:
             AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
             for t in specials
         ])
-        self.special_token_ids: dict[str, int] = {t: self._tok.token_to_id(t) for t in specials}
+        # None where the vocabulary lacks a token; the check below refuses such a model dir.
+        self.special_token_ids: dict[str, int | None] = {t: self._tok.token_to_id(t) for t in specials}
         for token, expected in SPECIAL_TOKEN_IDS.items():
             got = self.special_token_ids.get(token)
             if got != expected:

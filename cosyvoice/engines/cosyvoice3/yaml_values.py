@@ -30,6 +30,8 @@ def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     if tag.startswith("!apply"):
         return _Dropped()
     if tag == "!ref":
+        if not isinstance(node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(None, None, "!ref takes a name", node.start_mark)
         return _Ref(loader.construct_scalar(node))
     if isinstance(node, yaml.MappingNode):
         value = loader.construct_mapping(node, deep=True)
@@ -38,6 +40,7 @@ def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
         return value
     if isinstance(node, yaml.SequenceNode):
         return {"_tag": tag, "_args": loader.construct_sequence(node, deep=True)}
+    assert isinstance(node, yaml.ScalarNode)         # the one kind of node left
     return {"_tag": tag, "_value": loader.construct_scalar(node)}
 
 

@@ -112,7 +112,7 @@ class LiteEngine:
             raise UserInputError("the prompt recording has too little voiced speech to match "
                                  f"(need at least {MIN_PROMPT_VOICED_SECONDS:g} s of voice)")
         distances = {v: matching.base_voice_distance(self._reference("zh", v), stats) for v in BASE_VARIANTS}
-        variant = min(distances, key=distances.get)
+        variant = min(distances, key=distances.__getitem__)
         features = LiteVoiceFeatures(stats=stats, variant=variant)
         return Voice(prompt_text=prompt_text, features=features)
 

@@ -100,7 +100,8 @@ def mandarin_words(han: str) -> tuple[str, ...]:
     words = []
     for word in seg.cut(han):
         syllables = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True, tone_sandhi=True,
-                                errors=lambda chars: ["_"] * len(chars))
+                                # pypinyin documents a list return for `errors`; its stubs say str only.
+                                errors=lambda chars: ["_"] * len(chars))  # type: ignore[arg-type,return-value]
         syllables = [espeak_pinyin(s) for s in syllables if s != "_"]
         if syllables:
             words.append("".join(syllables))
@@ -112,62 +113,74 @@ def plan_segments(items: list[Item], cantonese: bool = False) -> tuple[list[Segm
     han_lang = "yue" if cantonese else "zh"
     has_han = any(isinstance(i, PinyinSyllable) or (isinstance(i, TextRun) and re.search(f"[{_HAN}]", i.text))
                   for i in items)
-    default_lang = han_lang if has_han else "en"
-
-    segments: list[Segment] = []
-    unvoiced: list[str] = []
-    emphasis = False
-
-    def current(lang: str) -> Segment:
-        last = segments[-1] if segments else None
-        if last is None or last.lang != lang or last.emphasis != emphasis or _ends_sentence(last):
-            last = Segment(lang=lang, emphasis=emphasis)
-            segments.append(last)
-        return last
-
-    def add_pause(seconds: float) -> None:
-        if segments and segments[-1].lang == "pause":
-            segments[-1].pause += seconds
-        else:
-            segments.append(Segment(lang="pause", pause=seconds))
-
+    plan = _SegmentPlan(han_lang, default_lang=han_lang if has_han else "en")
     for item in items:
         if isinstance(item, PinyinSyllable):
-            current("zh").words.append(espeak_pinyin(item.numeric))
+            plan.current("zh").words.append(espeak_pinyin(item.numeric))
         elif isinstance(item, CmuWord):
-            seg = current("en")
+            seg = plan.current("en")
             seg.words.append(f"[[{arpabet_to_espeak(item.phones)}]]")
             seg.phoneme_input = True
         elif isinstance(item, Tag):
-            token = item.token
-            if token == "<strong>":
-                emphasis = True
-            elif token == "</strong>":
-                emphasis = False
-            elif token in BREATH_PAUSES:
-                add_pause(BREATH_PAUSES[token])
-            elif token in SILENT_TAGS or token in ("<laughter>", "</laughter>"):
-                unvoiced.append(token)
-                if not token.startswith("</"):
-                    add_pause(UNRENDERED_PAUSE)
-            # <|endofprompt|> and other control tokens carry no sound
+            plan.tag(item.token)
         elif isinstance(item, TextRun):
-            for m in _TOKEN.finditer(item.text):
-                kind, value = m.lastgroup, m.group()
-                if kind == "han":
-                    if han_lang == "yue":
-                        current("yue").words.append(value)
-                    else:
-                        current("zh").words.extend(mandarin_words(value))
-                elif kind == "latin":
-                    current("en").words.append(value)
-                elif kind == "num":
-                    lang = segments[-1].lang if segments and segments[-1].lang != "pause" else default_lang
-                    current(lang).words.append(value)
-                elif kind == "other" and value in _PAUSES:
-                    if segments and segments[-1].lang != "pause":
-                        segments[-1].words.append(_PAUSES[value])
-    return [s for s in segments if s.lang == "pause" or s.has_speech()], unvoiced
+            plan.text(item.text)
+    return [s for s in plan.segments if s.lang == "pause" or s.has_speech()], plan.unvoiced
+
+
+class _SegmentPlan:
+    """The segments planned so far, and the emphasis state the next word gets."""
+
+    def __init__(self, han_lang: str, default_lang: str):
+        self.han_lang, self.default_lang = han_lang, default_lang
+        self.segments: list[Segment] = []
+        self.unvoiced: list[str] = []
+        self.emphasis = False
+
+    def current(self, lang: str) -> Segment:
+        """The segment the next word in `lang` goes to (a new one at a change of language or emphasis)."""
+        last = self.segments[-1] if self.segments else None
+        if last is None or last.lang != lang or last.emphasis != self.emphasis or _ends_sentence(last):
+            last = Segment(lang=lang, emphasis=self.emphasis)
+            self.segments.append(last)
+        return last
+
+    def add_pause(self, seconds: float) -> None:
+        if self.segments and self.segments[-1].lang == "pause":
+            self.segments[-1].pause += seconds
+        else:
+            self.segments.append(Segment(lang="pause", pause=seconds))
+
+    def tag(self, token: str) -> None:
+        if token == "<strong>":
+            self.emphasis = True
+        elif token == "</strong>":
+            self.emphasis = False
+        elif token in BREATH_PAUSES:
+            self.add_pause(BREATH_PAUSES[token])
+        elif token in SILENT_TAGS or token in ("<laughter>", "</laughter>"):
+            self.unvoiced.append(token)
+            if not token.startswith("</"):
+                self.add_pause(UNRENDERED_PAUSE)
+        # <|endofprompt|> and other control tokens carry no sound
+
+    def text(self, text: str) -> None:
+        segments = self.segments
+        for m in _TOKEN.finditer(text):
+            kind, value = m.lastgroup, m.group()
+            if kind == "han":
+                if self.han_lang == "yue":
+                    self.current("yue").words.append(value)
+                else:
+                    self.current("zh").words.extend(mandarin_words(value))
+            elif kind == "latin":
+                self.current("en").words.append(value)
+            elif kind == "num":
+                lang = segments[-1].lang if segments and segments[-1].lang != "pause" else self.default_lang
+                self.current(lang).words.append(value)
+            elif kind == "other" and value in _PAUSES:
+                if segments and segments[-1].lang != "pause":
+                    segments[-1].words.append(_PAUSES[value])
 
 
 def _ends_sentence(segment: Segment) -> bool:

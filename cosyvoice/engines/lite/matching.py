@@ -37,7 +37,7 @@ SPECTRAL_SPREAD_CAP = (0.5, 2.0)            # how far per-coefficient spread may
 class Analysis:
     f0: np.ndarray                          # (frames,) Hz, 0 = unvoiced
     envelope: np.ndarray                    # (frames, FFT_SIZE//2+1) power spectral envelope
-    aperiodicity: np.ndarray                # (frames, FFT_SIZE//2+1)
+    aperiodicity: np.ndarray | None         # (frames, FFT_SIZE//2+1); None when not asked for
 
 
 @dataclass
@@ -180,6 +180,7 @@ def convert(x: np.ndarray, conversion: Conversion | None, shaping: Shaping) -> n
         return x
     a = analyse(x, dio_speed=SYNTH_DIO_SPEED)
     f0, envelope, aperiodicity = a.f0.copy(), a.envelope, a.aperiodicity
+    assert aperiodicity is not None                 # analysed with_aperiodicity (the default)
     voiced = f0 > 0
     if conversion is not None:
         source, target = conversion.source, conversion.target
@@ -192,7 +193,7 @@ def convert(x: np.ndarray, conversion: Conversion | None, shaping: Shaping) -> n
             f0[voiced] = np.exp(target.log_f0_median + (log_f0 - centre) * k * shaping.expressiveness)
         envelope = warp_envelope(envelope, conversion.warp)
         if conversion.source_coded is not None:
-            envelope = _normalise_spectra(envelope, voiced, conversion)
+            envelope = _normalise_spectra(envelope, voiced, conversion.source_coded, conversion.target)
         else:
             envelope = envelope * np.exp(conversion.correction)[None, :]
         aperiodicity = np.clip(warp_envelope(aperiodicity, conversion.warp), 0.0, 1.0)
@@ -213,10 +214,11 @@ def convert(x: np.ndarray, conversion: Conversion | None, shaping: Shaping) -> n
 
 
 
-def _normalise_spectra(envelope: np.ndarray, voiced: np.ndarray, conversion: Conversion) -> np.ndarray:
+def _normalise_spectra(envelope: np.ndarray, voiced: np.ndarray, source_coded: tuple[np.ndarray, np.ndarray],
+                       target: VoiceStats) -> np.ndarray:
     """Per-coefficient mean and spread of the coded envelope moved to the prompt's (voiced frames)."""
-    mu_s, sd_s = conversion.source_coded
-    mu_t, sd_t = conversion.target.coded_mean, conversion.target.coded_std
+    mu_s, sd_s = source_coded
+    mu_t, sd_t = target.coded_mean, target.coded_std
     c = code(envelope)
     ratio = np.clip(sd_t / sd_s, *SPECTRAL_SPREAD_CAP)
     ratio[0] = 1.0
