@@ -32,7 +32,7 @@ from .service import SynthesisService
 from .settings import ROOT, Settings, StartupError
 from .text.frontend import TextFrontend
 from .tracing import setup_tracing
-from .batch.router import mount_jobs
+from .batch.router import JobsRuntime, mount_jobs
 from .ui import build_ui
 from .ui_runs import PLAYER_HEAD, PageRuns
 from .upload_budget import UploadBudget
@@ -90,6 +90,7 @@ class Studio:
         self.warmed_up = threading.Event()
         self.warmup_problem: str | None = None
         self.page_runs = PageRuns()
+        self.batch: JobsRuntime | None = None         # durable jobs, mounted by create_app
 
     def health(self) -> dict:
         stats = self.service.stats()

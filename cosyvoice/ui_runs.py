@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Generator, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class PageRun:
     `page_left()` and `cancel()` are the two ways a page stops listening.
     """
 
-    def __init__(self, request_id: str, mode: str, events: Callable[[], Generator], jobs: JobRegistry):
+    def __init__(self, request_id: str, mode: str, events: Callable[[], Iterator], jobs: JobRegistry):
         self.request_id, self.mode, self._make_events, self.jobs = request_id, mode, events, jobs
         self._queue: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
@@ -98,7 +98,7 @@ class PageRun:
         try:
             for event in stream:
                 if self._cancelled.is_set():
-                    stream.close()             # the service leaves its queue place or worker at once
+                    getattr(stream, "close", lambda: None)()   # the service leaves its queue place or worker at once
                     self._end_cancelled(log)
                     return
                 if not self._page_gone.is_set():

@@ -32,7 +32,8 @@ class Cue:
 def timeline(job: dict, rows: list[dict]) -> list[tuple[dict, float]]:
     """(line, start second in the stitched track) for every done line, in order."""
     gap = float(job["options"].get("gap_ms", 0)) / 1000
-    placed, cursor = [], 0.0
+    placed: list[tuple[dict, float]] = []
+    cursor = 0.0
     for row in rows:
         if row["state"] != "done":
             continue

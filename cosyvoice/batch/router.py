@@ -148,7 +148,7 @@ async def _submission(request: Request, max_chars: int) -> tuple[list[model.Line
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_part_size=model.MAX_INPUT_BYTES)
         upload = form.get("file")
-        if upload is None or not hasattr(upload, "read"):
+        if upload is None or isinstance(upload, str):
             raise UserInputError("The form needs the job's file in a field named 'file'.")
         raw = await upload.read(model.MAX_INPUT_BYTES + 1)
         if len(raw) > model.MAX_INPUT_BYTES:

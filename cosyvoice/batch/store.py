@@ -176,7 +176,8 @@ class JobStore:
         if job_id is not None:
             query = query.where(lines.c.job_id == job_id)
         with self.engine.connect() as conn:
-            return {state: count for state, count in conn.execute(query)}
+            counts: dict[Any, Any] = dict(conn.execute(query).tuples().all())
+            return {str(state): int(count) for state, count in counts.items()}
 
     def set_state(self, job_id: str, action: str) -> dict:
         """cancel, pause or resume; lines being voiced finish (their results are kept)."""
@@ -311,6 +312,6 @@ class JobStore:
         """The database's size on disk (for the benchmark and the Backend tab)."""
         if self.is_postgres:
             with self.engine.connect() as conn:
-                return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar())
+                return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0)
         path = Path(self.url.split("///", 1)[-1])
         return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())

@@ -2,6 +2,8 @@
 pause/resume/cancel, download the zip. It reads and writes the same job store as /v1/jobs."""
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 import gradio as gr
@@ -118,7 +120,7 @@ def jobs_tab(studio) -> None:
             cancel = gr.Button("取消 Cancel", size="sm", variant="stop")
             download = gr.Button("下载 Download zip", elem_id="jobs-download")
         zip_file = gr.File(label="结果 Result", interactive=False, elem_id="jobs-zip")
-    private = dict(api_visibility="private")
+    private: dict[str, Any] = dict(api_visibility="private")
     submit.click(lambda f, t, v: _submit(runtime, f, t, v), inputs=[upload, pasted, voice],
                  outputs=[job_id, message], **private)
     gr.Timer(1.5).tick(lambda j: _view(runtime, j), inputs=job_id, outputs=[summary, table, line],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path

@@ -106,7 +106,7 @@ def _dump_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wav", required=True, type=Path)
     parser.add_argument("--dump", required=True, type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(int(settings.env_value("OMP_NUM_THREADS", "2")))
+    torch.set_num_threads(int(settings.env_value("OMP_NUM_THREADS") or "2"))
     torch.save(compute_features(args.model_dir, args.wav), args.dump)
     return 0
 
