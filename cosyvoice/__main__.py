@@ -12,15 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _synth(argv: list[str]) -> int:
-    from .engines.registry import create_engine
-    from .errors import StudioError
-    from .log import flush, setup_logging
+def _synth_parser() -> argparse.ArgumentParser:
     from .modes import MODE_IDS
-    from .outputs import copy_atomic
-    from .service import AUTO, SynthesisRequest, SynthesisService
-    from .settings import EngineConfig, ServiceConfig, add_flags, build
-    from .text.frontend import TextFrontend
+    from .service import AUTO
+    from .settings import EngineConfig, ServiceConfig, add_flags
 
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
     parser.add_argument("--mode", choices=(AUTO, *MODE_IDS), default=AUTO,
@@ -38,7 +33,19 @@ def _synth(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="also copy the result here (a file, or a folder to copy it into)")
     parser.add_argument("--log-dir", type=Path, default=ROOT / "logs")
     add_flags(parser, EngineConfig, ServiceConfig)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _synth(argv: list[str]) -> int:
+    from .engines.registry import create_engine
+    from .errors import StudioError
+    from .log import flush, setup_logging
+    from .outputs import copy_atomic
+    from .service import SynthesisRequest, SynthesisService
+    from .settings import EngineConfig, ServiceConfig, build
+    from .text.frontend import TextFrontend
+
+    args = _synth_parser().parse_args(argv)
     if args.prompt_wav and not Path(args.prompt_wav).is_file():       # the CLI reads the user's own files: say plainly what is missing
         print(f"error: prompt recording not found: {args.prompt_wav}", file=sys.stderr)
         return 1

@@ -64,11 +64,19 @@ def batch_object(runtime, job_id: str) -> dict:
 
 
 def batches_router(runtime, gate) -> APIRouter:
-    from .router import _cues, make_guard
-    from . import result
+    from .router import make_guard
 
     router = APIRouter(prefix="/v1")
     guarded = make_guard(gate)
+    _file_routes(router, runtime, guarded)
+    _batch_routes(router, runtime, guarded)
+    return router
+
+
+def _file_routes(router: APIRouter, runtime, guarded) -> None:
+    """OpenAI's Files calls for batch input and output files."""
+    from .router import _cues
+    from . import result
 
     @router.post("/files")
     async def upload(request: Request) -> Response:
@@ -113,6 +121,9 @@ def batches_router(runtime, gate) -> APIRouter:
             return Response((_files_dir(runtime) / f"{file_id}.jsonl").read_bytes(), media_type="application/jsonl")
         return await guarded(request, work)
 
+
+def _batch_routes(router: APIRouter, runtime, guarded) -> None:
+    """OpenAI's Batches calls, each a view of one job."""
     @router.post("/batches")
     async def create(request: Request) -> Response:
         async def work(log):
@@ -165,7 +176,6 @@ def batches_router(runtime, gate) -> APIRouter:
             return JSONResponse(await run_in_threadpool(batch_object, runtime, batch_id))
         return await guarded(request, work)
 
-    return router
 
 
 

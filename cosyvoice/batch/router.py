@@ -204,9 +204,15 @@ def make_guard(gate: CredentialGate):
 
 def jobs_router(runtime: JobsRuntime, gate: CredentialGate) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs")
-    store = runtime.store
-
     guarded = make_guard(gate)
+    _job_routes(router, runtime, guarded)
+    _line_routes(router, runtime, guarded)
+    return router
+
+
+def _job_routes(router: APIRouter, runtime: JobsRuntime, guarded) -> None:
+    """Submit, list and show jobs; cancel, pause and resume them."""
+    store = runtime.store
 
     @router.post("")
     async def submit(request: Request) -> Response:
@@ -237,6 +243,12 @@ def jobs_router(runtime: JobsRuntime, gate: CredentialGate) -> APIRouter:
 
     for action in ("cancel", "pause", "resume"):
         router.add_api_route(f"/{{job_id}}/{action}", _action_route(action, runtime, guarded), methods=["POST"])
+
+
+
+def _line_routes(router: APIRouter, runtime: JobsRuntime, guarded) -> None:
+    """Regenerate one line, fetch one line's audio, fetch the job's result."""
+    store = runtime.store
 
     @router.post("/{job_id}/lines/{custom_id}/regenerate")
     async def regenerate(request: Request, job_id: str, custom_id: str) -> Response:
@@ -285,8 +297,6 @@ def jobs_router(runtime: JobsRuntime, gate: CredentialGate) -> APIRouter:
                                     f"(GET /v1/jobs/{job_id}) or ask for what is ready with partial=true.")
             return await run_in_threadpool(_result_response, runtime, job, rows, format)
         return await guarded(request, work)
-
-    return router
 
 
 def _action_route(action: str, runtime: JobsRuntime, guarded):
