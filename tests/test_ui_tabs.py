@@ -17,9 +17,9 @@ from conftest import ROOT, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, st
 pytestmark = [pytest.mark.slow, requires_browser]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TABS = 4
-# Seconds a click may take to show its queue place or progress; generous for a loaded 2-core CI box,
-# far below the 20 s of silent spinner a starved tab showed.
-ANSWER_S = 5.0
+# Seconds a click may take to show its queue place or progress (the bound; a starved tab once
+# showed a silent spinner for 20 s).
+ANSWER_S = 2.0
 LONG_TEXT = "[pause:0.05]".join(f"这是第{n}句话，我们慢慢地读出来。" for n in range(1, 13))
 
 
