@@ -236,7 +236,8 @@ class Studio:
         return (backend.job_rows(self.service.jobs.snapshot(), request_filter),
                 backend.log_tail(self.args.log_dir, level, request_filter),
                 backend.process_facts(self.engine, self.service.started),
-                backend.recent_restarts(self.args.log_dir))
+                backend.recent_restarts(self.args.log_dir),
+                backend.batch_job_rows(getattr(self, "batch", None)))
 
     def char_count(self, text) -> str:
         used = len(text.strip()) if isinstance(text, str) else 0
@@ -405,8 +406,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
             gr.Markdown("最近 50 个请求、运行日志与进程状态（只读，每 1.5 秒刷新） · The last 50 requests, the "
                         "runtime log and the process, read-only, refreshed every 1.5 s.")
             jobs_table = gr.Dataframe(headers=backend.JOB_COLUMNS, value=[], interactive=False, wrap=True,
-                                      column_widths=backend.JOB_COLUMN_WIDTHS, label="任务 Jobs",
+                                      column_widths=backend.JOB_COLUMN_WIDTHS, label="请求 Requests",
                                       elem_id="jobs-table")
+            batch_table = gr.Dataframe(headers=backend.BATCH_COLUMNS, value=[], interactive=False, wrap=True,
+                                       label="批量任务 Batch jobs (/v1/jobs)", elem_id="batch-jobs-table")
             with gr.Row():
                 level = gr.Dropdown(list(backend.LEVELS), value="ALL", label="级别 Level", scale=1)
                 request_filter = gr.Textbox(label="请求 Request id (filters the jobs and the log)",
@@ -417,7 +420,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 facts = gr.Markdown(elem_id="process-facts")
                 restarts = gr.Textbox(label="重启 Restarts (monitor.log)", lines=6, interactive=False)
             gr.Timer(1.5).tick(studio.backend_view, inputs=[level, request_filter],
-                               outputs=[jobs_table, log_box, facts, restarts], queue=False, show_progress="hidden",
+                               outputs=[jobs_table, log_box, facts, restarts, batch_table], queue=False, show_progress="hidden",
                                api_visibility="private")
 
         mode.change(lambda m: (MODES_BY_ID[m].steps, gr.update(visible=MODES_BY_ID[m].needs_instruction),
