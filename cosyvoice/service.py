@@ -536,10 +536,13 @@ class SynthesisService:
 
 
 def _result_of(events: Iterator[Event]):
+    """The result, after running the events to their end (the request's "done" is recorded after it)."""
+    result = None
     for event in events:
-        if event.result is not None:
-            return event.result
-    raise EngineError("the request ended without a result", stage="report")
+        result = event.result or result
+    if result is None:
+        raise EngineError("the request ended without a result", stage="report")
+    return result
 
 
 def _engine_parallelism(engine: Engine) -> int:

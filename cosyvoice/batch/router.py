@@ -14,6 +14,7 @@ the login's HTTP Basic credentials).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import tempfile
 import time
@@ -39,10 +40,14 @@ RESULT_FORMATS = {"wav": "audio/wav", "srt": "application/x-subrip", "vtt": "tex
                   "jsonl": "application/jsonl", "zip": "application/zip"}
 
 
+JOBS_DB_ENV = "COSYVOICE_JOBS_DB"     # the job database URL from the environment (keeps a password off argv)
+
+
 def add_job_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs-db", default=None,
                         help="job database URL: sqlite:///path.db (default <jobs dir>/jobs.db) or "
-                             "postgresql://user:pass@host/db for several instances")
+                             "postgresql://user:pass@host/db for several instances. Safer for a URL with a "
+                             f"password: env {JOBS_DB_ENV} (a Kubernetes Secret), which this flag overrides")
     parser.add_argument("--jobs-dir", type=Path, default=None,
                         help="where job line files live (default <outputs dir>/jobs; shared volume for many instances)")
     parser.add_argument("--job-workers", type=int, default=None,
@@ -62,7 +67,7 @@ class JobsRuntime:
 
 def runtime_from_args(service, args: argparse.Namespace) -> JobsRuntime:
     jobs_dir = Path(args.jobs_dir or Path(args.outputs_dir) / "jobs").resolve()
-    url = args.jobs_db or f"sqlite:///{jobs_dir / 'jobs.db'}"
+    url = args.jobs_db or os.environ.get(JOBS_DB_ENV) or f"sqlite:///{jobs_dir / 'jobs.db'}"
     try:
         store = JobStore(url)
     except (SQLAlchemyError, OSError) as err:
