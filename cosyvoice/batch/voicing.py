@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..admission import WORK_KIND
 from ..history import sidecar_path
 from ..service import AUTO, SynthesisRequest, SynthesisService
 
@@ -31,7 +32,11 @@ def voice_line(service: SynthesisService, line: dict, request_id: str, speed: fl
                                instruct_text=line.get("instructions") or "", seed=line.get("seed"),
                                speed=line.get("speed") if speed is None else speed,
                                normalize=line.get("normalize", True))
-    result = service.synthesize(request, request_id)
+    kind = WORK_KIND.set("job")          # counted as a job line in /metrics' queue depth by kind
+    try:
+        result = service.synthesize(request, request_id)
+    finally:
+        WORK_KIND.reset(kind)
     try:
         samples, rate = sf.read(result.path, dtype="float32", always_2d=False)
     finally:
