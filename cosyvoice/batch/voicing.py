@@ -8,7 +8,7 @@ A line without a mode gets the service's "auto" rule, like any other front end.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ class Voiced:
     samples: np.ndarray
     sample_rate: int
     seed: int
+    pieces: list[dict] = field(default_factory=list)   # the service's piece spans (seconds), for subtitles
 
 
 def voice_line(service: SynthesisService, line: dict, request_id: str, speed: float | None = None) -> Voiced:
@@ -42,4 +43,4 @@ def voice_line(service: SynthesisService, line: dict, request_id: str, speed: fl
     finally:
         for path in (Path(result.path), sidecar_path(result.path)):
             path.unlink(missing_ok=True)
-    return Voiced(np.asarray(samples, dtype=np.float32).reshape(-1), int(rate), result.seed)
+    return Voiced(np.asarray(samples, dtype=np.float32).reshape(-1), int(rate), result.seed, list(result.pieces))
