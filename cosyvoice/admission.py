@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 from typing import Iterator
 
 from . import metrics
@@ -36,7 +37,7 @@ class Admission:
         metrics.BUSY_WORKERS.set_function(lambda: self._active)
         metrics.QUEUE_DEPTH.set_function(lambda: len(self._queue))
         for kind in KINDS:
-            metrics.QUEUE_DEPTH_BY_KIND.labels(kind).set_function(lambda kind=kind: self.waiting(kind))
+            metrics.QUEUE_DEPTH_BY_KIND.labels(kind).set_function(partial(self.waiting, kind))
 
     def waiting(self, kind: str) -> int:
         """Tickets of one kind waiting for a slot."""

@@ -233,9 +233,7 @@ def openai_router(service: SynthesisService, gate: CredentialGate,
 
     @router.get("/audio/subtitles/{name}")
     async def subtitles(name: str) -> Response:
-        stem, _, fmt = name.rpartition(".")
-        record = await run_in_threadpool(_subtitled_record, service, stem, fmt)
-        return Response(render(record["pieces"], fmt), media_type=MEDIA_TYPES[fmt])
+        return await run_in_threadpool(_subtitles_response, service, name)
 
     @router.post("/audio/dialogue")
     async def dialogue(data: dict = Depends(read_json), rid: str = Depends(request_id)) -> Response:
@@ -290,14 +288,16 @@ def _check_subtitles(body: SpeechBody) -> None:
                             "event); or leave stream off to get an x-subtitles-id header.", "invalid_value", "subtitles")
 
 
-def _subtitled_record(service: SynthesisService, stem: str, fmt: str) -> dict:
+def _subtitles_response(service: SynthesisService, name: str) -> Response:
+    """`<result id>.srt|.vtt`: rendered from the piece spans in the result's sidecar."""
+    stem, _, fmt = name.rpartition(".")
     record = service.outputs.record(stem) if OUTPUT_NAME.match(stem) else None
     if fmt not in MEDIA_TYPES or not record or not isinstance(record.get("pieces"), list):
         raise ApiError(404, f"There are no subtitles {(stem + '.' + fmt)[:80]!r}: ask for <x-subtitles-id>.srt or "
                             ".vtt (the id is the x-subtitles-id header of a /v1/audio/speech response sent with "
                             "\"subtitles\"; results are kept for --outputs-retention-days).",
                        "subtitles_not_found", "id")
-    return record
+    return Response(render(record["pieces"], fmt), media_type=MEDIA_TYPES[fmt])
 
 
 def _dialogue_record(service: SynthesisService, dialogue_id: str) -> dict:

@@ -35,7 +35,7 @@ def caption_text(piece: str) -> str:
 
 def cues_of(spans: list[dict], prefix: str = "") -> list[Cue]:
     """Cues from recorded spans ({"start", "end", "text"} in seconds), numbered from 1; empty text skipped."""
-    cues = []
+    cues: list[Cue] = []
     for span in spans:
         text = str(span.get("text", ""))
         start, end = float(span["start"]), float(span["end"])
