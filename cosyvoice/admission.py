@@ -3,12 +3,16 @@
 A request takes a ticket, waits for one of `width` slots (telling its place every half second) and
 gives the slot back when it ends. Width defaults to the engine's own parallelism; beyond `queue_size`
 waiting requests the service answers "busy" at once. Draining (shutdown) refuses new tickets.
+A ticket is counted by kind (`WORK_KIND`: "interactive", or "job" for a batch job's line), so /metrics
+shows how much of the queue is people waiting and how much is job lines.
 """
 from __future__ import annotations
 
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
 from typing import Iterator
 
 from . import metrics
@@ -16,20 +20,33 @@ from .errors import ServerBusyError
 from .jobs import JobRegistry
 
 
+KINDS = ("interactive", "job")
+# Who is asking, set by the caller around a request (the job worker sets "job"); read when a ticket is taken.
+WORK_KIND: ContextVar[str] = ContextVar("work_kind", default="interactive")
+
+
 class Admission:
     def __init__(self, width: int, queue_size: int, jobs: JobRegistry):
         self.width, self.queue_size, self.jobs = max(1, int(width)), max(0, int(queue_size)), jobs
         self._changed = threading.Condition()      # a slot freed, a request queued or left
         self._queue: list[int] = []                # tickets of waiting requests, first come first
+        self._kinds: dict[int, str] = {}           # kind of each waiting ticket
         self._next_ticket = 0
         self._active = 0
         self._draining = False
         metrics.BUSY_WORKERS.set_function(lambda: self._active)
         metrics.QUEUE_DEPTH.set_function(lambda: len(self._queue))
+        for kind in KINDS:
+            metrics.QUEUE_DEPTH_BY_KIND.labels(kind).set_function(partial(self.waiting, kind))
+
+    def waiting(self, kind: str) -> int:
+        """Tickets of one kind waiting for a slot."""
+        return sum(1 for value in list(self._kinds.values()) if value == kind)
 
     def stats(self) -> dict:
         with self._changed:
             return {"busy_workers": self._active, "queue_depth": len(self._queue), "workers": self.width,
+                    "queue_depth_by_kind": {kind: self.waiting(kind) for kind in KINDS},
                     "queue_size": self.queue_size, "draining": self._draining}
 
     def drain(self) -> None:
@@ -71,12 +88,13 @@ class Admission:
             ticket = self._next_ticket
             self._next_ticket += 1
             self._queue.append(ticket)
+            self._kinds[ticket] = WORK_KIND.get() if WORK_KIND.get() in KINDS else "interactive"
             return ticket
 
     def _try_take(self, ticket: int) -> tuple[bool, int, int]:
         with self._changed:
             if self._queue[0] == ticket and self._active < self.width:
-                self._queue.pop(0)
+                self._kinds.pop(self._queue.pop(0), None)
                 self._active += 1
                 return True, 0, 0
             position, total = self._queue.index(ticket) + 1, len(self._queue)
@@ -89,6 +107,7 @@ class Admission:
                 self._active -= 1
             elif ticket in self._queue:
                 self._queue.remove(ticket)
+            self._kinds.pop(ticket, None)
             self._changed.notify_all()
 
 

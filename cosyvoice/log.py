@@ -65,7 +65,9 @@ def escape_record(record) -> None:
 
 
 def masked_argv(argv: list[str]) -> list[str]:
-    """A command line as it may be shown: the value of --auth and --api-key replaced by ***."""
+    """A command line as it may be shown: the value of --auth and --api-key replaced by ***, and the password
+    of a URL (--jobs-db postgresql://user:pass@host/db) too."""
+    argv = [re.sub(r"(://[^:/@\s]+:)[^@\s]*@", r"\1***@", arg) for arg in argv]
     shown: list[str] = []
     hide_next = False
     for arg in argv:

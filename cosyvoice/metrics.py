@@ -12,6 +12,8 @@ RTF = Histogram("cosyvoice_rtf", "Real-time factor of finished requests (synthes
                 buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30), registry=REGISTRY)
 BUSY_WORKERS = Gauge("cosyvoice_busy_workers", "Requests being synthesised now", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("cosyvoice_queue_depth", "Requests waiting for a worker", registry=REGISTRY)
+QUEUE_DEPTH_BY_KIND = Gauge("cosyvoice_queue_depth_by_kind", "Requests waiting for a worker on this instance, by "
+                            "kind: interactive, or job (a batch job's line)", ["kind"], registry=REGISTRY)
 BUILD_INFO = Gauge("cosyvoice_build_info", "Always 1; the labels say which build serves on this instance "
                    "(dashboards and canary alerts join on them)",
                    ["version", "commit", "engine", "model", "instance"], registry=REGISTRY)

@@ -3,6 +3,7 @@
     POST   /v1/audio/speech          {model, input, voice, response_format, speed, instructions, stream_format}
     POST   /v1/audio/dialogue        {script, voices, gap, seed, speed, response_format}  (not OpenAI's)
     GET    /v1/audio/dialogue/{id}   the turns of a saved dialogue (id from the `x-dialogue-id` header)
+    GET    /v1/audio/subtitles/{id}.srt|.vtt   a saved result's subtitles (id from the `x-subtitles-id` header)
     GET    /v1/audio/voices          the saved voices
     POST   /v1/audio/voices          multipart: name, audio, transcript (+ language, notes)
     DELETE /v1/audio/voices/{id}
@@ -36,6 +37,7 @@ from .errors import ServerBusyError, StorageFullError, StudioError, UserInputErr
 from .http_guard import MAX_JSON_BYTES, CredentialGate, Refusal, refusal_response, request_id_of
 from .service import AUTO, SynthesisRequest, SynthesisService
 from .streaming import audio_response, first_audio, sse_response, whole_result
+from .subtitles import MEDIA_TYPES, render
 from .validation import about
 from .voices import VoiceEntry, VoiceNameTaken, VoiceNotFound, validate_name
 
@@ -74,6 +76,7 @@ class SpeechBody(_Body):
     seed: Any = None
     stream: Any = False
     normalize: Any = True
+    subtitles: Literal["srt", "vtt"] | None = None
 
     def synthesis(self) -> SynthesisRequest:
         voice = self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
@@ -223,10 +226,16 @@ def openai_router(service: SynthesisService, gate: CredentialGate,
     async def speech(data: dict = Depends(read_json), rid: str = Depends(request_id)) -> Response:
         body = typed(SpeechBody, data)
         _check_model(body.model, models)
+        _check_subtitles(body)
         events = service.run(body.synthesis(), rid)
         start = await run_in_threadpool(first_audio, events)     # every refusal raises here: no status sent yet
         respond = sse_response if body.stream_format == "sse" else audio_response
-        return await run_in_threadpool(respond, start, events, body.response_format, service.engine.sample_rate, rid)
+        return await run_in_threadpool(respond, start, events, body.response_format, service.engine.sample_rate, rid,
+                                       body.subtitles)
+
+    @router.get("/audio/subtitles/{name}")
+    async def subtitles(name: str) -> Response:
+        return await run_in_threadpool(_subtitles_response, service, name)
 
     @router.post("/audio/dialogue")
     async def dialogue(data: dict = Depends(read_json), rid: str = Depends(request_id)) -> Response:
@@ -272,6 +281,25 @@ def _check_model(model: str, known: list[str]) -> None:
     if model not in known:
         raise ApiError(400, f"Unknown model {model[:40]!r}; use one of {', '.join(known)} (GET /v1/models).",
                        "model_not_found", "model")
+
+
+def _check_subtitles(body: SpeechBody) -> None:
+    """Plain streamed audio sends its headers before the result exists, so its subtitles have no id yet."""
+    if body.subtitles and body.stream is True and body.stream_format == "audio":
+        raise ApiError(400, "Subtitles with stream: true need stream_format: \"sse\" (they arrive as the last "
+                            "event); or leave stream off to get an x-subtitles-id header.", "invalid_value", "subtitles")
+
+
+def _subtitles_response(service: SynthesisService, name: str) -> Response:
+    """`<result id>.srt|.vtt`: rendered from the piece spans in the result's sidecar."""
+    stem, _, fmt = name.rpartition(".")
+    record = service.outputs.record(stem) if OUTPUT_NAME.match(stem) else None
+    if fmt not in MEDIA_TYPES or not record or not isinstance(record.get("pieces"), list):
+        raise ApiError(404, f"There are no subtitles {(stem + '.' + fmt)[:80]!r}: ask for <x-subtitles-id>.srt or "
+                            ".vtt (the id is the x-subtitles-id header of a /v1/audio/speech response sent with "
+                            "\"subtitles\"; results are kept for --outputs-retention-days).",
+                       "subtitles_not_found", "id")
+    return Response(render(record["pieces"], fmt), media_type=MEDIA_TYPES[fmt])
 
 
 def _dialogue_record(service: SynthesisService, dialogue_id: str) -> dict:

@@ -153,7 +153,8 @@ class Studio:
         return (backend.job_rows(self.service.jobs.snapshot(), request_filter),
                 backend.log_tail(self.settings.server.log_dir, level, request_filter),
                 backend.process_facts(self.engine, self.service.started),
-                backend.recent_restarts(self.settings.server.log_dir))
+                backend.recent_restarts(self.settings.server.log_dir),
+                backend.batch_job_rows(self.batch))
 
 
 def ensure_ffmpeg(run_dir: Path = ROOT / ".run" / "bin") -> str | None:

@@ -33,6 +33,7 @@ from .log import request_logger
 from .mastering import master_events
 from .modes import MODE_IDS, MODES
 from .outputs import OutputStore
+from .subtitles import PieceSpan, span_records
 from .text.frontend import Pause, TextFrontend, format_preview
 from .tracing import tracer
 from .validation import (AUTO, MAX_SEED, SPEED_RANGE, SynthesisRequest, ValidRequest, about, auto_mode,  # noqa: F401
@@ -51,6 +52,7 @@ class SynthesisResult:
     rtf: float
     seed: int
     notices: list[str] = field(default_factory=list)
+    pieces: list[dict] = field(default_factory=list)    # {"start", "end" (seconds), "text"} per piece voiced
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class _Plan:
     items: list
     notices: list[str]
     source: VoiceSource
+    spans: list[PieceSpan] = field(default_factory=list)   # filled while rendering: where each piece lies
 
 
 class _Request:
@@ -229,12 +232,15 @@ class SynthesisService:
             with self.admission.held(ctx.log, ctx.id) as ticket:
                 yield from self._queue(ctx, ticket)
                 samples, elapsed = yield from self._render(plan, ctx)
+                pieces = span_records(plan.spans, self.engine.sample_rate)
                 with ctx.stage("save"):
                     path = self.outputs.save(ctx.id, samples, self.engine.sample_rate,
-                                             request_record(plan.request, ctx.id, len(samples) / self.engine.sample_rate,
-                                                            self.engine.name), ctx.log)
+                                             {**request_record(plan.request, ctx.id,
+                                                               len(samples) / self.engine.sample_rate,
+                                                               self.engine.name), "pieces": pieces}, ctx.log)
             result = self._report(ctx, plan.request.chosen_mode.id, path, samples, elapsed, plan.request.seed,
                                   plan.notices)
+            result.pieces = pieces
             if not plan.request.stream:
                 yield Event(chunk=samples)
             yield Event(result=result)
@@ -281,7 +287,8 @@ class SynthesisService:
         with ctx.stage("synthesize") as span:
             started = time.perf_counter()
             audio: list[np.ndarray] = []
-            engine_events = self._synthesize(plan.items, voice, style, valid.seed, valid.stream, ctx.log, ctx.id, span)
+            engine_events = self._synthesize(plan.items, voice, style, valid.seed, valid.stream, ctx.log, ctx.id, span,
+                                             plan.spans)
             for event in master_events(engine_events, self.engine.sample_rate, valid.stream,
                                        self.config.loudness_lufs):
                 if event.chunk is not None:
@@ -429,14 +436,17 @@ class SynthesisService:
         return entry
 
     def _synthesize(self, items: list[str | Pause], voice: Voice, style: Style, seed: int, stream: bool,
-                    log, request_id: str, parent_span) -> Iterator[Event]:
-        """Pieces in order, each from the engine, with a written pause as exact silence; nothing added between."""
+                    log, request_id: str, parent_span, spans: list[PieceSpan] | None = None) -> Iterator[Event]:
+        """Pieces in order, each from the engine, with a written pause as exact silence; nothing added between.
+        `spans` receives each piece's sample offsets in the result (pauses counted), for subtitles."""
         total = sum(1 for item in items if not isinstance(item, Pause))
         shown: set[str] = set()
-        index = 0
+        index = position = 0
         for item in items:
             if isinstance(item, Pause):
-                yield Event(chunk=np.zeros(round(item.seconds * self.engine.sample_rate), np.float32))
+                silence = np.zeros(round(item.seconds * self.engine.sample_rate), np.float32)
+                position += len(silence)
+                yield Event(chunk=silence)
                 continue
             index += 1
             pending: list[Event] = []
@@ -480,14 +490,20 @@ class SynthesisService:
                 engine_span.end()
             while pending:
                 yield pending.pop(0)
+            if spans is not None:
+                spans.append(PieceSpan(position, position + produced, item))
+            position += produced
             log.info(f"piece {index}/{total} vocoded ({produced / self.engine.sample_rate:.2f} s audio)")
 
 
 def _result_of(events: Iterator[Event]):
+    """The result, after running the events to their end (the request's "done" is recorded after it)."""
+    result = None
     for event in events:
-        if event.result is not None:
-            return event.result
-    raise EngineError("the request ended without a result", stage="report")
+        result = event.result or result
+    if result is None:
+        raise EngineError("the request ended without a result", stage="report")
+    return result
 
 
 def _engine_parallelism(engine: Engine) -> int:

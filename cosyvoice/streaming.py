@@ -21,7 +21,8 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from .encode import CONTENT_TYPES, StreamEncoder, encode
-from .errors import StudioError
+from .errors import OutputsError, StudioError
+from .subtitles import render
 
 
 @dataclass
@@ -82,12 +83,17 @@ class CuttableStream(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def audio_response(start: Start, events, response_format: str, sample_rate: int, request_id: str) -> Response:
-    """A whole result (not streamed) is complete before its status line; a streamed one is cut on failure."""
+def audio_response(start: Start, events, response_format: str, sample_rate: int, request_id: str,
+                   subtitles: str | None = None) -> Response:
+    """A whole result (not streamed) is complete before its status line; a streamed one is cut on failure.
+    With `subtitles`, a whole result's headers name its id for GET /v1/audio/subtitles/{id}.srt|.vtt."""
     if not start.stream:
-        _, samples = whole_result(events, start)
+        result, samples = whole_result(events, start)
+        headers = {"x-seed": str(start.seed)}
+        if subtitles:
+            headers["x-subtitles-id"] = _subtitles_id(result, request_id)
         return Response(encode(samples, sample_rate, response_format), media_type=CONTENT_TYPES[response_format],
-                        headers={"x-seed": str(start.seed)})
+                        headers=headers)
     encoder = StreamEncoder(response_format, sample_rate)
 
     def body() -> Iterator[bytes]:
@@ -102,8 +108,20 @@ def audio_response(start: Start, events, response_format: str, sample_rate: int,
     return CuttableStream(body(), CONTENT_TYPES[response_format], {"x-seed": str(start.seed)}, request_id)
 
 
-def sse_response(start: Start, events, response_format: str, sample_rate: int, request_id: str) -> Response:
-    """Server-sent events: audio deltas, then `speech.audio.done` naming the saved file, or an `error` event."""
+def _subtitles_id(result, request_id: str) -> str:
+    """The saved result's id, once its sidecar (which the subtitles are read from) is known to be on disk."""
+    from .history import sidecar_path
+
+    if not sidecar_path(result.path).is_file():
+        raise OutputsError(f"The audio was saved as {result.path.name}, but its subtitles could not be written "
+                           f"(request {request_id}); see the WARNING in the log. Free space in outputs/ and retry.")
+    return result.path.stem
+
+
+def sse_response(start: Start, events, response_format: str, sample_rate: int, request_id: str,
+                 subtitles: str | None = None) -> Response:
+    """Server-sent events: audio deltas, then `speech.audio.done` naming the saved file (then, when asked,
+    `speech.subtitles` with the SRT/WebVTT text), or an `error` event."""
     encoder = StreamEncoder(response_format, sample_rate)
 
     def body() -> Iterator[bytes]:
@@ -123,6 +141,9 @@ def sse_response(start: Start, events, response_format: str, sample_rate: int, r
         assert result is not None, "the service ends every stream with a result or an error"
         yield _message({"type": "speech.audio.done", "request_id": request_id, "seed": result.seed,
                         "audio_seconds": round(result.audio_seconds, 3), "file": result.path.name})
+        if subtitles:
+            yield _message({"type": "speech.subtitles", "format": subtitles, "id": result.path.stem,
+                            "subtitles": render(result.pieces, subtitles)})
     return CuttableStream(body(), "text/event-stream", {"x-seed": str(start.seed)}, request_id)
 
 

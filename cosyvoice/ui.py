@@ -35,13 +35,15 @@ def build_ui(studio: "Studio") -> gr.Blocks:
 
 
 def backend_tab(studio: "Studio") -> None:
-    """The read-only Backend tab: recent jobs, the log tail, the process, restarts."""
+    """The read-only Backend tab: recent requests, batch jobs, the log tail, the process, restarts."""
     with gr.Tab("后台 Backend"):
         gr.Markdown("最近 50 个请求、运行日志与进程状态（只读，每 1.5 秒刷新） · The last 50 requests, the "
                     "runtime log and the process, read-only, refreshed every 1.5 s.")
         jobs_table = gr.Dataframe(headers=backend.JOB_COLUMNS, value=[], interactive=False, wrap=True,
-                                  column_widths=list[str | int](backend.JOB_COLUMN_WIDTHS), label="任务 Jobs",
+                                  column_widths=list[str | int](backend.JOB_COLUMN_WIDTHS), label="请求 Requests",
                                   elem_id="jobs-table")
+        batch_table = gr.Dataframe(headers=backend.BATCH_COLUMNS, value=[], interactive=False, wrap=True,
+                                   label="批量任务 Batch jobs (/v1/jobs)", elem_id="batch-jobs-table")
         with gr.Row():
             level = gr.Dropdown(list(backend.LEVELS), value="ALL", label="级别 Level", scale=1)
             request_filter = gr.Textbox(label="请求 Request id (filters the jobs and the log)",
@@ -52,6 +54,6 @@ def backend_tab(studio: "Studio") -> None:
             facts = gr.Markdown(elem_id="process-facts")
             restarts = gr.Textbox(label="重启 Restarts (monitor.log)", lines=6, interactive=False)
         gr.Timer(1.5).tick(studio.backend_view, inputs=[level, request_filter],
-                           outputs=[jobs_table, log_box, facts, restarts], queue=False, show_progress="hidden",
+                           outputs=[jobs_table, log_box, facts, restarts, batch_table], queue=False, show_progress="hidden",
                            api_visibility="private")
 

@@ -118,7 +118,9 @@ def test_sigkill_mid_job_then_restart_finishes_every_line_exactly_once(tmp_path)
         packed = zipfile.ZipFile(io.BytesIO(httpx.get(f"{second.url}/v1/jobs/{job['id']}/result", timeout=120).content))
     finally:
         stop_app(second)
-    files = sorted(p.name for p in (tmp_path / "jobs" / job["id"] / "lines").iterdir())
+    names = sorted(p.name for p in (tmp_path / "jobs" / job["id"] / "lines").iterdir())
+    files = [name for name in names if name.endswith(".wav")]           # each beside its .pieces.json
+    assert sorted(n.replace(".pieces.json", ".wav") for n in names if n.endswith(".pieces.json")) == files
     assert len(files) == 200 and len({name.split("-")[0] for name in files}) == 200   # one take per line, no partials
     assert max(line["attempts"] for line in full) >= 2           # lines the killed instance held were taken over
     manifest = [json.loads(row) for row in packed.read("manifest.jsonl").decode().splitlines()]

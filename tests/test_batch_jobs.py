@@ -116,8 +116,10 @@ def test_a_job_is_voiced_in_order_and_its_track_and_subtitles_match_the_lines(se
     job = wait_final(store, job_id)
     assert job["state"] == "done"
     rows = store.lines(job_id)
-    files = sorted(p.name for p in (jobs_dir / job_id / "lines").iterdir())
-    assert len(files) == 8 and all(not name.startswith(".") for name in files)
+    names = sorted(p.name for p in (jobs_dir / job_id / "lines").iterdir())
+    files = [name for name in names if name.endswith(".wav")]
+    assert sorted(n.replace(".pieces.json", ".wav") for n in names if n.endswith(".pieces.json")) == files
+    assert len(files) == 8 and all(not name.startswith(".") for name in names)
     samples, rate, cues = result.stitch(job, rows, jobs_dir)
     line_audio = [sf.read(jobs_dir / row["audio_path"], dtype="float32")[0] for row in rows]
     assert len(samples) == sum(len(a) for a in line_audio)            # the track is the lines, nothing between
@@ -152,7 +154,7 @@ def test_regenerating_a_line_changes_only_that_line(setup):
     assert after["3"] != before["3"]
     assert {cid: data for cid, data in after.items() if cid != "3"} == {
         cid: data for cid, data in before.items() if cid != "3"}
-    assert len(list((jobs_dir / job_id / "lines").iterdir())) == 4      # the old take is gone
+    assert len(list((jobs_dir / job_id / "lines").iterdir())) == 2 * 4  # the old take (and its pieces) is gone
     with pytest.raises(UserInputError, match="no line 'nine'"):
         store.regenerate(job_id, "nine", None, None)
 

@@ -4,7 +4,9 @@ Everything is built from the lines the database records as done, each read from 
 file, so a line voiced twice (a lost lease) can never appear twice. Lines follow each other with
 `gap_ms` of silence (default none, so the track is exactly the sum of its lines); lines from an .srt
 cue start at their slot (or right after the previous line, when that one overran its slot).
-Subtitle times come from the rendered audio: a cue spans its line's audio, pauses included.
+Subtitle times come from the rendered audio: a cue spans its line's audio, pauses included; a line
+the service voiced in several pieces (a long paragraph) gets a cue per piece, from the piece spans
+saved beside its file (`<line file>.pieces.json`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ class Cue:
     start: float
     end: float
     text: str
+    part: int = 0          # 1, 2 … for the pieces of a line voiced in several; 0 for a line's one cue
+
+    @property
+    def cue_id(self) -> str:
+        """Unique in the file (WebVTT requires it): the line's custom_id, #part for a piece."""
+        return f"{self.custom_id}#{self.part}" if self.part else self.custom_id
 
 
 def timeline(job: dict, rows: list[dict]) -> list[tuple[dict, float]]:
@@ -63,8 +71,24 @@ def stitch(job: dict, rows: list[dict], jobs_dir: Path) -> tuple[np.ndarray, int
         begin = cursor / rate
         parts.append(samples)
         cursor += len(samples)
-        cues.append(Cue(number, row["custom_id"], begin, cursor / rate, row["text"]))
+        cues += _line_cues(row, begin, cursor / rate, Path(jobs_dir) / row["audio_path"], len(cues) + 1)
     return np.concatenate(parts), rate, cues
+
+
+def pieces_path(line_file: Path) -> Path:
+    return Path(line_file).with_suffix(".pieces.json")
+
+
+def _line_cues(row: dict, begin: float, end: float, line_file: Path, number: int) -> list[Cue]:
+    """One cue for the line, or one per piece when the service voiced it in several."""
+    try:
+        pieces = json.loads(pieces_path(line_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pieces = []
+    if not isinstance(pieces, list) or len(pieces) < 2:
+        return [Cue(number, row["custom_id"], begin, end, row["text"])]
+    return [Cue(number + n, row["custom_id"], begin + float(p["start"]), min(end, begin + float(p["end"])),
+                str(p.get("text") or row["text"]), n + 1) for n, p in enumerate(pieces)]
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -81,14 +105,16 @@ def srt_text(cues: list[Cue]) -> str:
 
 
 def vtt_text(cues: list[Cue]) -> str:
-    body = "".join(f"{cue.custom_id}\n{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}\n"
+    body = "".join(f"{cue.cue_id}\n{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}\n"
                    f"{cue.text.replace('-->', '→')}\n\n" for cue in cues)
     return "WEBVTT\n\n" + body
 
 
 def manifest_lines(job: dict, rows: list[dict], cues: list[Cue]) -> str:
     """One JSON object per line, shaped like an OpenAI Batch output file (custom_id, response, error)."""
-    starts = {cue.custom_id: cue.start for cue in cues}
+    starts: dict[str, float] = {}
+    for cue in cues:
+        starts.setdefault(cue.custom_id, cue.start)
     out = []
     for row in rows:
         if row["state"] == "done":

@@ -171,6 +171,21 @@ class JobStore:
             rows = conn.execute(select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)).mappings()
             return [dict(row) for row in rows]
 
+    def progress(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Per job: lines by state and when its first line started (one grouped query, for overviews)."""
+        if not job_ids:
+            return {}
+        query = (select(lines.c.job_id, lines.c.state, func.count(), func.min(lines.c.started_at))
+                 .where(lines.c.job_id.in_(job_ids)).group_by(lines.c.job_id, lines.c.state))
+        out: dict[str, dict[str, Any]] = {job_id: {"first_start": None} for job_id in job_ids}
+        with self.engine.connect() as conn:
+            for job_id, state, count, first in conn.execute(query):
+                entry = out[job_id]
+                entry[state] = count
+                if first is not None and (entry["first_start"] is None or first < entry["first_start"]):
+                    entry["first_start"] = first
+        return out
+
     def counts(self, job_id: str | None = None) -> dict[str, int]:
         query = select(lines.c.state, func.count()).group_by(lines.c.state)
         if job_id is not None:

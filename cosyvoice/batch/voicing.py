@@ -8,12 +8,13 @@ A line without a mode gets the service's "auto" rule, like any other front end.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from ..admission import WORK_KIND
 from ..history import sidecar_path
 from ..service import AUTO, SynthesisRequest, SynthesisService
 
@@ -23,6 +24,7 @@ class Voiced:
     samples: np.ndarray
     sample_rate: int
     seed: int
+    pieces: list[dict] = field(default_factory=list)   # the service's piece spans (seconds), for subtitles
 
 
 def voice_line(service: SynthesisService, line: dict, request_id: str, speed: float | None = None) -> Voiced:
@@ -31,10 +33,14 @@ def voice_line(service: SynthesisService, line: dict, request_id: str, speed: fl
                                instruct_text=line.get("instructions") or "", seed=line.get("seed"),
                                speed=line.get("speed") if speed is None else speed,
                                normalize=line.get("normalize", True))
-    result = service.synthesize(request, request_id)
+    kind = WORK_KIND.set("job")          # counted as a job line in /metrics' queue depth by kind
+    try:
+        result = service.synthesize(request, request_id)
+    finally:
+        WORK_KIND.reset(kind)
     try:
         samples, rate = sf.read(result.path, dtype="float32", always_2d=False)
     finally:
         for path in (Path(result.path), sidecar_path(result.path)):
             path.unlink(missing_ok=True)
-    return Voiced(np.asarray(samples, dtype=np.float32).reshape(-1), int(rate), result.seed)
+    return Voiced(np.asarray(samples, dtype=np.float32).reshape(-1), int(rate), result.seed, list(result.pieces))

@@ -10,6 +10,7 @@ errors are retried with exponential back-off up to `max_attempts`.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -23,7 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ServerBusyError, StudioError, UserInputError
 from ..metrics import REGISTRY
-from ..outputs import write_wav_atomic
+from ..outputs import atomic_file, write_wav_atomic
+from . import result
 from .store import Claim, JobStore
 from .voicing import Voiced, voice_line
 
@@ -176,19 +178,23 @@ class JobWorker:
         (and its partial write); only the recorded take stays, so each line's audio exists once."""
         line_prefix = kept.name.split("-", 1)[0]
         for other in kept.parent.glob(f"*{line_prefix}-*"):
-            if other != kept and (other.name.startswith(line_prefix) or other.name.startswith(f".{line_prefix}")):
+            if other not in (kept, result.pieces_path(kept)) and (other.name.startswith(line_prefix)
+                                                                 or other.name.startswith(f".{line_prefix}")):
                 other.unlink(missing_ok=True)
 
     def _record(self, claim: Claim, voiced: Voiced, fit_speed: float, misfit: float | None, log) -> None:
         relative = f"{claim.job_id}/lines/{claim.idx + 1:05d}-{claim.token[:10]}.wav"
         path = Path(self.config.jobs_dir) / relative
         write_wav_atomic(path, voiced.samples, voiced.sample_rate)
+        with atomic_file(result.pieces_path(path), "w") as handle:      # subtitle cues per piece
+            json.dump(voiced.pieces, handle, ensure_ascii=False)
         seconds = len(voiced.samples) / voiced.sample_rate
         accepted, _previous = self.store.complete(
             claim, self.owner, audio_path=relative, sample_rate=voiced.sample_rate, duration_s=seconds,
             used_seed=voiced.seed, fit_speed=fit_speed, misfit_s=misfit)
         if not accepted:
             path.unlink(missing_ok=True)
+            result.pieces_path(path).unlink(missing_ok=True)
             LINES.labels("lost_lease").inc()
             log.warning(f"line {claim.line['custom_id']!r} was voiced, but its lease had run out and another "
                         f"worker took it over; this take is discarded so the job records the line once")
