@@ -36,7 +36,7 @@ from .outputs import OutputStore
 from .subtitles import PieceSpan, span_records
 from .text.frontend import Pause, TextFrontend, format_preview
 from .tracing import tracer
-from .validation import (AUTO, MAX_SEED, SPEED_RANGE, SynthesisRequest, ValidRequest, about, auto_mode,  # noqa: F401
+from .validation import (AUTO, MAX_SEED, SynthesisRequest, ValidRequest, about, auto_mode,  # noqa: F401
                          check_mode_needs, check_mode_supported, switch_field, text_field, validate_dialogue,
                          validate_request)
 from .voice_resolver import VoiceResolver, VoiceSource

@@ -3,15 +3,17 @@
 from COSYVOICE_JOBS_DB and never writes its password to the log."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
 
 from conftest import ROOT
-from cosyvoice.batch.router import JOBS_DB_ENV, add_job_args, runtime_from_args
+from cosyvoice.batch.router import runtime_from_config
 from cosyvoice.log import masked_argv
+from cosyvoice.settings import configs_from
+
+JOBS_DB_ENV = "COSYVOICE_JOBS_DB"
 
 K8S = ROOT / "deploy" / "k8s"
 
@@ -39,20 +41,17 @@ def test_every_pod_takes_the_jobs_database_from_a_secret_and_shares_one_rwx_jobs
         assert not mount.get("readOnly")
 
 
-def test_the_app_reads_the_jobs_database_url_from_the_environment(tmp_path, monkeypatch):
-    parser = argparse.ArgumentParser()
-    add_job_args(parser)
-    args = parser.parse_args(["--jobs-dir", str(tmp_path / "jobs")])
-    args.outputs_dir = tmp_path / "outputs"
-    service = SimpleNamespace(admission=SimpleNamespace(width=2), config=SimpleNamespace(max_text_chars=300))
+def test_the_app_reads_the_jobs_database_url_from_the_environment(tmp_path):
+    service = SimpleNamespace(admission=SimpleNamespace(width=2),
+                              config=SimpleNamespace(max_text_chars=300, outputs_dir=tmp_path / "outputs"))
     shared = tmp_path / "shared.db"
-    monkeypatch.setenv(JOBS_DB_ENV, f"sqlite:///{shared}")
-    runtime = runtime_from_args(service, args)
+    environ = {JOBS_DB_ENV: f"sqlite:///{shared}"}
+    config = configs_from(["--jobs-dir", str(tmp_path / "jobs")], environ).jobs
+    runtime = runtime_from_config(service, config)
     assert runtime.store.url == f"sqlite:///{shared}" and shared.is_file()
     assert not (tmp_path / "jobs" / "jobs.db").exists()
-    flagged = parser.parse_args(["--jobs-db", f"sqlite:///{tmp_path / 'flag.db'}"])   # the flag wins
-    flagged.outputs_dir = tmp_path / "outputs"
-    assert runtime_from_args(service, flagged).store.url.endswith("flag.db")
+    flagged = configs_from(["--jobs-db", f"sqlite:///{tmp_path / 'flag.db'}"], environ).jobs   # the flag wins
+    assert runtime_from_config(service, flagged).store.url.endswith("flag.db")
 
 
 def test_a_database_password_on_the_command_line_never_reaches_the_log():

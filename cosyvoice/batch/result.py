@@ -59,7 +59,9 @@ def stitch(job: dict, rows: list[dict], jobs_dir: Path) -> tuple[np.ndarray, int
     if not placed:
         return np.zeros(0, np.float32), 0, []
     rate = placed[0][0]["sample_rate"]
-    parts, cues, cursor = [], [], 0
+    parts: list[np.ndarray] = []
+    cues: list = []
+    cursor = 0
     for number, (row, start) in enumerate(placed, 1):
         samples, file_rate = sf.read(Path(jobs_dir) / row["audio_path"], dtype="float32", always_2d=False)
         if file_rate != rate:

@@ -179,9 +179,9 @@ class JobStore:
                  .where(lines.c.job_id.in_(job_ids)).group_by(lines.c.job_id, lines.c.state))
         out: dict[str, dict[str, Any]] = {job_id: {"first_start": None} for job_id in job_ids}
         with self.engine.connect() as conn:
-            for job_id, state, count, first in conn.execute(query):
-                entry = out[job_id]
-                entry[state] = count
+            for job_id, state, count, first in conn.execute(query).tuples():
+                entry = out[str(job_id)]
+                entry[str(state)] = count
                 if first is not None and (entry["first_start"] is None or first < entry["first_start"]):
                     entry["first_start"] = first
         return out
