@@ -144,59 +144,59 @@ def _recording_for_prompt_box(path: str) -> bytes:
 def synthesize_tab(studio: "Studio") -> dict:
     """Lay out and wire the Synthesize tab; the form's components, for the History tab's "use again"."""
     tab = SynthesizeTab(studio)
-    form = _form(studio, tab)
-    _wire(studio, tab, form)
-    _api_endpoint(tab)
+    with gr.Tab("合成 Synthesize"):      # everything inside, the hidden API inputs too: one tab strip for all tabs
+        form = _form(studio, tab)
+        _wire(studio, tab, form)
+        _api_endpoint(tab)
     return dict(mode=form.mode, text=form.text, instruct_text=form.instruct_text, seed=form.seed, speed=form.speed,
                 voice=form.saved_voice, prompt_text=form.prompt_text)
 
 
 def _form(studio: "Studio", tab: SynthesizeTab) -> SimpleNamespace:
     """The tab's components: the request form on the left, seed/speed/options and the result on the right."""
-    with gr.Tab("合成 Synthesize"):
-        with gr.Row():
-            with gr.Column(scale=3):
-                mode = raw(gr.Radio([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode"))
-                steps = gr.Markdown(MODES[0].steps)
-                saved_voice = ui_voices.voice_dropdown(studio.service)
-                prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="prompt-audio",
-                                      label="参考音频 Prompt audio (3–15 s; upload or record)")
-                # Gradio's audio box refuses .webm (browsers call it video/webm): this button takes it
-                recording = gr.UploadButton("上传录音 Upload a recording (webm, m4a, ogg, opus, aac, wav, mp3, flac)",
-                                            file_types=["audio", *PROMPT_SUFFIXES], size="sm", elem_id="prompt-upload")
-                recording.upload(_recording_for_prompt_box, recording, prompt_wav, api_visibility="private")
-                prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2, elem_id="prompt-text",
-                                         placeholder="参考音频里说的话 Exactly what the prompt recording says"))
-                with gr.Row(visible=False) as instruct_row:
-                    preset = gr.Dropdown(preset_choices(studio.engine), label="指令预设 Instruction presets",
-                                         value=None, scale=1, info=PRESET_INFO)
-                    instruct_text = raw(gr.Textbox(label="指令 Instruction", scale=2,
-                                               placeholder="例如 e.g. 请用四川话说 / speak very fast"))
-                text = raw(gr.Textbox(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
-                                  placeholder="输入要合成的文本 Type the text to speak…"))
-                with gr.Row():
-                    char_count = gr.Markdown(tab.char_count(""), elem_id="char-count")
-                    preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
-                preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
-                                      visible=False, interactive=False, elem_id="text-preview", wrap_lines=True)
-                with gr.Accordion("发音标注 Pronunciation markup", open=False):
-                    gr.Markdown(SYNTAX_HELP)
-            with gr.Column(scale=2):
-                with gr.Row():
-                    seed = raw(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
-                                     label="随机种子 Seed (same input + seed = same audio)", scale=3))
-                    dice = gr.Button("🎲 随机 Random seed", scale=1, min_width=110, elem_id="random-seed")
-                speed = raw(gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed"))
-                stream = raw(gr.Checkbox(value=False, label="流式播放 Stream while synthesising"))
-                normalize = raw(gr.Checkbox(value=True, label="文本规范化 Read numbers, dates and symbols as words"))
-                with gr.Row():
-                    generate = gr.Button("生成 Generate", variant="primary", scale=3)
-                    cancel = gr.Button("取消 Cancel", variant="stop", scale=1, elem_id="cancel")
-                audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False,
-                                     elem_id="output-audio")
-                file_out = gr.File(label="下载 Download", interactive=False)
-                result_md = gr.Markdown(elem_id="result")
-                ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
+    with gr.Row():
+        with gr.Column(scale=3):
+            mode = raw(gr.Radio([(m.label, m.id) for m in MODES], value=MODES[0].id, label="模式 Mode"))
+            steps = gr.Markdown(MODES[0].steps)
+            saved_voice = ui_voices.voice_dropdown(studio.service)
+            prompt_wav = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="prompt-audio",
+                                  label="参考音频 Prompt audio (3–15 s; upload or record)")
+            # Gradio's audio box refuses .webm (browsers call it video/webm): this button takes it
+            recording = gr.UploadButton("上传录音 Upload a recording (webm, m4a, ogg, opus, aac, wav, mp3, flac)",
+                                        file_types=["audio", *PROMPT_SUFFIXES], size="sm", elem_id="prompt-upload")
+            recording.upload(_recording_for_prompt_box, recording, prompt_wav, api_visibility="private")
+            prompt_text = raw(gr.Textbox(label="参考音频文本 Prompt transcript", lines=2, elem_id="prompt-text",
+                                     placeholder="参考音频里说的话 Exactly what the prompt recording says"))
+            with gr.Row(visible=False) as instruct_row:
+                preset = gr.Dropdown(preset_choices(studio.engine), label="指令预设 Instruction presets",
+                                     value=None, scale=1, info=PRESET_INFO)
+                instruct_text = raw(gr.Textbox(label="指令 Instruction", scale=2,
+                                           placeholder="例如 e.g. 请用四川话说 / speak very fast"))
+            text = raw(gr.Textbox(label="合成文本 Text to synthesise", lines=5, elem_id="text-input",
+                              placeholder="输入要合成的文本 Type the text to speak…"))
+            with gr.Row():
+                char_count = gr.Markdown(tab.char_count(""), elem_id="char-count")
+                preview_button = gr.Button("预览 Preview", size="sm", scale=0, min_width=120)
+            preview_box = gr.Code(label="预览 Preview: normalized text, markup and pieces", language=None,
+                                  visible=False, interactive=False, elem_id="text-preview", wrap_lines=True)
+            with gr.Accordion("发音标注 Pronunciation markup", open=False):
+                gr.Markdown(SYNTAX_HELP)
+        with gr.Column(scale=2):
+            with gr.Row():
+                seed = raw(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                 label="随机种子 Seed (same input + seed = same audio)", scale=3))
+                dice = gr.Button("🎲 随机 Random seed", scale=1, min_width=110, elem_id="random-seed")
+            speed = raw(gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="语速 Speed"))
+            stream = raw(gr.Checkbox(value=False, label="流式播放 Stream while synthesising"))
+            normalize = raw(gr.Checkbox(value=True, label="文本规范化 Read numbers, dates and symbols as words"))
+            with gr.Row():
+                generate = gr.Button("生成 Generate", variant="primary", scale=3)
+                cancel = gr.Button("取消 Cancel", variant="stop", scale=1, elem_id="cancel")
+            audio_out = gr.Audio(label="合成音频 Output", streaming=True, autoplay=True, interactive=False,
+                                 elem_id="output-audio")
+            file_out = gr.File(label="下载 Download", interactive=False)
+            result_md = gr.Markdown(elem_id="result")
+            ui_voices.save_voice_row(studio.service, prompt_wav, prompt_text, saved_voice)
     return SimpleNamespace(mode=mode, steps=steps, saved_voice=saved_voice, prompt_wav=prompt_wav,
                            prompt_text=prompt_text, instruct_row=instruct_row, preset=preset,
                            instruct_text=instruct_text, text=text, char_count=char_count,

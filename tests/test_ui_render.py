@@ -1,18 +1,21 @@
 """The WebUI renders in a real headless browser with every control a user needs."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 
-import pytest
+import httpx
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from browser import CHROMIUM, requires_browser
 
-# In CI the browser is installed by .ci/run, so a missing one is a failure there, not a skip.
-requires_browser = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
-                                      reason="chromium not installed (apt-get install chromium)")
+
+def test_every_tab_sits_in_one_tab_strip(lite_app):
+    """A component made between two tabs splits Gradio's tab strip in two; the page must show one."""
+    config = httpx.get(f"{lite_app.url}/config", timeout=30).json()
+    kinds = [c.get("type") for c in config["components"]]
+    labels = [c.get("props", {}).get("label") for c in config["components"] if c.get("type") == "tabitem"]
+    assert kinds.count("tabs") == 1, labels
+    assert [label.split()[-1] for label in labels] == ["Synthesize", "Dialogue", "Jobs", "History", "Backend"]
 
 
 @requires_browser
