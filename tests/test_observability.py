@@ -105,7 +105,7 @@ def test_json_log_lines_parse_and_carry_the_given_request_id(tmp_path):
     mine = [e for e in entries if e["request_id"] == "json-req-1"]
     assert mine and {"time", "level", "stage", "message"} <= set(mine[0])
     saved = next(e for e in mine if e["level"] == "SUCCESS")
-    assert saved["stage"] == "save" and saved["figures"]["audio_s"] > 0
+    assert saved["stage"] == "done" and saved["figures"]["audio_s"] > 0
 
 
 PROMETHEUS = shutil.which("prometheus")
