@@ -23,6 +23,7 @@ from scipy.signal import resample_poly
 
 from .engines.base import PromptAudio
 from .errors import UserInputError
+from .settings import MAX_FILE_BYTES
 
 MIN_SAMPLE_RATE = 16000              # below this a recording is upsampled to it, with a notice
 LOWEST_SAMPLE_RATE = 8000            # telephone audio; below this there is too little voice left
@@ -30,7 +31,6 @@ MIN_SECONDS, MAX_SECONDS = 2.0, 30.0
 BEST_MIN_SECONDS, BEST_MAX_SECONDS = 3.0, 15.0
 SILENCE_DB = 40.0          # frames this far below the loudest frame count as silence
 EDGE_KEEP_SECONDS = 0.15   # keep a little room at both ends so onsets are not clipped
-MAX_FILE_BYTES = 25 * 1024 * 1024   # 30 s of 48 kHz stereo float WAV is 11.5 MB
 MAX_DECODED_SECONDS = 120.0         # decoded length, before trimming: a tiny file can hold hours of silence
 MAX_CHANNELS = 8
 MAX_DECODE_WALL_S = 15.0            # a file that takes longer than this to decode is not a 30 s clip

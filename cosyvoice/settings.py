@@ -25,8 +25,9 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .audio import MAX_FILE_BYTES
 from .engines.cosyvoice3.model_dir import DEFAULT_MODEL_DIR, LLM_WEIGHTS
+
+MAX_FILE_BYTES = 25 * 1024 * 1024   # largest upload (prompt audio) by default; 30 s of 48 kHz stereo float WAV is 11.5 MB
 
 ROOT = Path(__file__).resolve().parents[1]     # the repo root: outputs/, logs/, configs/, voices/ live here
 ENGINE_CHOICES = ("auto", "lite", "cosyvoice3")
