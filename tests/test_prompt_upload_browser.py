@@ -44,7 +44,8 @@ def test_browser_and_phone_recordings_upload_and_clone(upload_app, kind, tmp_pat
         page.locator(UPLOAD_BUTTON).set_input_files(str(recording))
         page.locator("#prompt-audio audio").first.wait_for(state="attached", timeout=20000)
         assert "Invalid file type" not in toasts(page)
-        assert "0:03" in page.locator("#prompt-audio").inner_text()          # the 3.5 s recording, playable
+        # the 3.5 s recording is playable: its length shows once the browser has read the metadata
+        page.locator("#prompt-audio").get_by_text("0:03").first.wait_for(timeout=20000)
         result = generate(page)
         page.screenshot(path=str(ARTIFACTS / f"prompt_upload_{kind}.png"), full_page=True)
     assert "Saved" in result, result
