@@ -19,5 +19,5 @@ nginx -v 2>&1 && promtool --version | head -1
 # Argo Rollouts and Istio schemas (kubernetes-models, from the npm registry) for the offline CRD check.
 command -v npm >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 (cd "$(dirname "$0")/../deploy/validate" && npm install --silent --no-audit --no-fund)
-# PostgreSQL server binaries for the job store tests (tests/test_batch_postgres.py)
+# PostgreSQL server binaries for the job store tests (tests/deploy/test_batch_postgres.py)
 bash "$(dirname "$0")/install-postgres.sh"

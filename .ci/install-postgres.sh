@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's PostgreSQL server binaries for the job tests (tests/test_batch_postgres.py starts its own
+# Debian's PostgreSQL server binaries for the job tests (tests/deploy/test_batch_postgres.py starts its own
 # throwaway cluster in a temp dir on a loopback port; the packaged system cluster is not used).
 set -euo pipefail
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then

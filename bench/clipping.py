@@ -17,12 +17,12 @@ from scipy.signal import resample_poly
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cosyvoice.audio import load_prompt_audio  # noqa: E402
-from cosyvoice.encode import encode  # noqa: E402
+from cosyvoice.audio.prompt import load_prompt_audio  # noqa: E402
+from cosyvoice.audio.encode import encode  # noqa: E402
 from cosyvoice.engines.base import Style  # noqa: E402
 from cosyvoice.engines.lite import LiteEngine  # noqa: E402
-from cosyvoice.mastering import integrated_loudness  # noqa: E402
-from cosyvoice.service import ServiceConfig, SynthesisRequest, SynthesisService  # noqa: E402
+from cosyvoice.audio.mastering import integrated_loudness  # noqa: E402
+from cosyvoice.service.synthesis import ServiceConfig, SynthesisRequest, SynthesisService  # noqa: E402
 
 AUDIO = ROOT.parent / "shared" / "audio"
 TEXTS = ["今天天气很好。", "啊！快跑！！着火了！！！", "Stop right there! WATCH OUT!", "你好。",

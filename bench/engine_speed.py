@@ -401,7 +401,7 @@ def run(model_dir: Path, n_tokens: int, stages: tuple[str, ...], result: dict, s
         cuda_graphs: bool = True, compare_onednn: bool = False) -> dict:
     """Measure `stages` in order; `save(result)` after each one, so a long run that is cut short
     still leaves what it measured."""
-    from cosyvoice.audio import load_prompt_audio
+    from cosyvoice.audio.prompt import load_prompt_audio
     from cosyvoice.engines.base import Style
     from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
 

@@ -88,7 +88,7 @@ if [[ ! -f "$MODEL_DIR/hift.pt" ]]; then
 fi
 
 step "CUDA tests (skipped without CUDA)"
-timeout $((75 * SCALE)) "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cv3_captured_step.py | tee "$OUT/cuda_tests.txt"
+timeout $((75 * SCALE)) "$PY" -m pytest -q -rs -p no:cacheprovider tests/engine/test_cv3_captured_step.py | tee "$OUT/cuda_tests.txt"
 
 step "parity on $DEVICE (float32, official tolerances)"
 timeout $((90 * SCALE)) "$PY" -m cosyvoice.parity --model-dir "$FIXTURE" --audio-dir "$COSYVOICE_SHARED/audio" --device "$DEVICE" \

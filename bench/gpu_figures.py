@@ -94,7 +94,7 @@ def concurrent_streams(engine, inputs, sampler, count: int) -> dict:
 
 
 def stream_figures(model_dir: Path, device: str, precision: str, streams_list, tokens: int) -> tuple[dict, object]:
-    from cosyvoice.audio import load_prompt_audio
+    from cosyvoice.audio.prompt import load_prompt_audio
     from cosyvoice.engines.base import Style
     from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
 

@@ -274,7 +274,7 @@ def _quantile(ordered: list[float], q: float, digits: int = 2) -> float | None:
 def sample(target: Target) -> dict:
     import psutil
 
-    from cosyvoice.http_guard import upload_folder_size
+    from cosyvoice.server.http_guard import upload_folder_size
 
     process = psutil.Process(target.pid)
     return {"rss_mb": round(process.memory_info().rss / 2**20, 1), "fds": process.num_fds(),

@@ -48,8 +48,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from cosyvoice.audio import load_prompt_audio
-    from cosyvoice.voices import VoiceLibrary
+    from cosyvoice.audio.prompt import load_prompt_audio
+    from cosyvoice.voices.library import VoiceLibrary
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

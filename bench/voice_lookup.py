@@ -25,8 +25,8 @@ PROMPT_WAV = ROOT.parent / "shared" / "audio" / "zero_shot_prompt.wav"
 
 
 def build(root: Path, count: int):
-    from cosyvoice.voice_names import new_voice_id
-    from cosyvoice.voices import VoiceLibrary
+    from cosyvoice.voices.names import new_voice_id
+    from cosyvoice.voices.library import VoiceLibrary
 
     library = VoiceLibrary(root)
     first = library.add("voice 0", PROMPT_WAV)

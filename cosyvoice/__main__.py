@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _synth_parser() -> argparse.ArgumentParser:
-    from .modes import MODE_IDS
-    from .service import AUTO
-    from .settings import EngineConfig, ServiceConfig, add_flags
+    from cosyvoice.modes import MODE_IDS
+    from cosyvoice.service.synthesis import AUTO
+    from cosyvoice.settings import EngineConfig, ServiceConfig, add_flags
 
     parser = argparse.ArgumentParser(prog="python -m cosyvoice synth", description="Synthesise one text to a WAV file.")
     parser.add_argument("--mode", choices=(AUTO, *MODE_IDS), default=AUTO,
@@ -37,13 +37,13 @@ def _synth_parser() -> argparse.ArgumentParser:
 
 
 def _synth(argv: list[str]) -> int:
-    from .engines.registry import create_engine
-    from .errors import StudioError
-    from .log import flush, setup_logging
-    from .outputs import copy_atomic
-    from .service import SynthesisRequest, SynthesisService
-    from .settings import EngineConfig, ServiceConfig, build
-    from .text.frontend import TextFrontend
+    from cosyvoice.engines.registry import create_engine
+    from cosyvoice.errors import StudioError
+    from cosyvoice.ops.log import flush, setup_logging
+    from cosyvoice.service.outputs import copy_atomic
+    from cosyvoice.service.synthesis import SynthesisRequest, SynthesisService
+    from cosyvoice.settings import EngineConfig, ServiceConfig, build
+    from cosyvoice.text.frontend import TextFrontend
 
     args = _synth_parser().parse_args(argv)
     if args.prompt_wav and not Path(args.prompt_wav).is_file():       # the CLI reads the user's own files: say plainly what is missing
@@ -108,8 +108,8 @@ def _voices_parser() -> argparse.ArgumentParser:
 
 def _voices(argv: list[str]) -> int:
     """The voice library from the shell; the WebUI and the /v1 API see the same folder."""
-    from .errors import StudioError
-    from .voices import VoiceLibrary
+    from cosyvoice.errors import StudioError
+    from cosyvoice.voices.library import VoiceLibrary
     from loguru import logger
 
     args = _voices_parser().parse_args(argv)
@@ -168,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     if command == "voices":
         return _voices(rest)
     if command == "text":
-        from .text.cli import main as text_main
+        from cosyvoice.text.cli import main as text_main
         return text_main(rest)
     if command == "jobs":
-        from .batch.cli import main as jobs_main
+        from cosyvoice.jobs.cli import main as jobs_main
         return jobs_main(rest)
-    from .download import main as download_main
+    from cosyvoice.engines.cosyvoice3.download import main as download_main
     return download_main(rest)
 
 

@@ -25,7 +25,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .engines.cosyvoice3.model_dir import DEFAULT_MODEL_DIR, LLM_WEIGHTS
+from cosyvoice.engines.cosyvoice3.model_dir import DEFAULT_MODEL_DIR, LLM_WEIGHTS
 
 MAX_FILE_BYTES = 25 * 1024 * 1024   # largest upload (prompt audio) by default; 30 s of 48 kHz stereo float WAV is 11.5 MB
 
@@ -81,7 +81,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """The service's limits, queue and folders (cosyvoice.service.SynthesisService)."""
+    """The service's limits, queue and folders (cosyvoice.service.synthesis.SynthesisService)."""
     outputs_dir: Path = field(default=ROOT / "outputs", metadata=setting(type=Path, help="where results are saved"))
     max_text_chars: int = field(default=2000, metadata=setting(type=int, help="longest text accepted"))
     max_prompt_text_chars: int = 300     # a 30 s prompt holds far fewer characters than this
@@ -106,7 +106,7 @@ class ServiceConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """The web server's own settings (cosyvoice.server)."""
+    """The web server's own settings (cosyvoice.server.app)."""
     host: str = field(default="127.0.0.1", metadata=setting(help="address to bind (run.sh uses 0.0.0.0)"))
     port: int = field(default=7860, metadata=setting(type=int, help="port to listen on"))
     log_dir: Path = field(default=ROOT / "logs", metadata=setting(type=Path, help="runtime.log and friends"))
@@ -155,7 +155,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class JobsConfig:
-    """Durable long-form/batch jobs (cosyvoice.batch): where they are stored and how this instance works."""
+    """Durable long-form/batch jobs (cosyvoice.jobs): where they are stored and how this instance works."""
     jobs_db: str | None = field(default=None, metadata=setting(
         env="COSYVOICE_JOBS_DB", help="job database URL: sqlite:///path.db (none: <jobs dir>/jobs.db) or "
                                       "postgresql://user:pass@host/db for several instances"))

@@ -94,7 +94,7 @@ class Engine(Protocol):
         """Extra fields for /version (model dir identity, token rate, ...)."""
         ...
 
-    # -- saved voices (cosyvoice.voices): features stored once, loaded instead of extracted ----------
+    # -- saved voices (cosyvoice.voices.library): features stored once, loaded instead of extracted ----------
     def feature_identity(self) -> str:
         """Engine + model identity: stored features made under another identity are recomputed."""
         ...

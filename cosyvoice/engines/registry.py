@@ -6,15 +6,15 @@ from pathlib import Path
 
 from loguru import logger
 
-from ..settings import ENGINE_CHOICES, EngineConfig
-from .base import Engine
-from .cosyvoice3.model_dir import download_hint
+from cosyvoice.settings import ENGINE_CHOICES, EngineConfig
+from cosyvoice.engines.base import Engine
+from cosyvoice.engines.cosyvoice3.model_dir import download_hint
 
 
 def resolve_engine_name(name: str, model_dir: Path) -> str:
     if name != "auto":
         return name
-    from .cosyvoice3.model_dir import is_complete
+    from cosyvoice.engines.cosyvoice3.model_dir import is_complete
 
     if is_complete(model_dir):
         return "cosyvoice3"
@@ -26,11 +26,11 @@ def resolve_engine_name(name: str, model_dir: Path) -> str:
 def create_engine(config: EngineConfig = EngineConfig()) -> Engine:
     name = resolve_engine_name(config.engine, Path(config.model_dir))
     if name == "lite":
-        from .lite import LiteEngine
+        from cosyvoice.engines.lite import LiteEngine
 
         return LiteEngine()
     if name == "cosyvoice3":
-        from .cosyvoice3 import CosyVoice3Engine
+        from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
 
         return CosyVoice3Engine(Path(config.model_dir), device=config.device, precision=config.precision,
                                 llm_weights=config.llm_weights, batch_slots=config.batch_slots,

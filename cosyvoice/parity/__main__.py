@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import DEVICE_FAMILIES, FAMILIES, CaseResult
+from cosyvoice.parity import DEVICE_FAMILIES, FAMILIES, CaseResult
 
 
 def main(argv: list[str] | None = None) -> int:

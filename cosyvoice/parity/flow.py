@@ -10,7 +10,7 @@ from cosyvoice.engines.cosyvoice3.config import ModelConfig
 from cosyvoice.engines.cosyvoice3.flow import CausalFlow, load_flow
 from cosyvoice.engines.cosyvoice3.noise import constructor_noise
 
-from . import CaseResult, compare, exact, float64_tolerance, load_case
+from cosyvoice.parity import CaseResult, compare, exact, float64_tolerance, load_case
 
 CASES = ("flow_nonstream", "flow_stream_chunk", "flow_stream_final")
 ESTIMATOR_INPUTS = ("x", "mask", "mu", "t", "spks", "cond", "out")

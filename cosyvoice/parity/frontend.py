@@ -25,7 +25,7 @@ import torch
 
 from cosyvoice import settings
 
-from . import FRONTEND_TOLERANCE, CaseResult, compare, exact, load_case
+from cosyvoice.parity import FRONTEND_TOLERANCE, CaseResult, compare, exact, load_case
 
 CASE_FILE = "frontend_features.pt"
 FLOAT_ENTRIES = ("wav_16k", "wav_24k", "campplus_fbank", "whisper_logmel", "prompt_mel_24k")

@@ -8,7 +8,7 @@ from cosyvoice.engines.cosyvoice3.config import SamplingConfig
 from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model, SynthesisInputs
 from cosyvoice.engines.cosyvoice3.sampling import ras_sampler
 
-from . import CaseResult, compare, exact, float64_tolerance, load_case
+from cosyvoice.parity import CaseResult, compare, exact, float64_tolerance, load_case
 
 # top_k 1 turns the nucleus draw into an argmax; tau_r 1.1 can never trigger the repetition resample.
 GREEDY = SamplingConfig(top_p=0.8, top_k=1, win_size=10, tau_r=1.1)

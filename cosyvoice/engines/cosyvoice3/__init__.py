@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["CosyVoice3Engine"]
 
 if TYPE_CHECKING:
-    from .engine import CosyVoice3Engine
+    from cosyvoice.engines.cosyvoice3.engine import CosyVoice3Engine
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: importing a submodule (config, features, ...) must not pull in the
     # whole engine and onnxruntime.
     if name == "CosyVoice3Engine":
-        from .engine import CosyVoice3Engine
+        from cosyvoice.engines.cosyvoice3.engine import CosyVoice3Engine
         return CosyVoice3Engine
     raise AttributeError(name)

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from cosyvoice.errors import EngineError
 
-from . import checkpoint
-from .config import FlowConfig
-from .dit import DiT, StepCache, checkpoint_key as dit_checkpoint_key, stack_qkv
+from cosyvoice.engines.cosyvoice3 import checkpoint
+from cosyvoice.engines.cosyvoice3.config import FlowConfig
+from cosyvoice.engines.cosyvoice3.dit import DiT, StepCache, checkpoint_key as dit_checkpoint_key, stack_qkv
 
 # trace(event, tensors): optional observer of intermediate values, for parity checks only.
 # Events: "pre_lookahead" {"out"}; "estimator" {"step", "x", "mask", "mu", "t", "spks", "cond", "out"}

@@ -1,4 +1,4 @@
 """The embedded lite engine (espeak-ng + WORLD voice matching)."""
-from .engine import LiteEngine
+from cosyvoice.engines.lite.engine import LiteEngine
 
 __all__ = ["LiteEngine"]

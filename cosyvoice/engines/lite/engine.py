@@ -16,10 +16,10 @@ from loguru import logger
 from cosyvoice.engines.base import Capabilities, Progress, ProgressCallback, PromptAudio, Style, Voice
 from cosyvoice.engines.cosyvoice3.model_dir import DEFAULT_MODEL_DIR, download_hint
 from cosyvoice.errors import UserInputError
-from cosyvoice.instruct import Instruction, parse_instruction
+from cosyvoice.text.instruct import Instruction, parse_instruction
 
-from . import espeak, matching
-from .frontend import ESPEAK_VOICES, Segment, plan_segments
+from cosyvoice.engines.lite import espeak, matching
+from cosyvoice.engines.lite.frontend import ESPEAK_VOICES, Segment, plan_segments
 
 NEURAL_HINT = f"{download_hint(DEFAULT_MODEL_DIR)}, then ./run.sh --engine cosyvoice3"
 # a sentence per language whose espeak rendering defines each base voice's statistics

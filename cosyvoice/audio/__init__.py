@@ -1,0 +1,1 @@
+"""Audio in and out: prompt recordings, mastering and encoding."""

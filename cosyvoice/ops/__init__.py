@@ -1,0 +1,1 @@
+"""Running it: logging, metrics, tracing, model download."""

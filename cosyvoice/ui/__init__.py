@@ -1,0 +1,1 @@
+"""The Gradio WebUI: its tabs translate clicks into service calls."""

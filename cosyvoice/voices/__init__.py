@@ -1,0 +1,1 @@
+"""The voice library on disk: entries, names, import/export."""
