@@ -68,13 +68,13 @@ def _synth(argv: list[str]) -> int:
     for notice in result.notices:
         print(f"note: {notice}", file=sys.stderr)
     print(f"seed: {result.seed}", file=sys.stderr)
-    path = result.path
+    path = result.saved
     if args.out:
-        target = args.out / result.path.name if args.out.is_dir() else args.out
+        target = args.out / result.saved.name if args.out.is_dir() else args.out
         try:
-            path = copy_atomic(result.path, target)
+            path = copy_atomic(result.saved, target)
         except OSError as err:
-            print(f"error: the result is saved as {result.path}, but copying it to {target} failed: "
+            print(f"error: the result is saved as {result.saved}, but copying it to {target} failed: "
                   f"{err.strerror or err}", file=sys.stderr)
             return 1
     print(path)

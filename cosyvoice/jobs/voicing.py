@@ -2,20 +2,17 @@
 
 `voice_line` turns a line's fields into a SynthesisRequest and runs it through
 `SynthesisService.synthesize`, so a line gets the same admission (the service's worker slots and
-queue), checks, messages and log lines as any request. The service saves every result in outputs/
-(and the History tab); a line's audio belongs to its job instead, so that copy is read and removed.
+queue), checks, messages and log lines as any request. A line's audio belongs to its job, so the
+service hands the samples back instead of saving them in outputs/ and History (save=False).
 A line without a mode gets the service's "auto" rule, like any other front end.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from cosyvoice.service.admission import WORK_KIND
-from cosyvoice.service.history import sidecar_path
 from cosyvoice.service.synthesis import AUTO, SynthesisRequest, SynthesisService
 
 
@@ -35,12 +32,9 @@ def voice_line(service: SynthesisService, line: dict, request_id: str, speed: fl
                                normalize=line.get("normalize", True))
     kind = WORK_KIND.set("job")          # counted as a job line in /metrics' queue depth by kind
     try:
-        result = service.synthesize(request, request_id)
+        result = service.synthesize(request, request_id, save=False)
     finally:
         WORK_KIND.reset(kind)
-    try:
-        samples, rate = sf.read(result.path, dtype="float32", always_2d=False)
-    finally:
-        for path in (Path(result.path), sidecar_path(result.path)):
-            path.unlink(missing_ok=True)
-    return Voiced(np.asarray(samples, dtype=np.float32).reshape(-1), int(rate), result.seed, list(result.pieces))
+    assert result.samples is not None                     # save=False hands the audio back
+    return Voiced(np.asarray(result.samples, dtype=np.float32).reshape(-1), result.sample_rate, result.seed,
+                  list(result.pieces))

@@ -112,10 +112,10 @@ def _subtitles_id(result, request_id: str) -> str:
     """The saved result's id, once its sidecar (which the subtitles are read from) is known to be on disk."""
     from cosyvoice.service.history import sidecar_path
 
-    if not sidecar_path(result.path).is_file():
-        raise OutputsError(f"The audio was saved as {result.path.name}, but its subtitles could not be written "
+    if not sidecar_path(result.saved).is_file():
+        raise OutputsError(f"The audio was saved as {result.saved.name}, but its subtitles could not be written "
                            f"(request {request_id}); see the WARNING in the log. Free space in outputs/ and retry.")
-    return result.path.stem
+    return result.saved.stem
 
 
 def sse_response(start: Start, events, response_format: str, sample_rate: int, request_id: str,
@@ -140,9 +140,9 @@ def sse_response(start: Start, events, response_format: str, sample_rate: int, r
         yield from _delta(encoder.finish())
         assert result is not None, "the service ends every stream with a result or an error"
         yield _message({"type": "speech.audio.done", "request_id": request_id, "seed": result.seed,
-                        "audio_seconds": round(result.audio_seconds, 3), "file": result.path.name})
+                        "audio_seconds": round(result.audio_seconds, 3), "file": result.saved.name})
         if subtitles:
-            yield _message({"type": "speech.subtitles", "format": subtitles, "id": result.path.stem,
+            yield _message({"type": "speech.subtitles", "format": subtitles, "id": result.saved.stem,
                             "subtitles": render(result.pieces, subtitles)})
     return CuttableStream(body(), "text/event-stream", {"x-seed": str(start.seed)}, request_id)
 

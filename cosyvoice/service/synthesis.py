@@ -26,7 +26,7 @@ from cosyvoice.ops import metrics
 from cosyvoice.service.admission import Admission
 from cosyvoice.service.dialogue import DialogueRequest, DialogueResult, TurnResult
 from cosyvoice.engines.base import Engine, Progress, PromptAudio, Style, Voice
-from cosyvoice.errors import EngineError, ServerBusyError, StudioError, UserInputError
+from cosyvoice.errors import EngineError, OutputsError, ServerBusyError, StudioError, UserInputError
 from cosyvoice.service.history import TEXT_KEPT, request_record
 from cosyvoice.service.requests import RequestRegistry
 from cosyvoice.ops.log import request_logger
@@ -46,13 +46,21 @@ from cosyvoice.voices.library import VoiceLibrary
 @dataclass
 class SynthesisResult:
     request_id: str
-    path: Path
+    path: Path | None                                   # None when the caller asked not to save (save=False)
     sample_rate: int
     audio_seconds: float
     rtf: float
     seed: int
     notices: list[str] = field(default_factory=list)
     pieces: list[dict] = field(default_factory=list)    # {"start", "end" (seconds), "text"} per piece voiced
+    samples: np.ndarray | None = None                   # the audio itself, when it was not saved
+
+    @property
+    def saved(self) -> Path:
+        """The file in outputs/ (every request has one but a save=False request, which has the samples)."""
+        if self.path is None:
+            raise OutputsError(f"Request {self.request_id} was handed back, not saved.")
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -219,31 +227,39 @@ class SynthesisService:
         return samples / self.engine.sample_rate
 
     # ---- the request ----------------------------------------------------------------------------
-    def synthesize(self, request: SynthesisRequest, request_id: str | None = None) -> SynthesisResult:
-        return _result_of(self.run(request, request_id))
+    def synthesize(self, request: SynthesisRequest, request_id: str | None = None, *,
+                   save: bool = True) -> SynthesisResult:
+        return _result_of(self.run(request, request_id, save=save))
 
-    def run(self, request: SynthesisRequest, request_id: str | None = None) -> Iterator[Event]:
-        """Serve one request, yielding events; raises StudioError subclasses with a user message."""
+    def run(self, request: SynthesisRequest, request_id: str | None = None, *, save: bool = True) -> Iterator[Event]:
+        """Serve one request, yielding events; raises StudioError subclasses with a user message.
+
+        `save=False` is for a caller that keeps the audio itself (a job line goes to its job's folder):
+        nothing is written to outputs/ or History, and the result carries the samples instead of a path."""
         ctx = _Request(self.requests, request_id, request.mode, self.engine.name)
         with ctx.handled():
             plan = self._prepare(request, ctx, {})
-            self.outputs.check_space()               # no room for the result: refused before any work
+            if save:
+                self.outputs.check_space()           # no room for the result: refused before any work
             yield self._accepted(ctx, plan.request)
             with self.admission.held(ctx.log, ctx.id) as ticket:
                 yield from self._queue(ctx, ticket)
                 samples, elapsed = yield from self._render(plan, ctx)
                 pieces = span_records(plan.spans, self.engine.sample_rate)
-                with ctx.stage("save"):
-                    path = self.outputs.save(ctx.id, samples, self.engine.sample_rate,
-                                             {**request_record(plan.request, ctx.id,
-                                                               len(samples) / self.engine.sample_rate,
-                                                               self.engine.name), "pieces": pieces}, ctx.log)
+                path = self._save(ctx, plan, samples, pieces) if save else None
             result = self._report(ctx, plan.request.chosen_mode.id, path, samples, elapsed, plan.request.seed,
                                   plan.notices)
             result.pieces = pieces
+            if not save:
+                result.samples = samples
             if not plan.request.stream:
                 yield Event(chunk=samples)
             yield Event(result=result)
+
+    def _save(self, ctx: _Request, plan: _Plan, samples: np.ndarray, pieces: list[dict]) -> Path:
+        with ctx.stage("save"):
+            record = request_record(plan.request, ctx.id, len(samples) / self.engine.sample_rate, self.engine.name)
+            return self.outputs.save(ctx.id, samples, self.engine.sample_rate, {**record, "pieces": pieces}, ctx.log)
 
     def _prepare(self, request: SynthesisRequest, ctx: _Request, entries: dict) -> _Plan:
         """validate → text → voice: everything a user can get wrong, before the request queues."""
@@ -305,18 +321,20 @@ class SynthesisService:
                 raise EngineError("the engine produced no usable audio", stage="synthesize")
         return samples, time.perf_counter() - started
 
-    def _report(self, ctx: _Request, mode: str, path: Path, samples: np.ndarray, elapsed: float, seed: int,
+    def _report(self, ctx: _Request, mode: str, path: Path | None, samples: np.ndarray, elapsed: float, seed: int,
                 notices: list[str], what: str = "") -> SynthesisResult:
         seconds = len(samples) / self.engine.sample_rate
         rtf = elapsed / max(seconds, 1e-6)
-        ctx.log.bind(figures={"audio_s": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name}).success(
-            f"saved {what}{path.as_posix()} ({seconds:.2f} s audio, RTF {rtf:.2f})")
+        output = path.name if path is not None else ""
+        done = f"saved {what}{path.as_posix()}" if path is not None else "done, handed to the caller (not in outputs/)"
+        ctx.log.bind(figures={"audio_s": round(seconds, 3), "rtf": round(rtf, 3), "output": output}).success(
+            f"{done} ({seconds:.2f} s audio, RTF {rtf:.2f})")
         metrics.REQUESTS.labels(mode, "ok").inc()
         metrics.AUDIO_SECONDS.inc(seconds)
         metrics.RTF.observe(rtf)
         metrics.REQUEST_DURATION.labels(mode).observe(time.time() - ctx.received)
         self.requests.update(ctx.id, audio_s=round(seconds, 2), rtf=round(rtf, 3))
-        ctx.span.set_attributes({"audio.seconds": round(seconds, 3), "rtf": round(rtf, 3), "output": path.name})
+        ctx.span.set_attributes({"audio.seconds": round(seconds, 3), "rtf": round(rtf, 3), "output": output})
         return SynthesisResult(ctx.id, path, self.engine.sample_rate, seconds, rtf, seed, list(notices))
 
     # ---- stages -----------------------------------------------------------------------------

@@ -86,10 +86,10 @@ class SynthesizeTab:
                     yield (self.engine.sample_rate, piece), gr.skip(), gr.skip()
             if event.result is not None:
                 r = event.result
-                summary = (f"✅ 已保存 Saved `{r.path.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
+                summary = (f"✅ 已保存 Saved `{r.saved.name}` · {r.audio_seconds:.2f} s · RTF {r.rtf:.2f} · "
                            f"seed {r.seed} · engine `{self.engine.name}` · req `{r.request_id}`")
                 summary += "".join(f"  \n⚠️ {notice}" for notice in r.notices)
-                yield gr.skip(), str(r.path), summary
+                yield gr.skip(), str(r.saved), summary
 
     def cancel_ui(self, request: gr.Request | None = None):
         run = self.page_runs.cancel(getattr(request, "session_hash", None) or "")
@@ -110,7 +110,7 @@ class SynthesizeTab:
                                      normalize=normalize, voice=voice)
         request_id = _request_id(request)
         try:
-            return str(self.service.synthesize(synthesis, request_id).path)
+            return str(self.service.synthesize(synthesis, request_id).saved)
         except StudioError as err:
             raise gr.Error(f"{err} (req {request_id})", print_exception=False) from None
 

@@ -139,6 +139,28 @@ def test_a_job_is_voiced_in_order_and_its_track_and_subtitles_match_the_lines(se
     assert int(hours) * 3600 + int(minutes) * 60 + float(seconds) == pytest.approx(len(samples) / rate, abs=0.002)
 
 
+def test_job_lines_go_to_their_job_folder_even_when_outputs_is_unusable(tmp_path):
+    """A line's audio belongs to its job: it is never written to outputs/ (nor History), so an outputs/
+    that cannot be written (full, or here not even a folder) does not stop a job on its own volume."""
+    from cosyvoice.engines.lite import LiteEngine
+    from cosyvoice.service.synthesis import ServiceConfig, SynthesisService
+
+    (tmp_path / "not-a-folder").write_text("a file where outputs/ should be")
+    svc = SynthesisService(LiteEngine(), ServiceConfig(outputs_dir=tmp_path / "not-a-folder" / "outputs",
+                                                       voices_dir=tmp_path / "voices"))
+    svc.library.add("narrator", str(ZERO_SHOT_PROMPT), ZERO_SHOT_TRANSCRIPT, engine=svc.engine)
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    worker = JobWorker(store, svc, WorkerConfig(jobs_dir=tmp_path / "jobs", workers=1, poll_s=0.1))
+    worker.start()
+    try:
+        job_id = store.create(lines(3), "json")
+        job = wait_final(store, job_id)
+    finally:
+        worker.stop()
+    assert job["state"] == "done", [row.get("error") for row in store.lines(job_id)]
+    assert len(list((tmp_path / "jobs" / job_id / "lines").glob("*.wav"))) == 3
+
+
 def test_regenerating_a_line_changes_only_that_line(setup):
     store, worker, jobs_dir = setup
     job_id = store.create(lines(4), "json")
