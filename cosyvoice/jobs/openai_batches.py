@@ -142,7 +142,7 @@ def _batch_routes(router: APIRouter, runtime, guarded) -> None:
             try:
                 text = (_files_dir(runtime) / f"{file_id}.jsonl").read_bytes().decode("utf-8-sig")
             except UnicodeDecodeError:
-                raise ApiError(400, f"File {file_id} is not UTF-8 JSONL.", param="input_file_id") from None
+                raise ApiError(400, f"File {file_id} is not UTF-8 JSONL.", "invalid_value", "input_file_id") from None
             specs = model.parse_input(text, "batch", {}, runtime.max_chars)
             metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else None
             job_id = await run_in_threadpool(runtime.store.create, specs, "batch", meta["filename"],

@@ -154,6 +154,18 @@ def test_the_official_openai_client_runs_a_speech_batch(jobs_app, tmp_path):
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
 
 
+def test_files_and_batches_refusals_have_the_v1_shape(jobs_app):
+    url = jobs_app.url
+    missing = httpx.get(f"{url}/v1/files/file-nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
+    assert httpx.get(f"{url}/v1/batches/job_nope").json()["error"]["code"] == "job_not_found"
+    latin = httpx.post(f"{url}/v1/files", files={"file": ("b.jsonl", "caf\xe9\n".encode("latin-1"))},
+                       data={"purpose": "batch"}).json()
+    refused = httpx.post(f"{url}/v1/batches", json={"input_file_id": latin["id"], "endpoint": "/v1/audio/speech"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "input_file_id" and "not UTF-8" in refused.json()["error"]["message"]
+
+
 def test_cli_submits_a_csv_waits_and_downloads(jobs_app, tmp_path):
     import subprocess
     import sys
