@@ -8,7 +8,8 @@
     GET  /v1/jobs/{id}/lines/{custom_id}/audio   one line's WAV
     GET  /v1/jobs/{id}/result?format=wav|srt|vtt|jsonl|zip
 
-Errors use the /v1 API's OpenAI shape and carry the request id; auth is the /v1 API's (Bearer key, or
+Errors use the /v1 API's OpenAI shape and carry the request id, from its one exception handler (the
+job errors' status and code are in openai_api.ERRORS); auth is the /v1 API's dependency (Bearer key, or
 the login's HTTP Basic credentials).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,8 +29,8 @@ from starlette.concurrency import run_in_threadpool
 
 from cosyvoice.errors import StudioError, UserInputError
 from cosyvoice.settings import JobsConfig
-from cosyvoice.server.http_guard import CredentialGate, refusal_response, request_id_of
-from cosyvoice.server.openai_api import ApiError, error_body
+from cosyvoice.server.http_guard import CredentialGate
+from cosyvoice.server.openai_api import ApiError, authorizer, request_id, use_error_shape
 from cosyvoice.jobs import model, result
 from cosyvoice.jobs.store import JobNotFound, JobStateError, JobStore, describe_url
 from cosyvoice.jobs.worker import JobWorker, WorkerConfig
@@ -63,9 +64,11 @@ def runtime_from_config(service, config: JobsConfig) -> JobsRuntime:
 
 
 def mount_jobs(app: FastAPI, service, config: JobsConfig, gate: CredentialGate | None = None) -> JobsRuntime:
-    """The app's one hook: open the database, start this instance's workers, add the routes."""
+    """The app's one hook: open the database, start this instance's workers, add the routes (and the
+    /v1 error handler they rely on, should they be mounted without the rest of /v1)."""
     runtime = runtime_from_config(service, config)
     gate = gate or CredentialGate()
+    use_error_shape(app)
     app.include_router(jobs_router(runtime, gate))
     app.include_router(batches_router(runtime, gate))
     runtime.worker.start()
@@ -173,140 +176,95 @@ async def _submission(request: Request, max_chars: int) -> tuple[list[model.Line
     return specs, fmt, {**_options(data), "name": str(data.get("name") or "")}
 
 
-def _status_error(err: StudioError) -> StudioError:
-    if isinstance(err, JobNotFound):
-        return ApiError(404, str(err), code="job_not_found")
-    if isinstance(err, JobStateError):
-        return ApiError(409, str(err), code="invalid_job_state")
-    return err
-
-
-def make_guard(gate: CredentialGate):
-    """Runs a route's work behind the app's credential gate, with the /v1 error shape for every StudioError."""
-    async def guarded(request: Request, work) -> Response:
-        request_id = request_id_of(request.scope)
-        log = logger.bind(req=request_id)
-        refusal = gate.check_api(request.scope)          # logs the WARNING and counts the back-off
-        if refusal is not None:
-            return refusal_response(request.scope, refusal)
-        try:
-            response = await work(log)
-        except StudioError as err:
-            status, body = error_body(_status_error(err), request_id)
-            (log.error if status >= 500 else log.warning)(f"{request.method} {request.url.path}: refused: {err}")
-            headers = {"x-request-id": request_id, **({"retry-after": "30"} if status == 429 else {})}
-            return JSONResponse(body, status_code=status, headers=headers)
-        response.headers["x-request-id"] = request_id
-        return response
-
-    return guarded
-
-
 def jobs_router(runtime: JobsRuntime, gate: CredentialGate) -> APIRouter:
-    router = APIRouter(prefix="/v1/jobs")
-    guarded = make_guard(gate)
-    _job_routes(router, runtime, guarded)
-    _line_routes(router, runtime, guarded)
+    router = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorizer(gate))])
+    _job_routes(router, runtime)
+    _line_routes(router, runtime)
     return router
 
 
-def _job_routes(router: APIRouter, runtime: JobsRuntime, guarded) -> None:
+def _job_routes(router: APIRouter, runtime: JobsRuntime) -> None:
     """Submit, list and show jobs; cancel, pause and resume them."""
     store = runtime.store
 
     @router.post("")
-    async def submit(request: Request) -> Response:
-        async def work(log):
-            specs, fmt, options = await _submission(request, runtime.max_chars)
-            name = options.pop("name", "")
-            job_id = await run_in_threadpool(store.create, specs, fmt, name, options)
-            runtime.worker.wake()
-            log.info(f"job {job_id} stored: {len(specs)} line(s) from {fmt} input")
-            view = await run_in_threadpool(job_view, runtime, job_id, False)
-            return JSONResponse(view, status_code=201)
-        return await guarded(request, work)
+    async def submit(request: Request, rid: str = Depends(request_id)) -> Response:
+        specs, fmt, options = await _submission(request, runtime.max_chars)
+        name = options.pop("name", "")
+        job_id = await run_in_threadpool(store.create, specs, fmt, name, options)
+        runtime.worker.wake()
+        logger.bind(req=rid).info(f"job {job_id} stored: {len(specs)} line(s) from {fmt} input")
+        view = await run_in_threadpool(job_view, runtime, job_id, False)
+        return JSONResponse(view, status_code=201)
 
     @router.get("")
-    async def list_jobs(request: Request, limit: int = 50) -> Response:
-        async def work(log):
-            rows = await run_in_threadpool(store.list_jobs, max(1, min(limit, 500)))
-            return JSONResponse({"object": "list", "data": [
-                {"id": r["id"], "name": r["name"], "state": r["state"], "total": r["total"],
-                 "created_at": r["created_at"], "finished_at": r["finished_at"]} for r in rows]})
-        return await guarded(request, work)
+    async def list_jobs(limit: int = 50) -> Response:
+        rows = await run_in_threadpool(store.list_jobs, max(1, min(limit, 500)))
+        return JSONResponse({"object": "list", "data": [
+            {"id": r["id"], "name": r["name"], "state": r["state"], "total": r["total"],
+             "created_at": r["created_at"], "finished_at": r["finished_at"]} for r in rows]})
 
     @router.get("/{job_id}")
-    async def show(request: Request, job_id: str, lines: bool = True) -> Response:
-        async def work(log):
-            return JSONResponse(await run_in_threadpool(job_view, runtime, job_id, lines))
-        return await guarded(request, work)
+    async def show(job_id: str, lines: bool = True) -> Response:
+        return JSONResponse(await run_in_threadpool(job_view, runtime, job_id, lines))
 
     for action in ("cancel", "pause", "resume"):
-        router.add_api_route(f"/{{job_id}}/{action}", _action_route(action, runtime, guarded), methods=["POST"])
+        router.add_api_route(f"/{{job_id}}/{action}", _action_route(action, runtime), methods=["POST"])
 
 
-
-def _line_routes(router: APIRouter, runtime: JobsRuntime, guarded) -> None:
+def _line_routes(router: APIRouter, runtime: JobsRuntime) -> None:
     """Regenerate one line, fetch one line's audio, fetch the job's result."""
     store = runtime.store
 
     @router.post("/{job_id}/lines/{custom_id}/regenerate")
-    async def regenerate(request: Request, job_id: str, custom_id: str) -> Response:
-        async def work(log):
-            body = await request.body()
-            try:
-                data = json.loads(body) if body.strip() else {}
-            except json.JSONDecodeError as err:
-                raise ApiError(400, f"The body is not valid JSON ({err.msg}).", code="invalid_json") from None
-            text, seed = data.get("text"), data.get("seed")
-            if text is not None:
-                text = model.line_from_object({"text": text}, 1, {}, runtime.max_chars).text
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-                raise UserInputError("seed must be a whole number, 0 or more.")
-            await run_in_threadpool(store.regenerate, job_id, custom_id, text, seed)
-            runtime.worker.wake()
-            log.info(f"job {job_id} line {custom_id!r}: regenerate ({'new text' if text else 'new seed'})")
-            return JSONResponse(await run_in_threadpool(job_view, runtime, job_id, True))
-        return await guarded(request, work)
+    async def regenerate(request: Request, job_id: str, custom_id: str, rid: str = Depends(request_id)) -> Response:
+        body = await request.body()
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ApiError(400, f"The body is not valid JSON ({err.msg}).", code="invalid_json") from None
+        text, seed = data.get("text"), data.get("seed")
+        if text is not None:
+            text = model.line_from_object({"text": text}, 1, {}, runtime.max_chars).text
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise UserInputError("seed must be a whole number, 0 or more.")
+        await run_in_threadpool(store.regenerate, job_id, custom_id, text, seed)
+        runtime.worker.wake()
+        logger.bind(req=rid).info(f"job {job_id} line {custom_id!r}: regenerate ({'new text' if text else 'new seed'})")
+        return JSONResponse(await run_in_threadpool(job_view, runtime, job_id, True))
 
     @router.get("/{job_id}/lines/{custom_id}/audio")
-    async def line_audio(request: Request, job_id: str, custom_id: str) -> Response:
-        async def work(log):
-            rows = await run_in_threadpool(store.lines, job_id)
-            row = next((r for r in rows if r["custom_id"] == custom_id), None)
-            if row is None:
-                await run_in_threadpool(store.job, job_id)         # 404 for the job first
-                raise JobNotFound(f"Job {job_id} has no line {custom_id!r}.")
-            if row["state"] != "done":
-                raise JobStateError(f"Line {custom_id!r} is {row['state']}; it has no audio yet.")
-            return FileResponse(runtime.jobs_dir / row["audio_path"], media_type="audio/wav",
-                                filename=Path(result.line_file_name(row)).name)
-        return await guarded(request, work)
+    async def line_audio(job_id: str, custom_id: str) -> Response:
+        rows = await run_in_threadpool(store.lines, job_id)
+        row = next((r for r in rows if r["custom_id"] == custom_id), None)
+        if row is None:
+            await run_in_threadpool(store.job, job_id)         # 404 for the job first
+            raise JobNotFound(f"Job {job_id} has no line {custom_id!r}.")
+        if row["state"] != "done":
+            raise JobStateError(f"Line {custom_id!r} is {row['state']}; it has no audio yet.")
+        return FileResponse(runtime.jobs_dir / row["audio_path"], media_type="audio/wav",
+                            filename=Path(result.line_file_name(row)).name)
 
     @router.get("/{job_id}/result")
-    async def job_result(request: Request, job_id: str, format: str = "zip", partial: bool = False) -> Response:
-        async def work(log):
-            if format not in RESULT_FORMATS:
-                raise ApiError(400, f"Unknown result format {format[:10]!r}; use one of {', '.join(RESULT_FORMATS)}.",
-                               param="format", code="invalid_value")
-            job = await run_in_threadpool(store.job, job_id)
-            rows = await run_in_threadpool(store.lines, job_id)
-            left = sum(1 for r in rows if r["state"] in ("pending", "running"))
-            if left and not partial:
-                raise JobStateError(f"Job {job_id} is {job['state']} with {left} line(s) still to voice; wait for it "
-                                    f"(GET /v1/jobs/{job_id}) or ask for what is ready with partial=true.")
-            return await run_in_threadpool(_result_response, runtime, job, rows, format)
-        return await guarded(request, work)
+    async def job_result(job_id: str, format: str = "zip", partial: bool = False) -> Response:
+        if format not in RESULT_FORMATS:
+            raise ApiError(400, f"Unknown result format {format[:10]!r}; use one of {', '.join(RESULT_FORMATS)}.",
+                           param="format", code="invalid_value")
+        job = await run_in_threadpool(store.job, job_id)
+        rows = await run_in_threadpool(store.lines, job_id)
+        left = sum(1 for r in rows if r["state"] in ("pending", "running"))
+        if left and not partial:
+            raise JobStateError(f"Job {job_id} is {job['state']} with {left} line(s) still to voice; wait for it "
+                                f"(GET /v1/jobs/{job_id}) or ask for what is ready with partial=true.")
+        return await run_in_threadpool(_result_response, runtime, job, rows, format)
 
 
-def _action_route(action: str, runtime: JobsRuntime, guarded):
-    async def route(request: Request, job_id: str) -> Response:
-        async def work(log):
-            await run_in_threadpool(runtime.store.set_state, job_id, action)
-            runtime.worker.wake()
-            log.info(f"job {job_id}: {action}")
-            return JSONResponse(await run_in_threadpool(job_view, runtime, job_id, False))
-        return await guarded(request, work)
+def _action_route(action: str, runtime: JobsRuntime):
+    async def route(job_id: str, rid: str = Depends(request_id)) -> Response:
+        await run_in_threadpool(runtime.store.set_state, job_id, action)
+        runtime.worker.wake()
+        logger.bind(req=rid).info(f"job {job_id}: {action}")
+        return JSONResponse(await run_in_threadpool(job_view, runtime, job_id, False))
     route.__name__ = f"job_{action}"
     return route
 

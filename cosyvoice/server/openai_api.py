@@ -31,6 +31,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from cosyvoice.jobs.store import JobNotFound, JobStateError
 from cosyvoice.service.dialogue import DialogueRequest
 from cosyvoice.audio.encode import CONTENT_TYPES, encode
 from cosyvoice.errors import ServerBusyError, StorageFullError, StudioError, UserInputError
@@ -149,17 +150,23 @@ async def _read_capped(request: Request, limit: int, what: str) -> bytes:
 
 
 # ---- the one error handler ------------------------------------------------------------------------
-STATUS = ((ServerBusyError, 429), (VoiceNotFound, 404), (VoiceNameTaken, 409),
-          (StorageFullError, 507), (UserInputError, 400))
-CODES = {429: ("rate_limit_error", "server_busy"), 404: ("invalid_request_error", "voice_not_found"),
-         409: ("invalid_request_error", "voice_name_taken"), 507: ("server_error", "insufficient_storage"),
-         400: ("invalid_request_error", "invalid_value"), 500: ("server_error", "internal_error")}
+# What each kind of StudioError is on the wire: the first row it is an instance of (subclasses before
+# their bases) gives its HTTP status, OpenAI error type and code; any other is a 500. ApiError carries its own.
+ERRORS = ((ServerBusyError, 429, "rate_limit_error", "server_busy"),
+          (VoiceNotFound, 404, "invalid_request_error", "voice_not_found"),
+          (VoiceNameTaken, 409, "invalid_request_error", "voice_name_taken"),
+          (JobNotFound, 404, "invalid_request_error", "job_not_found"),
+          (JobStateError, 409, "invalid_request_error", "invalid_job_state"),
+          (StorageFullError, 507, "server_error", "insufficient_storage"),
+          (UserInputError, 400, "invalid_request_error", "invalid_value"))
+INTERNAL = (500, "server_error", "internal_error")
 
 
 def error_body(err: StudioError, request_id: str) -> tuple[int, dict]:
-    status = err.status if isinstance(err, ApiError) else next(
-        (code for kind, code in STATUS if isinstance(err, kind)), 500)
-    kind, code = (err.type, err.code) if isinstance(err, ApiError) else CODES[status]
+    if isinstance(err, ApiError):
+        status, kind, code = err.status, err.type, err.code
+    else:
+        status, kind, code = next(((s, t, c) for cls, s, t, c in ERRORS if isinstance(err, cls)), INTERNAL)
     param = err.param
     if param is None:
         param = "voice" if isinstance(err, VoiceNotFound) else "name" if isinstance(err, VoiceNameTaken) else None
@@ -177,6 +184,13 @@ async def studio_error_handler(request: Request, err: StudioError) -> Response:
         (log.error if status >= 500 else log.warning)(f"/v1 {request.method} {request.url.path}: refused: {err}")
     headers = {"x-request-id": rid, **({"retry-after": "30"} if status == 429 else {})}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def use_error_shape(app: FastAPI) -> None:
+    """Let `studio_error_handler` answer every StudioError the app's routes raise. Each mount of /v1
+    routes calls it; a second call sets the same handler again."""
+    # Starlette types every handler as taking any Exception; this one is registered for StudioError only.
+    app.add_exception_handler(StudioError, studio_error_handler)  # type: ignore[arg-type]
 
 
 def _voice_json(entry: VoiceEntry) -> dict:
@@ -212,8 +226,7 @@ def authorizer(gate: CredentialGate):
 def mount(app: FastAPI, service: SynthesisService, gate: CredentialGate | None = None,
           max_upload_bytes: int = 25 * 2**20) -> None:
     """Add the /v1 routes and the one handler that turns every StudioError into OpenAI's error shape."""
-    # Starlette types every handler as taking any Exception; this one is registered for StudioError only.
-    app.add_exception_handler(StudioError, studio_error_handler)  # type: ignore[arg-type]
+    use_error_shape(app)
     app.include_router(openai_router(service, gate or CredentialGate(), max_upload_bytes))
 
 

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app
+from test_security import warning_for
 
 FINAL = ("done", "done_with_failures", "failed", "cancelled")
 
@@ -86,12 +87,20 @@ def test_job_api_refusals_are_clear(jobs_app):
     bad = httpx.post(f"{url}/v1/jobs", json={"lines": ["Fine.", {"text": ""}]})
     assert bad.status_code == 400 and "Input line 2" in bad.json()["error"]["message"]
     assert "request" in bad.json()["error"]["message"] and bad.headers["x-request-id"]
-    missing = httpx.get(f"{url}/v1/jobs/job_nope")
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
+    missing = httpx.get(f"{url}/v1/jobs/job_nope", headers={"X-Request-ID": "lost-job-1"})
+    assert missing.status_code == 404 and missing.headers["x-request-id"] == "lost-job-1"
+    assert missing.json() == {"error": {"message": "No job 'job_nope'. List jobs with GET /v1/jobs. "
+                                                   "(request lost-job-1)",
+                                        "type": "invalid_request_error", "param": None, "code": "job_not_found"}}
+    assert "GET /v1/jobs/job_nope: refused: No job 'job_nope'" in warning_for(jobs_app, "lost-job-1")
     job = httpx.post(f"{url}/v1/jobs", json={"lines": ["One line only."], "voice": "narrator"}).json()
     wait_job(url, job["id"], lambda v: v["state"] in FINAL, 60)
-    again = httpx.post(f"{url}/v1/jobs/{job['id']}/resume")
+    again = httpx.post(f"{url}/v1/jobs/{job['id']}/resume", headers={"X-Request-ID": "late-resume"})
     assert again.status_code == 409 and "cannot be queued" in again.json()["error"]["message"]
+    assert again.json()["error"]["code"] == "invalid_job_state" and again.headers["x-request-id"] == "late-resume"
+    assert f"POST /v1/jobs/{job['id']}/resume: refused:" in warning_for(jobs_app, "late-resume")
+    no_line = httpx.get(f"{url}/v1/jobs/{job['id']}/lines/nope/audio")
+    assert no_line.status_code == 404 and no_line.json()["error"]["code"] == "job_not_found"
     fmt = httpx.get(f"{url}/v1/jobs/{job['id']}/result", params={"format": "mp9"})
     assert fmt.status_code == 400
     assert "job_" in httpx.get(f"{url}/v1/jobs").json()["data"][0]["id"]
