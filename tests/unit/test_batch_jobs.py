@@ -287,3 +287,27 @@ def test_a_line_whose_workers_keep_dying_fails_instead_of_looping(setup):
     job = wait_final(store, job_id, timeout=30)
     (row,) = store.lines(job_id)
     assert job["state"] == "failed" and row["attempts"] == 4 and "3 workers stopped" in row["error"]
+
+
+def test_the_jobs_api_mounted_alone_still_answers_in_the_v1_error_shape(service, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from cosyvoice.jobs.router import mount_jobs
+    from cosyvoice.settings import JobsConfig
+
+    app = FastAPI()                      # no openai_api.mount: mount_jobs brings the error handler itself
+    runtime = mount_jobs(app, service, JobsConfig(jobs_dir=tmp_path / "jobs", job_workers=0))   # voices nothing
+    try:
+        client = TestClient(app)
+        missing = client.get("/v1/jobs/job_nope", headers={"X-Request-ID": "alone-1"})
+        job = client.post("/v1/jobs", json={"lines": ["Still waiting."], "voice": "narrator"})
+        early = client.get(f"/v1/jobs/{job.json()['id']}/result")
+    finally:
+        runtime.worker.stop()
+    assert missing.status_code == 404 and missing.headers["x-request-id"] == "alone-1"
+    error = missing.json()["error"]
+    assert error["code"] == "job_not_found" and error["type"] == "invalid_request_error"
+    assert "(request alone-1)" in error["message"]
+    assert job.status_code == 201 and early.status_code == 409
+    assert early.json()["error"]["code"] == "invalid_job_state" and "still to voice" in early.json()["error"]["message"]
