@@ -41,6 +41,4 @@ class OutputsError(EngineError):
 
 class StorageFullError(OutputsError):
     """A folder we write to (outputs/, voices/) has no room: disk full, quota, or under the --min-free-mb
-    floor. HTTP 507; the operator frees space."""
-
-    http_status = 507
+    floor. HTTP 507 (server/openai_api.py's ERRORS table); the operator frees space."""

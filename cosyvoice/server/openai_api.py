@@ -181,7 +181,7 @@ async def studio_error_handler(request: Request, err: StudioError) -> Response:
     status, body = error_body(err, rid)
     if not err.logged:
         log = logger.bind(req=rid)
-        (log.error if status >= 500 else log.warning)(f"/v1 {request.method} {request.url.path}: refused: {err}")
+        (log.error if status >= 500 else log.warning)(f"{request.method} {request.url.path}: refused: {err}")
     headers = {"x-request-id": rid, **({"retry-after": "30"} if status == 429 else {})}
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -38,7 +38,7 @@ def _cosyvoice3(tmp_path_factory):
 
 
 def _fake():
-    from test_service import ControlledEngine
+    from unit.test_service import ControlledEngine
     engine = ControlledEngine()
     engine.release.set()                  # never held back: this test is about shapes, not timing
     return engine

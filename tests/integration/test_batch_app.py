@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app
-from test_security import warning_for
+from integration.test_security import warning_for
 
 FINAL = ("done", "done_with_failures", "failed", "cancelled")
 

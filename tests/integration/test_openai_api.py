@@ -257,7 +257,7 @@ def test_with_only_a_login_the_api_takes_its_credentials(tmp_path):
     from cosyvoice.server.http_guard import CredentialGate
     from cosyvoice.server.openai_api import mount
     from cosyvoice.service.synthesis import ServiceConfig, SynthesisService
-    from test_service import ControlledEngine
+    from unit.test_service import ControlledEngine
 
     service = SynthesisService(ControlledEngine(), ServiceConfig(outputs_dir=tmp_path / "o", voices_dir=tmp_path / "v"))
     app = FastAPI()

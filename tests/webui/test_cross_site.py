@@ -8,7 +8,7 @@ import pytest
 
 from browser import browser_session, requires_browser
 from conftest import ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app
-from test_security import health_within_1s, warning_for
+from integration.test_security import health_within_1s, warning_for
 
 FRONT = "https://front.example"
 EVIL = "https://evil.example"
