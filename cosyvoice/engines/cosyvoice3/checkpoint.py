@@ -27,7 +27,8 @@ _GENERATOR_PREFIX = "generator."
 def read_state_dict(path: Path, mmap: bool = False) -> dict[str, Tensor]:
     """The flat name -> tensor dict saved in `path` (CPU, as stored); a leading "generator." is dropped.
 
-    mmap: tensors stay backed by the file and pages are read as they are used (for the ~2 GB llm.pt).
+    mmap: tensors stay backed by the file and pages are read as they are used (the pages read count in
+    the process's resident memory for as long as the tensors live).
     """
     path = Path(path)
     if not path.is_file():
@@ -94,11 +95,13 @@ def _join(prefix: str, suffix: str) -> str:
 
 
 def load_strict(module: nn.Module, state_dict: dict[str, Tensor], file_name: str,
-                key_map: Callable[[str], str | None] | None = None) -> None:
+                key_map: Callable[[str], str | None] | None = None, assign: bool = False) -> None:
     """Copy `state_dict` into `module`, demanding a one-to-one match of names and shapes.
 
     `key_map` renames checkpoint keys to module keys; returning None marks a key as deliberately
     unused (e.g. a tied duplicate). Raises ModelDirError naming `file_name` and the first bad key.
+    assign: the module takes the tensors themselves instead of copying them (a module built on the
+    meta device; they keep the checkpoint's dtype).
     """
     expected = module.state_dict()
     mapped: dict[str, Tensor] = {}
@@ -119,7 +122,7 @@ def load_strict(module: nn.Module, state_dict: dict[str, Tensor], file_name: str
     for target in expected:
         if target not in mapped:
             raise ModelDirError(f"{file_name}: missing key {target!r} of shape {tuple(expected[target].shape)}")
-    module.load_state_dict(mapped, strict=True)
+    module.load_state_dict(mapped, strict=True, assign=assign)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,23 +169,35 @@ def check_layout(state: dict[str, Tensor], layout: dict[str, tuple[int, ...]], f
             raise ModelDirError(f"{file_name}: missing key {key!r} of shape {shape}")
 
 
+def _sole_owner(tensor: Tensor) -> bool:
+    """Does `tensor` span its whole storage, contiguously (so adopting it keeps nothing else alive)?"""
+    return (tensor.is_contiguous() and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
+
+
 def read_llm_params(path: Path, cfg: LLMConfig, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     """llm.pt (or another LLM checkpoint file) checked key by key, as CosyVoice3LM parameters.
 
     q/k/v and gate/up are concatenated into one tensor each (one matmul per step instead of three /
-    two); every tensor is a fresh copy of `dtype` on `device`, none stays backed by the mapped file.
-    The tied lm_head duplicate is dropped.
+    two). The file is read into memory once and its tensors are adopted where they already have
+    `dtype` and `device` (each checkpoint tensor is dropped as soon as it has been used), so loading
+    needs about one copy of the weights, not two; none stays backed by the file. The tied lm_head
+    duplicate is dropped.
     """
     path = Path(path)
-    state = read_state_dict(path, mmap=True)
+    state = read_state_dict(path)
     check_layout(state, llm_checkpoint_layout(cfg), path.name)
 
     def own(key: str) -> Tensor:
-        return state[key].to(device=device, dtype=dtype, copy=True)
+        tensor = state.pop(key)
+        moved = tensor.to(device=device, dtype=dtype)
+        if moved is tensor and not _sole_owner(tensor):
+            moved = tensor.clone()      # a view into a larger saved storage: keep its own values only
+        return moved
 
     def joined(keys: list[str]) -> Tensor:
-        return torch.cat([state[k].to(device=device, dtype=dtype) for k in keys], dim=0)
+        return torch.cat([state.pop(k).to(device=device, dtype=dtype) for k in keys], dim=0)
 
     params = {
         "embed_tokens.weight": own(f"{_QWEN}embed_tokens.weight"),

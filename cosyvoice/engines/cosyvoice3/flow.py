@@ -300,8 +300,13 @@ def checkpoint_key(key: str) -> str:
 
 def load_flow(model_dir: Path, cfg: FlowConfig, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> CausalFlow:
-    """CausalFlow sized by `cfg`, weights from <model_dir>/flow.pt (strict), in eval mode."""
-    model = CausalFlow(cfg)
+    """CausalFlow sized by `cfg`, weights from <model_dir>/flow.pt (strict), in eval mode.
+
+    Built on the meta device and given the checkpoint's tensors (every parameter and buffer of the
+    flow is in flow.pt): no randomly initialised full-size copy next to the loaded one.
+    """
+    with torch.device("meta"):
+        model = CausalFlow(cfg)
     state = stack_qkv(checkpoint.read_state_dict(Path(model_dir) / "flow.pt"), "flow.pt")
-    checkpoint.load_strict(model, state, "flow.pt", key_map=checkpoint_key)
+    checkpoint.load_strict(model, state, "flow.pt", key_map=checkpoint_key, assign=True)
     return model.to(device=device, dtype=dtype).eval()
