@@ -103,7 +103,7 @@ def child_ours(case: str, args) -> None:
 
     torch.set_num_threads(args.threads)
     from bench.engine_speed import PROMPT_TEXT, PROMPT_WAV, TEXT, exactly, never_stop
-    from cosyvoice.audio import load_prompt_audio
+    from cosyvoice.audio.prompt import load_prompt_audio
     from cosyvoice.engines.base import Style
     from cosyvoice.engines.cosyvoice3 import CosyVoice3Engine
 
