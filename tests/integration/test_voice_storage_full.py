@@ -11,6 +11,7 @@ import pytest
 
 from conftest import AUDIO, ZERO_SHOT_PROMPT, ZERO_SHOT_TRANSCRIPT, start_app, stop_app
 from cosyvoice.errors import StorageFullError
+from cosyvoice.server.openai_api import error_body
 from cosyvoice.voices.library import VoiceLibrary
 from voice_http import error_message, health_stays_fast, log_lines, post_voice, speech, voice_state
 
@@ -49,7 +50,8 @@ def test_library_on_a_full_disk_refuses_and_leaves_nothing(small_disk):
     fill(small_disk)
     with pytest.raises(StorageFullError, match="is full.*nothing of it was kept") as refused:
         library.add("second", AUDIO / "cross_lingual_prompt.wav")
-    assert refused.value.http_status == 507
+    status, body = error_body(refused.value, "r1")                  # what the API would answer
+    assert status == 507 and body["error"]["code"] == "insufficient_storage"
     with pytest.raises(StorageFullError):
         library.rename("kept", "renamed")
     assert leftovers(small_disk) == [] and [e.name for e in library.entries()] == ["kept"]

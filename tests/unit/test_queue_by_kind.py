@@ -55,7 +55,7 @@ def test_waiting_interactive_requests_and_job_lines_are_counted_apart(service):
 def test_a_job_line_is_voiced_as_kind_job_and_the_caller_is_interactive_again(tmp_path):
     seen = []
 
-    def synthesize(req, request_id):
+    def synthesize(req, request_id, save=True):
         seen.append(WORK_KIND.get())
         raise RuntimeError("stop here")
 
