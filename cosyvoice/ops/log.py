@@ -177,12 +177,20 @@ def set_stage_lookup(lookup: Callable[[str], str | None]) -> None:
     _stage_of = lookup
 
 
+def patch_record(record) -> None:
+    """loguru patcher, run where the line is written: escape it, and note the request's stage now
+    (the file sinks write from a queue, by when the request may have moved on)."""
+    escape_record(record)
+    request_id = record["extra"].get("req", "-")
+    record["extra"]["stage"] = None if request_id == "-" else _stage_of(request_id)
+
+
 def json_line(record) -> str:
     """One log record as one JSON object: time, level, request id, stage, message, figures."""
     request_id = record["extra"].get("req", "-")
     entry = {"time": record["time"].isoformat(timespec="milliseconds"), "level": record["level"].name,
              "request_id": None if request_id == "-" else request_id,
-             "stage": None if request_id == "-" else _stage_of(request_id),
+             "stage": record["extra"].get("stage"),
              "message": record["message"]}
     if record["extra"].get("figures"):
         entry["figures"] = record["extra"]["figures"]
@@ -195,7 +203,7 @@ def setup_logging(log_dir: str | Path = "logs", level: str = "INFO", *, max_byte
     with `json_lines`, also one JSON object per line to `<log_dir>/runtime.jsonl`."""
     path = Path(log_dir) / "runtime.log"
     logger.remove()
-    logger.configure(extra={"req": "-"}, patcher=escape_record)
+    logger.configure(extra={"req": "-"}, patcher=patch_record)
     if stdout:
         logger.add(sys.stdout, format=LINE_FORMAT, level=level, colorize=False, enqueue=False, catch=True)
     sink = ResilientLogFile(path, max_bytes=max_bytes, keep=keep)

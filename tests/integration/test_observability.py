@@ -105,7 +105,10 @@ def test_json_log_lines_parse_and_carry_the_given_request_id(tmp_path):
     mine = [e for e in entries if e["request_id"] == "json-req-1"]
     assert mine and {"time", "level", "stage", "message"} <= set(mine[0])
     saved = next(e for e in mine if e["level"] == "SUCCESS")
-    assert saved["stage"] == "done" and saved["figures"]["audio_s"] > 0
+    assert saved["stage"] == "save" and saved["figures"]["audio_s"] > 0      # the stage it was written in
+    order = ["validate", "text", "voice", "queue", "features", "synthesize", "save", "done"]
+    stages = [order.index(e["stage"]) for e in mine]
+    assert stages == sorted(stages) and stages[0] == 0, [e["stage"] for e in mine]   # read when written, in order
 
 
 PROMETHEUS = shutil.which("prometheus")
