@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from conftest import FIXTURE
-from cosyvoice.engines.cosyvoice3.flow import StreamCacheBudget
+from cosyvoice.engines.cosyvoice3.flow import FlowStream, StreamCacheBudget
 from cosyvoice.engines.cosyvoice3.model import CosyVoice3Model
 from test_cv3_stream import forced, speech_tokens, voice_with_prompt
 
@@ -57,3 +57,30 @@ def test_a_dropped_stream_gives_its_claim_back() -> None:
     del chunks
     gc.collect()
     assert budget.used_bytes == 0
+
+
+def own_bytes(stream: FlowStream) -> int:
+    """Bytes of the key/value buffers the stream holds of its own (not a voice prefix it only reads)."""
+    return sum(tensor.untyped_storage().nbytes() for cache in stream.caches if not cache.shared
+               for tensor in (*cache.keys, *cache.values))
+
+
+def test_the_budget_counts_what_a_stream_holds_after_every_chunk(monkeypatch) -> None:
+    model = CosyVoice3Model.load(FIXTURE)
+    inputs, tokens = voice_with_prompt(69), speech_tokens()
+    probe = model.flow_stream(inputs.flow_prompt_tokens, inputs.prompt_mel, inputs.embedding)
+    model.stream_budget = budget = StreamCacheBudget(300 * probe.bytes_per_frame())   # refuses the later chunks
+    held: list[tuple[bool, bool, int, int]] = []     # (final, frames cached, own bytes, bytes counted)
+    advance = FlowStream.advance
+
+    def watched(stream: FlowStream, token: torch.Tensor, *, finalize: bool) -> torch.Tensor:
+        mel = advance(stream, token, finalize=finalize)
+        held.append((finalize, stream.cached_frames == stream.returned, own_bytes(stream), budget.used_bytes))
+        return mel
+
+    monkeypatch.setattr(FlowStream, "advance", watched)
+    streamed(model, inputs, tokens)
+    assert [cached for final, cached, _, _ in held if not final] == [True, False, False]   # one cached, two refused
+    for _, _, own, counted in held:
+        assert own == counted                 # refused and final chunks grow no buffer the budget does not count
+    assert held[-1][2:] == (0, 0)             # the last chunk leaves nothing cached behind

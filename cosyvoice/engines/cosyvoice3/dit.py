@@ -207,20 +207,27 @@ class SelfAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner))
 
     def forward_after(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keys: Tensor, values: Tensor,
-                      start: int) -> Tensor:
-        """New frames x (B, n, dim) at start..start+n-1: their keys/values are written into the buffers
-        keys/values (B, capacity, H, Dh) after the `start` rows cached there, and they attend to all of
-        them; cos/sin are the rows of their own positions, mask (n, start + n)."""
+                      start: int, write: bool = True) -> Tensor:
+        """New frames x (B, n, dim) at start..start+n-1 attend to the `start` rows cached in the buffers
+        keys/values (B, capacity, H, Dh) and to themselves; cos/sin are the rows of their own positions,
+        mask (n, start + n). `write`: their keys/values are written into the buffers after those rows
+        (which must have room); without it the buffers are only read, and the new rows are joined to
+        the cached ones in temporaries of this layer."""
         batch, frames, _ = x.shape
         end = start + frames
         qkv = self.qkv(x)
         rotate_pairs_(qkv[..., :self.dim_head], cos, sin)
         rotate_pairs_(qkv[..., self.inner:self.inner + self.dim_head], cos, sin)
         parts = qkv.view(batch, frames, 3, self.heads, self.dim_head)
-        keys[:, start:end] = parts[:, :, 1]
-        values[:, start:end] = parts[:, :, 2]
-        out = F.scaled_dot_product_attention(parts[:, :, 0].transpose(1, 2), keys[:, :end].transpose(1, 2),
-                                             values[:, :end].transpose(1, 2), attn_mask=mask.to(qkv.dtype))
+        if write:
+            keys[:, start:end] = parts[:, :, 1]
+            values[:, start:end] = parts[:, :, 2]
+            keys, values = keys[:, :end], values[:, :end]
+        else:
+            keys = torch.cat((keys[:, :start], parts[:, :, 1]), dim=1)
+            values = torch.cat((values[:, :start], parts[:, :, 2]), dim=1)
+        out = F.scaled_dot_product_attention(parts[:, :, 0].transpose(1, 2), keys.transpose(1, 2),
+                                             values.transpose(1, 2), attn_mask=mask.to(qkv.dtype))
         return self.to_out(out.transpose(1, 2).reshape(batch, frames, self.inner))   # (B, n, dim)
 
 
@@ -254,10 +261,10 @@ class DiTBlock(nn.Module):
         return x
 
     def forward_after(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keys: Tensor,
-                      values: Tensor, start: int) -> Tensor:
+                      values: Tensor, start: int, write: bool = True) -> Tensor:
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod.unsqueeze(1).chunk(6, dim=-1)
         x.addcmul_(gate_a, self.attn.forward_after(_modulated_norm(x, shift_a, scale_a), cos, sin, mask,
-                                                   keys, values, start))
+                                                   keys, values, start, write))
         x.addcmul_(gate_f, self.ff(_modulated_norm(x, shift_f, scale_f)))
         return x
 
@@ -312,19 +319,23 @@ class DiT(Float32Buffers, nn.Module):
                        cache: StepCache, keep: bool = True) -> Tensor:
         """Block-causal velocity (B, mel, n) of new frames that follow the `cache.frames` already solved
         at this step. x, mu, cond: (B, C, n) of the new frames; cache.frames must end an attention block.
-        With `keep` the new frames join the cache; without, the cache still holds only the old ones.
-        Equal, within float rounding, to the new frames' columns of `velocity` over all frames."""
+        With `keep` the new frames join the cache; without, the cache still holds only the old ones and
+        its buffers never grow for them (they are written only where a buffer of the cache's own
+        already has room). Equal, within float rounding, to the new frames' columns of `velocity`
+        over all frames."""
         start, block = cache.frames, self.cfg.static_chunk_size
         if start % block:
             raise ValueError(f"cached frames ({start}) must end on an attention block ({block} frames)")
         end = start + x.shape[-1]
-        cache.reserve(end)
+        if keep:
+            cache.reserve(end)
+        write = not cache.shared and cache.keys[0].shape[1] >= end
         cos, sin = rotary_rows(self.inv_freq, start, end)                              # (n, Dh/2)
         mask = block_causal_mask(start, end, block, x.device)                          # (n, end)
         h, proj, mid = self.input_embed.forward_after(x.transpose(1, 2), cond.transpose(1, 2),
                                                       mu.transpose(1, 2), spks, cache)  # (B, n, dim)
         for layer, layer_mod, keys, values in zip(self.layers(), mod.blocks, cache.keys, cache.values):
-            h = layer.forward_after(h, layer_mod, cos, sin, mask, keys, values, start)
+            h = layer.forward_after(h, layer_mod, cos, sin, mask, keys, values, start, write)
         if keep:
             context = POS_CONV_KERNEL - 1
             cache.proj_tail = torch.cat((cache.proj_tail, proj), dim=1)[:, -context:]

@@ -191,7 +191,10 @@ class FlowStream:
     (within float rounding). A voice's prompt frames before the first speech token can reach them
     are the same for every stream with that voice: `prefix` (from voice_prefix) starts the stream
     past them. Above `budget_bytes` of cache, or when the shared `budget` has no room left, the stream
-    stops adding to it, and later chunks solve again from the last frames it kept (correct, only slower).
+    stops adding to it, and later chunks solve again from the last frames it kept (correct, only slower);
+    such chunks, and the final one, leave the cache buffers as they are (the new frames' keys and
+    values live only while their layer runs), so the claim stays what the buffers hold. The final
+    chunk frees the caches and then the claim.
     """
 
     def __init__(self, flow: "CausalFlow", prompt_token: Tensor, prompt_feat: Tensor, embedding: Tensor,
@@ -217,7 +220,7 @@ class FlowStream:
 
     @property
     def cached_frames(self) -> int:
-        return self.caches[0].frames
+        return self.caches[0].frames if self.caches else 0
 
     def bytes_per_frame(self) -> int:
         dit = self.flow.cfg.dit
@@ -228,6 +231,8 @@ class FlowStream:
         """Speech tokens so far (1, T) -> mel (1, mel, n) of the frames after the prompt not returned
         before. Without finalize the last `lookahead` tokens are right context only, and the frames
         before them must end on an attention block (the hop schedule cuts there)."""
+        if not self.caches:
+            raise EngineError("flow: this stream was already finalized")
         mu = self.flow.token_features(torch.cat((self.prompt_token, token.to(self.device)), dim=1), finalize)
         frames = mu.shape[1]
         if frames < self.prompt_feat.shape[1]:
@@ -237,12 +242,14 @@ class FlowStream:
         cond = torch.zeros(1, frames, self.flow.cfg.mel_dim, device=self.device, dtype=self.dtype)
         cond[:, :self.prompt_feat.shape[1]] = self.prompt_feat
         keep = not finalize and self._may_cache(frames)
-        if finalize and self.budget is not None:
-            self.budget.release(self._claim_key)
         mel = self._solve(mu, cond, frames, keep)                   # frames cached_frames..frames (before keep)
         first = frames - mel.shape[-1]
         new = mel[:, :, max(0, self.returned - first):]
         self.returned = max(self.returned, frames)
+        if finalize:      # no later chunk reads the caches: free them now, not when the stream object goes
+            self.caches = []
+            if self.budget is not None:
+                self.budget.release(self._claim_key)
         return new.float()
 
     def _may_cache(self, frames: int) -> bool:
