@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from cosyvoice.engines.base import PromptAudio
 from cosyvoice.errors import UserInputError
@@ -207,6 +206,8 @@ def _raise_rate(name: str, mono: np.ndarray, rate: int, warnings: list[str]) -> 
     if rate < LOWEST_SAMPLE_RATE:
         raise UserInputError(f"Prompt audio '{name}' is sampled at {rate} Hz; at least {LOWEST_SAMPLE_RATE} Hz "
                              f"is needed (16 kHz or more is best). Record or export it at 16 kHz or higher.")
+    from scipy.signal import resample_poly     # only here: the engine alone (bench/gpu_check.sh) needs no scipy
+
     divisor = math.gcd(MIN_SAMPLE_RATE, rate)
     mono = resample_poly(mono, MIN_SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
     warnings.append(f"Prompt audio is sampled at {rate} Hz (telephone quality); it was upsampled to "

@@ -31,3 +31,15 @@ def test_no_forbidden_imports():
             if top in FORBIDDEN or any(name == p or name.startswith(p + ".") for p in OFFICIAL_PACKAGES):
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
+
+
+def test_the_engine_and_prompt_loading_need_only_what_a_gpu_box_has():
+    """bench/gpu_check.sh runs the engine on a machine with torch, numpy and onnxruntime plus the few
+    wheels it carries (bench/gpu_bundle.sh): no scipy, pydantic or gradio there."""
+    import subprocess
+    import sys
+
+    blocked = "import sys\nfor name in ('scipy', 'gradio', 'fastapi', 'pydantic', 'librosa'):\n    sys.modules[name] = None\n"
+    code = blocked + "import cosyvoice.audio.prompt, cosyvoice.engines.cosyvoice3, cosyvoice.parity.__main__\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
