@@ -42,7 +42,21 @@ if [[ "${1:-}" != "--no-standin" ]]; then
     mkdir -p "$STANDIN_DIR"
     "$PY" -m pip download -q --no-deps "${PLATFORM[@]}" -d "$STANDIN_DIR" "${STANDIN[@]}"
     # torch's CPU-only builds are not on PyPI: the PyPI build and its CUDA libraries (it will not import without).
-    "$PY" -m pip download -q "${PLATFORM[@]}" -d "$STANDIN_DIR" "$TORCH_STANDIN"
+    # Its exact NCCL pin may be gone from the index (2.28.9 was, on 2026-12-06): any later 2.x NCCL loads
+    # the same, so that one pin becomes a floor; the venv is then installed from these files with --no-deps.
+    "$PY" -m pip download -q --no-deps "${PLATFORM[@]}" -d "$STANDIN_DIR" "$TORCH_STANDIN"
+    "$PY" - "$STANDIN_DIR" > "$STANDIN_DIR/torch-requirements.txt" <<'PYEOF'
+import re, sys, zipfile
+from pathlib import Path
+wheel = next(Path(sys.argv[1]).glob("torch-2.11.0-*.whl"))
+meta = zipfile.ZipFile(wheel)
+text = meta.read(next(n for n in meta.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+for line in text.splitlines():
+    if line.startswith("Requires-Dist:") and "extra ==" not in line:
+        requirement = line.split(":", 1)[1].split(";")[0].strip()
+        print(re.sub(r"^(nvidia-nccl-cu\d+)==", r"\1>=", requirement))
+PYEOF
+    "$PY" -m pip download -q "${PLATFORM[@]}" -d "$STANDIN_DIR" -r "$STANDIN_DIR/torch-requirements.txt"
 fi
 
 size=$(du -sm "$CARRY_DIR" | cut -f1)

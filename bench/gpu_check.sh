@@ -44,9 +44,7 @@ if [[ $DRY_RUN -eq 1 ]]; then
     if [[ ! -x "$VENV/bin/python" ]]; then
         step "making the Python 3.12 venv from the carried and stand-in wheels"
         PYENV_VERSION=3.12.1 python3.12 -m venv "$VENV"
-        "$VENV/bin/python" -m pip install -q --no-index --find-links bench/gpu_standin torch==2.11.0
-        "$VENV/bin/python" -m pip install -q --no-index --no-deps bench/gpu_standin/numpy-*.whl \
-            bench/gpu_standin/onnxruntime-*.whl "$CARRY"/wheels/*.whl
+        "$VENV/bin/python" -m pip install -q --no-index --no-deps bench/gpu_standin/*.whl "$CARRY"/wheels/*.whl
     fi
     PY="$VENV/bin/python"
 else
